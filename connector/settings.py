@@ -1,0 +1,189 @@
+"""Settings: one typed tree, read from a TOML file and ``CONNECTOR_<SECTION>__<KEY>`` variables.
+
+Precedence, highest first: environment variables, the TOML file (``--config`` or
+``CONNECTOR_CONFIG``), the defaults below (which ``config/default.toml`` documents). Unknown keys and
+bad values stop start-up with a :class:`ConfigError` that names the key, because a typo in a
+config file should never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SCOPES = (
+    "messages:read",
+    "messages:write",
+    "files:read",
+    "files:write",
+    "webhooks:admin",
+    "*",
+)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names each offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class DatabaseSettings(_Section):
+    url: str = ""
+    """Empty: SQLite in ``data_dir``; or ``postgresql+asyncpg://...``."""
+
+
+class PlatformSettings(_Section):
+    url: str = "embedded"
+    request_timeout: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_embedded_or_http(cls, value: str) -> str:
+        if value != "embedded" and not value.startswith(("http://", "https://")):
+            raise ValueError('must be "embedded" or an http(s):// URL')
+        return value.rstrip("/")
+
+
+class ApiKeyConfig(_Section):
+    name: str
+    key: Annotated[str, Field(min_length=8)]
+    scopes: list[str] = ["*"]
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, value: list[str]) -> list[str]:
+        unknown = [scope for scope in value if scope not in SCOPES]
+        if unknown:
+            raise ValueError(f"unknown scope(s) {unknown}; known: {list(SCOPES)}")
+        return value
+
+
+class ApiSettings(_Section):
+    keys: list[ApiKeyConfig] = []
+
+
+class SyncSettings(_Section):
+    interval: Annotated[float, Field(gt=0)] = 5.0
+    long_poll: bool = True
+    long_poll_wait: Annotated[float, Field(gt=0, le=60)] = 25.0
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+
+
+class FilesSettings(_Section):
+    max_size: Annotated[int, Field(ge=0)] = 1 << 30
+    chunk_size: Annotated[int, Field(ge=4096, le=16 << 20)] = 1 << 20
+
+
+class MessagesSettings(_Section):
+    default_time_to_live: Annotated[int, Field(gt=0)] = 7 * 24 * 3600
+
+
+class WebhookConfig(_Section):
+    url: str
+    events: list[str] = ["message.received"]
+    format: Literal["standard", "camunda7", "camunda8", "spiff"] = "standard"
+    secret: str | None = None
+    headers: dict[str, str] = {}
+    filter: dict[str, str] = {}
+    enabled: bool = True
+    receipts: bool = False
+
+
+class PublisherConfig(_Section):
+    kind: Literal["amqp", "mqtt", "redis", "nats"]
+    url: str
+    topic: str = "connector.events"
+    events: list[str] = ["message.received"]
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Field names are the pinned config keys (DESIGN.md section 8)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONNECTOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path("./data")
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    platform: PlatformSettings = PlatformSettings()
+    api: ApiSettings = ApiSettings()
+    sync: SyncSettings = SyncSettings()
+    files: FilesSettings = FilesSettings()
+    messages: MessagesSettings = MessagesSettings()
+    webhooks: list[WebhookConfig] = []
+    publishers: list[PublisherConfig] = []
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL to use: the configured one, or SQLite inside ``data_dir``."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'connector.sqlite3').resolve()}"
+
+
+def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:
+    """Read settings from ``config_path`` (if any), the environment, then defaults.
+
+    ``overrides`` take precedence over everything (tests and the demo use them).
+    """
+    if config_path is not None:
+        _check_toml(config_path)
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_path is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path))
+            return tuple(sources)
+
+    try:
+        return _FileSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config_path)) from None
+
+
+def _check_toml(path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(root)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

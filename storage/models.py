@@ -1,0 +1,204 @@
+"""The connector's tables.
+
+Relationships use ``lazy="raise_on_sql"`` so that a forgotten eager load fails loudly instead
+of blocking the event loop with hidden I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from storage.types import BigIntKey, UTCDateTime
+
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=_NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON()}
+
+
+class Identity(Base):
+    """This connector's own identity; private halves sealed with the master key."""
+
+    __tablename__ = "identity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), unique=True)
+    signing_public: Mapped[bytes] = mapped_column(LargeBinary)
+    exchange_public: Mapped[bytes] = mapped_column(LargeBinary)
+    signing_private_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    exchange_private_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    registered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class Peer(Base):
+    """Public keys of other identities, cached; the address is derived from the signing key."""
+
+    __tablename__ = "peers"
+
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    signing_public: Mapped[bytes] = mapped_column(LargeBinary)
+    exchange_public: Mapped[bytes] = mapped_column(LargeBinary)
+    fetched_at: Mapped[datetime]
+
+
+class ApiKey(Base):
+    """An API key; only its SHA-256 is stored (plus, for the bootstrap key, a sealed copy)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]]
+    source: Mapped[str] = mapped_column(String(16))  # config | cli | bootstrap
+    sealed_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class File(Base):
+    """A file: our own upload, or one received as an attachment. The key is sealed at rest."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    is_own: Mapped[bool] = mapped_column(Boolean)
+    filename: Mapped[str] = mapped_column(Text)
+    mimetype: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigIntKey)
+    cipher_size: Mapped[int] = mapped_column(BigIntKey)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[list[str]]
+    key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_direction_seq", "direction", "seq"),
+        Index("ix_messages_name_correlation_key", "name", "correlation_key"),
+        Index("ix_messages_sender_seq", "sender", "seq"),
+        Index("ix_messages_status", "status"),
+        UniqueConstraint("id", "direction"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(20), index=True)
+    direction: Mapped[str] = mapped_column(String(8))  # incoming | outgoing
+    sender: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(255))
+    correlation_key: Mapped[str | None] = mapped_column(String(255))
+    content: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    received_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    read_at: Mapped[datetime | None]
+    tags: Mapped[list[str]]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    recipients: Mapped[list[MessageRecipient]] = relationship(
+        lazy="raise_on_sql", cascade="all, delete-orphan", order_by="MessageRecipient.position"
+    )
+    attachments: Mapped[list[MessageAttachment]] = relationship(
+        lazy="raise_on_sql", cascade="all, delete-orphan", order_by="MessageAttachment.position"
+    )
+
+
+class MessageRecipient(Base):
+    __tablename__ = "message_recipients"
+    __table_args__ = (Index("ix_message_recipients_address", "address"),)
+
+    message_seq: Mapped[int] = mapped_column(
+        ForeignKey("messages.seq", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(64))
+    delivered_at: Mapped[datetime | None]
+
+
+class MessageAttachment(Base):
+    __tablename__ = "message_attachments"
+
+    message_seq: Mapped[int] = mapped_column(
+        ForeignKey("messages.seq", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), index=True)
+
+    file: Mapped[File] = relationship(lazy="raise_on_sql")
+
+
+class OutboxEntry(Base):
+    """A sealed envelope waiting to be (re)sent; retries are data, not loops."""
+
+    __tablename__ = "outbox"
+
+    message_seq: Mapped[int] = mapped_column(
+        ForeignKey("messages.seq", ondelete="CASCADE"), primary_key=True
+    )
+    envelope: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Event(Base):
+    """The event feed; written in the same transaction as the change it describes."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_type_seq", "type", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(24), unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    message_id: Mapped[str | None] = mapped_column(String(20), index=True)
+    created_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]]
+
+
+class SyncState(Base):
+    """A single row: where the pull from the platform stands."""
+
+    __tablename__ = "sync_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cursor: Mapped[int] = mapped_column(BigIntKey, default=0)
+    last_run_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_received: Mapped[int] = mapped_column(Integer, default=0)
+    last_receipts: Mapped[int] = mapped_column(Integer, default=0)
+    last_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    total_received: Mapped[int] = mapped_column(BigIntKey, default=0)

@@ -1,0 +1,46 @@
+"""Configuration: defaults, TOML file, environment overrides, clear errors naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from connector.settings import ConfigError, load_settings
+
+
+def test_defaults_need_nothing() -> None:
+    settings = load_settings()
+    assert settings.platform.url == "embedded"
+    assert settings.database_url.startswith("sqlite+aiosqlite:///")
+
+
+def test_toml_then_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('data_dir = "/srv/x"\n[server]\nport = 9000\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv("CONNECTOR_SERVER__PORT", "9100")
+    settings = load_settings(config)
+    assert settings.server.port == 9100
+    assert settings.server.host == "0.0.0.0"
+    assert settings.data_dir == Path("/srv/x")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[server]\nbogus = 1\n", "server.bogus: unknown key"),
+        ('[server]\nport = "x"\n', "server.port"),
+        ('[platform]\nurl = "ftp://x"\n', "platform.url"),
+        ('[[api.keys]]\nname = "a"\nkey = "0123456789"\nscopes = ["nope"]\n', "api.keys.0.scopes"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert needle in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
