@@ -1,9 +1,9 @@
 """Settings: one typed tree, read from a TOML file and ``CONNECTOR_<SECTION>__<KEY>`` variables.
 
 Precedence, highest first: environment variables, the TOML file (``--config`` or
-``CONNECTOR_CONFIG``), the defaults below (which ``config/default.toml`` documents). Unknown keys and
-bad values stop start-up with a :class:`ConfigError` that names the key, because a typo in a
-config file should never silently fall back to a default.
+``CONNECTOR_CONFIG``), the defaults below (which ``config/default.toml`` documents). Unknown
+keys and bad values stop start-up with a :class:`ConfigError` that names the key, because a
+typo in a config file should never silently fall back to a default.
 """
 
 from __future__ import annotations

@@ -44,3 +44,14 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> Non
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_default_toml_documents_the_real_defaults() -> None:
+    """config/default.toml must say exactly what the code does with no config at all."""
+    documented = load_settings(Path(__file__).parent.parent / "config" / "default.toml")
+    assert documented.model_dump() == load_settings().model_dump()
+
+
+def test_example_toml_is_valid() -> None:
+    example = load_settings(Path(__file__).parent.parent / "config" / "example.toml")
+    assert example.database.url.startswith("postgresql+asyncpg://")

@@ -1,0 +1,50 @@
+"""``create_app(settings)``: the aiohttp application, its middlewares, routes and resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+
+from aiohttp import web
+
+from connector.api import account, files, health, messages, openapi
+from connector.api.appkeys import API_KEYS, RUNTIME
+from connector.api.auth import auth_middleware
+from connector.api.problems import problem_middleware
+from connector.runtime import Runtime, open_runtime
+from connector.settings import Settings
+
+_TABLES = (health.routes, account.routes, files.routes, messages.routes, openapi.routes)
+
+
+def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Application:
+    """The application for ``settings``; the runtime starts and stops with it."""
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware],
+        client_max_size=2 << 20,  # JSON bodies; file uploads stream past this limit
+    )
+    for table in _TABLES:
+        table.add_to(app)
+    app[openapi.DOCUMENT] = openapi.build_document(
+        [spec for table in _TABLES for spec in table.routes], _version()
+    )
+
+    async def runtime_context(app: web.Application) -> AsyncIterator[None]:
+        async with open_runtime(settings, run_scheduler=run_scheduler) as runtime:
+            attach_runtime(app, runtime)
+            yield
+
+    app.cleanup_ctx.append(runtime_context)
+    return app
+
+
+def attach_runtime(app: web.Application, runtime: Runtime) -> None:
+    app[RUNTIME] = runtime
+    app[API_KEYS] = runtime.api_keys
+
+
+def _version() -> str:
+    try:
+        return version("connector")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"

@@ -1,0 +1,283 @@
+"""``/api/v1/files``: streamed encrypted upload, listing, streamed decrypted download, delete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mimetypes
+from collections.abc import AsyncIterator
+from datetime import datetime
+from urllib.parse import quote, unquote
+
+from aiohttp import BodyPartReader, web
+from aiohttp.hdrs import CONTENT_TYPE
+
+from connector.api.appkeys import RUNTIME
+from connector.api.params import json_response, query
+from connector.api.routing import RouteTable
+from connector.errors import (
+    ConnectorError,
+    FileTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from connector.runtime import Runtime
+from connector.schemas import FileListQuery, FileOut, FilePage
+from connector.services.files import FileMetadata, UploadedBlob
+from connector.services.views import file_out
+from storage.models import File
+
+log = logging.getLogger(__name__)
+routes = RouteTable("files")
+
+_PIECE = 1 << 20
+_MAX_PARTS = 32
+_MAX_TEXT = 64 * 1024
+_TEXT_FIELDS = ("title", "description", "expiresAt", "tags")
+_MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the file
+
+
+@routes.post(
+    "/api/v1/files",
+    scope="files:write",
+    summary="Upload a file (multipart part `file`); streamed, encrypted, stored at the platform",
+    status=201,
+    response=FileOut,
+    content_type="multipart/form-data",
+    responses={413: "larger than files.max_size", 415: "not multipart/form-data"},
+)
+async def upload_file(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMediaType("upload files as multipart/form-data with a part named 'file'")
+    max_size = runtime.settings.files.max_size
+    if request.content_length is not None and request.content_length > max_size + _MULTIPART_SLACK:
+        raise FileTooLarge(f"the upload is larger than files.max_size ({max_size} bytes)")
+    blob: UploadedBlob | None = None
+    try:
+        blob, filename, mimetype, fields = await _read_form(request, runtime)
+        meta = _metadata(filename, mimetype, fields)
+    except ConnectorError:
+        if blob is not None:
+            await runtime.files.discard(blob.file_id)
+        raise
+    file = await runtime.files.record(blob, meta)
+    return json_response(file_out(file), 201)
+
+
+async def _read_form(
+    request: web.Request, runtime: Runtime
+) -> tuple[UploadedBlob, str, str, dict[str, list[str]]]:
+    blob: UploadedBlob | None = None
+    filename, mimetype = "file", "application/octet-stream"
+    fields: dict[str, list[str]] = {}
+    try:
+        reader = await request.multipart()
+        parts = 0
+        while (part := await reader.next()) is not None:
+            parts += 1
+            if parts > _MAX_PARTS or not isinstance(part, BodyPartReader):
+                raise ValidationFailed("too many or nested parts in the form", status=400)
+            if part.name == "file":
+                if blob is not None:
+                    raise ValidationFailed("only one part named 'file' is allowed", status=422)
+                filename = _filename(part.filename)
+                mimetype = (
+                    part.headers.get(CONTENT_TYPE)
+                    or mimetypes.guess_type(filename)[0]
+                    or "application/octet-stream"
+                )
+                blob = await runtime.files.upload(_pieces(part))
+            elif part.name in _TEXT_FIELDS:
+                fields.setdefault(part.name, []).append(await _text(part))
+            else:
+                raise ValidationFailed(
+                    f"unknown form part {part.name!r}; expected file, {', '.join(_TEXT_FIELDS)}",
+                    status=422,
+                )
+    except ValueError as exc:  # aiohttp's reader: truncated or malformed body
+        if blob is not None:
+            await runtime.files.discard(blob.file_id)
+        raise ValidationFailed(f"the multipart body is malformed: {exc}", status=400) from None
+    except ConnectorError:
+        if blob is not None:
+            await runtime.files.discard(blob.file_id)
+        raise
+    if blob is None:
+        raise ValidationFailed("the form has no part named 'file'", status=422)
+    return blob, filename, mimetype, fields
+
+
+def _filename(raw: str | None) -> str:
+    """The sent file name; percent-encoded UTF-8 (as aiohttp clients send it) is decoded.
+
+    Only escapes that decode to non-ASCII UTF-8 are taken as encoding, so a plain name such as
+    ``100%25.txt`` stays as it was sent.
+    """
+    if not raw:
+        return "file"
+    if "%" in raw and raw.isascii():
+        with contextlib.suppress(UnicodeDecodeError):
+            decoded = unquote(raw, errors="strict")
+            if not decoded.isascii():
+                return decoded
+    return raw
+
+
+async def _pieces(part: BodyPartReader) -> AsyncIterator[bytearray]:
+    """The part's bytes in ~1 MiB pieces (aiohttp hands out at most its read buffer at once)."""
+    buffer = bytearray()
+    while chunk := await part.read_chunk(_PIECE):
+        buffer += chunk
+        if len(buffer) >= _PIECE:
+            yield buffer
+            buffer = bytearray()
+    if buffer:
+        yield buffer
+
+
+async def _text(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_MAX_TEXT):
+        data += chunk
+        if len(data) > _MAX_TEXT:
+            raise ValidationFailed(f"form field {part.name!r} is longer than 64 KiB", status=422)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise ValidationFailed(f"form field {part.name!r} is not UTF-8", status=422) from None
+
+
+def _metadata(filename: str, mimetype: str, fields: dict[str, list[str]]) -> FileMetadata:
+    def single(name: str) -> str | None:
+        values = fields.get(name)
+        if values and len(values) > 1:
+            raise ValidationFailed(f"form field {name!r} given more than once", status=422)
+        return values[0] if values else None
+
+    expires_at = None
+    if raw := single("expiresAt"):
+        try:
+            expires_at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationFailed("expiresAt is not an ISO 8601 time", status=422) from None
+        if expires_at.tzinfo is None:
+            raise ValidationFailed("expiresAt needs a timezone (e.g. Z)", status=422)
+    tags: list[str] = []
+    for raw in fields.get("tags", []):
+        tags.extend(_tags(raw))
+    return FileMetadata(
+        filename=filename,
+        mimetype=mimetype,
+        title=single("title"),
+        description=single("description"),
+        expires_at=expires_at,
+        tags=tuple(dict.fromkeys(tags)),
+    )
+
+
+def _tags(raw: str) -> list[str]:
+    """Tags as a JSON array or comma-separated."""
+    stripped = raw.strip()
+    if stripped.startswith("["):
+        try:
+            values = json.loads(stripped)
+        except ValueError:
+            raise ValidationFailed("tags is not a JSON array of strings", status=422) from None
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValidationFailed("tags is not a JSON array of strings", status=422)
+        return [v.strip() for v in values if v.strip()]
+    return [v.strip() for v in stripped.split(",") if v.strip()]
+
+
+@routes.get(
+    "/api/v1/files",
+    scope="files:read",
+    summary="List files, newest first; owner=own|peer",
+    query=FileListQuery,
+    response=FilePage,
+)
+async def list_files(request: web.Request) -> web.StreamResponse:
+    params = query(request, FileListQuery)
+    rows, next_cursor = await request.app[RUNTIME].files.page(
+        owner=params.owner, limit=params.limit, cursor=params.cursor
+    )
+    return json_response(FilePage(items=[file_out(f) for f in rows], next_cursor=next_cursor))
+
+
+@routes.get(
+    "/api/v1/files/{id}",
+    scope="files:read",
+    summary="One file's metadata",
+    response=FileOut,
+    responses={404: "no such file"},
+)
+async def get_file(request: web.Request) -> web.StreamResponse:
+    file = await request.app[RUNTIME].files.get(request.match_info["id"])
+    return json_response(file_out(file))
+
+
+@routes.get(
+    "/api/v1/files/{id}/download",
+    scope="files:read",
+    summary="The file's plaintext, streamed and verified",
+    content_type="application/octet-stream",
+    responses={404: "no such file", 502: "the stored ciphertext failed verification"},
+)
+async def download_file(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    file = await runtime.files.get(request.match_info["id"])
+    return await stream_plaintext(request, runtime, file)
+
+
+@routes.delete(
+    "/api/v1/files/{id}",
+    scope="files:write",
+    summary="Delete an own file (here and at the platform)",
+    status=204,
+    responses={403: "not an own file", 404: "no such file"},
+)
+async def delete_file(request: web.Request) -> web.StreamResponse:
+    await request.app[RUNTIME].files.delete(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def stream_plaintext(
+    request: web.Request, runtime: Runtime, file: File
+) -> web.StreamResponse:
+    """Send ``file``'s plaintext; errors before the first byte become problem JSON.
+
+    The first verified piece is produced before the headers go out, so a file whose ciphertext
+    was tampered with at the start answers 502 cleanly. A failure later on cuts the connection
+    short of ``Content-Length``, so no client can take a partial body for the whole file.
+    """
+    pieces = runtime.files.plaintext(file)
+    first = await anext(pieces, b"")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": file.mimetype,
+            "Content-Disposition": content_disposition(file.filename),
+            "Content-Length": str(file.size),
+            "X-Content-SHA256": file.sha256,
+        }
+    )
+    await response.prepare(request)
+    try:
+        if first:
+            await response.write(first)
+        async for piece in pieces:
+            await response.write(piece)
+    except ConnectorError as exc:
+        log.error("download of %s aborted: %s", file.id, exc.detail)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and the exact UTF-8 name (RFC 6266, RFC 8187)."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

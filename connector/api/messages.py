@@ -1,0 +1,123 @@
+"""``/api/v1/messages``: send, list and query, read flags, attachment downloads."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from connector.api.appkeys import RUNTIME
+from connector.api.files import stream_plaintext
+from connector.api.params import json_body, json_response, query
+from connector.api.routing import RouteTable
+from connector.schemas import MessageListQuery, MessageOut, MessagePage, SendMessageRequest
+from connector.services.views import message_out
+from storage.repositories.messages import MessageFilter
+
+routes = RouteTable("messages")
+
+
+def _respond_async(request: web.Request) -> bool:
+    prefer = request.headers.getall("Prefer", [])
+    return any(
+        token.strip().lower() == "respond-async" for value in prefer for token in value.split(",")
+    )
+
+
+@routes.post(
+    "/api/v1/messages",
+    scope="messages:write",
+    summary="Send a message (201 sent; 202 queued when the platform is unreachable or with "
+    "Prefer: respond-async)",
+    status=201,
+    body=SendMessageRequest,
+    response=MessageOut,
+    responses={
+        202: "accepted and queued; the outbox sends it",
+        404: "recipient_not_found",
+        422: "validation_failed or file_not_found",
+    },
+)
+async def send_message(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request, SendMessageRequest)
+    prefer_async = _respond_async(request)
+    result = await request.app[RUNTIME].messages.send(body, respond_async=prefer_async)
+    answer = json_response(
+        message_out(result.message, result.attachments),
+        201 if result.message.status != "queued" else 202,
+    )
+    if prefer_async:
+        answer.headers["Preference-Applied"] = "respond-async"
+    return answer
+
+
+@routes.get(
+    "/api/v1/messages",
+    scope="messages:read",
+    summary="List messages with filters, newest first by default (keyset pagination)",
+    query=MessageListQuery,
+    response=MessagePage,
+)
+async def list_messages(request: web.Request) -> web.StreamResponse:
+    params = query(request, MessageListQuery)
+    filters = MessageFilter(
+        direction=params.direction,
+        peer=params.peer,
+        name=params.name,
+        correlation_key=params.correlation_key,
+        status=params.status,
+        unread=params.unread,
+        created_after=params.created_after,
+        created_before=params.created_before,
+    )
+    rows, next_cursor = await request.app[RUNTIME].messages.page(
+        filters, limit=params.limit, cursor=params.cursor, descending=params.order == "desc"
+    )
+    return json_response(MessagePage(items=[message_out(m) for m in rows], next_cursor=next_cursor))
+
+
+@routes.get(
+    "/api/v1/messages/{id}",
+    scope="messages:read",
+    summary="One message",
+    response=MessageOut,
+    responses={404: "no such message"},
+)
+async def get_message(request: web.Request) -> web.StreamResponse:
+    message = await request.app[RUNTIME].messages.get(request.match_info["id"])
+    return json_response(message_out(message))
+
+
+@routes.post(
+    "/api/v1/messages/{id}/read",
+    scope="messages:read",
+    summary="Mark read",
+    response=MessageOut,
+    responses={404: "no such message"},
+)
+async def mark_read(request: web.Request) -> web.StreamResponse:
+    message = await request.app[RUNTIME].messages.set_read(request.match_info["id"], True)
+    return json_response(message_out(message))
+
+
+@routes.delete(
+    "/api/v1/messages/{id}/read",
+    scope="messages:read",
+    summary="Mark unread",
+    response=MessageOut,
+    responses={404: "no such message"},
+)
+async def mark_unread(request: web.Request) -> web.StreamResponse:
+    message = await request.app[RUNTIME].messages.set_read(request.match_info["id"], False)
+    return json_response(message_out(message))
+
+
+@routes.get(
+    "/api/v1/messages/{id}/attachments/{fileId}/download",
+    scope="files:read",
+    summary="An attachment's plaintext, streamed and verified",
+    content_type="application/octet-stream",
+    responses={404: "no such message or attachment", 502: "ciphertext failed verification"},
+)
+async def download_attachment(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    file = await runtime.messages.attachment(request.match_info["id"], request.match_info["fileId"])
+    return await stream_plaintext(request, runtime, file)

@@ -1,0 +1,63 @@
+"""Reading request input into pydantic models, with problem errors for anything bad."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from connector.errors import UnsupportedMediaType, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
+        for e in exc.errors()
+    ]
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+
+
+async def json_body(request: web.Request, model: type[M]) -> M:
+    """The body as ``model``: 415 if not JSON, 400 if malformed, 422 if it does not fit."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"expected Content-Type application/json, got {request.content_type or 'none'}"
+        )
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"the body is not valid JSON: {exc}", status=400) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = _errors(exc)
+        raise ValidationFailed(_summary(errors), status=422, errors=errors) from None
+
+
+def query(request: web.Request, model: type[M]) -> M:
+    """The query string as ``model``; 400 with the offending parameter named."""
+    raw: dict[str, Any] = {}
+    for name in request.query:
+        values = request.query.getall(name)
+        raw[name] = values if len(values) > 1 else values[0]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        errors = _errors(exc)
+        raise ValidationFailed(_summary(errors), status=400, errors=errors) from None
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=model.model_dump_json(by_alias=True).encode(),
+        content_type="application/json",
+    )

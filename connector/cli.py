@@ -1,0 +1,196 @@
+"""The ``connector`` command: serve, backbone, demo, keys, and client commands over REST."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from connector.settings import SCOPES, ConfigError, Settings, load_settings
+
+log = logging.getLogger("connector")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("CONNECTOR_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"connector: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="connector", description="End-to-end encrypted messages and files between companies."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the API and the scheduler")
+    _config_option(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    backbone = commands.add_parser("backbone", help="run the reference platform server")
+    backbone.add_argument("--host", default="127.0.0.1")
+    backbone.add_argument("--port", type=int, default=8090)
+    backbone.add_argument("--data-dir", type=Path, default=Path("./backbone-data"))
+    backbone.set_defaults(func=_cmd_backbone)
+
+    demo = commands.add_parser("demo", help="two connectors and a backbone, end to end")
+    demo.add_argument("--size-mib", type=float, default=5.0, help="size of the demo file")
+    demo.set_defaults(func=_cmd_demo)
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="make a new API key and print it once")
+    _config_option(create)
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--scope", action="append", required=True, choices=SCOPES, dest="scopes", metavar="SCOPE"
+    )
+    create.set_defaults(func=_cmd_keys_create)
+
+    from connector.client_cli import add_client_commands
+
+    add_client_commands(commands)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ["CONNECTOR_CONFIG"])
+        if os.environ.get("CONNECTOR_CONFIG")
+        else None,
+        help="TOML config file (default: $CONNECTOR_CONFIG, else built-in defaults)",
+    )
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    asyncio.run(serve(settings))
+    return 0
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop taking requests, finish those in flight, close."""
+    from connector.api.app import create_app
+    from connector.api.appkeys import RUNTIME
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=30)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
+        await site.start()
+        runtime = app[RUNTIME]
+        host, port = runner.addresses[0][:2]
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        print(f"Connector listening on {url}", flush=True)
+        print(f"  address:   {runtime.address}", flush=True)
+        print(f"  platform:  {runtime.platform_url}", flush=True)
+        print(f"  data dir:  {settings.data_dir.resolve()}", flush=True)
+        print(f"  API docs:  {url}/api/docs", flush=True)
+        if runtime.bootstrap_key:
+            print(f"  API key:   {runtime.bootstrap_key}", flush=True)
+            print("  (generated because no api.keys are configured; header X-API-KEY)", flush=True)
+        shown_key = runtime.bootstrap_key or "<your key>"
+        print(
+            f"  try:       curl -H 'X-API-KEY: {shown_key}' {url}/api/v1/account/identity",
+            flush=True,
+        )
+        if ready is not None:
+            ready.set()
+        await _until_signalled()
+        print("Shutting down...", flush=True)
+    finally:
+        await runner.cleanup()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+# -- backbone ------------------------------------------------------------------------------------
+
+
+def _cmd_backbone(args: argparse.Namespace) -> int:
+    from backbone.server import run
+
+    run(args.host, args.port, args.data_dir)
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from connector.demo import run_demo
+
+    return asyncio.run(run_demo(size_mib=args.size_mib))
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    key = asyncio.run(_create_key(settings, args.name, args.scopes))
+    print(key)
+    print(
+        f"Created API key '{args.name}' with scopes {', '.join(args.scopes)}. "
+        "It is shown only now; only its hash is stored.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _create_key(settings: Settings, name: str, scopes: list[str]) -> str:
+    from connector.crypto.at_rest import load_or_create_master_key
+    from connector.runtime import MASTER_KEY_ENV
+    from connector.services.api_keys import ApiKeyService
+    from storage.engine import create_engine, create_sessions
+    from storage.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade(engine)
+        return await ApiKeyService(create_sessions(engine), master_key).create(name, scopes)
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Domain errors. Each carries the stable ``code`` and HTTP status the API answers with.
+
+The tree::
+
+    ConnectorError                  500 internal_error (never raised for bad input)
+    ├── BadRequest                  400 bad_request
+    │   └── ValidationFailed        400/422 validation_failed
+    ├── Unauthorized                401 unauthorized
+    ├── Forbidden                   403 forbidden
+    ├── NotFound                    404 not_found
+    │   ├── RecipientNotFound       404 recipient_not_found
+    │   └── FileNotFound            404 file_not_found (422 when named as an attachment)
+    ├── Conflict                    409 conflict
+    ├── FileTooLarge                413 file_too_large
+    ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── FileIntegrityFailed         502 file_integrity_failed
+    └── PlatformUnavailable         503 platform_unavailable
+
+Services raise these; one middleware in ``connector.api.problems`` turns them into RFC 9457
+problem JSON. Third-party errors are mapped into this tree where they enter our code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ConnectorError(Exception):
+    """Something went wrong inside the connector."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self, detail: str | None = None, *, status: int | None = None, **extra: Any
+    ) -> None:
+        self.detail = detail or (self.__doc__ or self.title).strip()
+        self.http_status = status or self.status
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class BadRequest(ConnectorError):
+    """The request is malformed."""
+
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class ValidationFailed(BadRequest):
+    """The request body or parameters are not valid."""
+
+    code = "validation_failed"
+    title = "Validation failed"
+
+
+class Unauthorized(ConnectorError):
+    """A valid X-API-KEY header is required."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(ConnectorError):
+    """The API key lacks the scope this route needs."""
+
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(ConnectorError):
+    """No such resource."""
+
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class RecipientNotFound(NotFound):
+    """A recipient address is not known to the platform."""
+
+    code = "recipient_not_found"
+    title = "Recipient not found"
+
+
+class FileNotFound(NotFound):
+    """No such file."""
+
+    code = "file_not_found"
+    title = "File not found"
+
+
+class Conflict(ConnectorError):
+    """The request conflicts with the current state."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class FileTooLarge(ConnectorError):
+    """The file is larger than files.max_size."""
+
+    status = 413
+    code = "file_too_large"
+    title = "File too large"
+
+
+class UnsupportedMediaType(ConnectorError):
+    """The request body has the wrong content type."""
+
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class FileIntegrityFailed(ConnectorError):
+    """The stored ciphertext failed authentication; no unverified bytes were served."""
+
+    status = 502
+    code = "file_integrity_failed"
+    title = "File integrity check failed"
+
+
+class PlatformUnavailable(ConnectorError):
+    """The platform cannot be reached right now; try again later."""
+
+    status = 503
+    code = "platform_unavailable"
+    title = "Platform unavailable"

@@ -1,0 +1,454 @@
+"""Client of the platform (backbone) protocol; the wire format is described in docs/protocol.md.
+
+One :class:`PlatformClient` per identity. It owns no connection pool: the caller passes its
+``aiohttp.ClientSession`` (and closes it). Authentication is automatic once :meth:`set_identity`
+was called: a bearer token is fetched on first use, renewed shortly before it expires, and
+fetched again (once) when the platform answers 401; concurrent callers share one renewal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from connector.platform.errors import (
+    IdentityNotFound,
+    PlatformError,
+    PlatformFileNotFound,
+    PlatformFileTooLarge,
+    PlatformRejected,
+    PlatformUnavailable,
+    RecipientNotFound,
+    map_exceptions,
+)
+from connector.platform.models import InboxItem, InboxPage, PeerIdentity
+
+__all__ = ["PlatformClient", "PlatformDownload"]
+
+Signer = Callable[[bytes], bytes]
+T = TypeVar("T")
+
+_JSON = {"Content-Type": "application/json"}
+# Renew a token this long before it expires (at most a tenth of its lifetime).
+_RENEW_MARGIN = 60.0
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+class PlatformDownload:
+    """An open download: the size is known up front, the bytes are streamed."""
+
+    def __init__(self, response: aiohttp.ClientResponse, size: int) -> None:
+        self._response = response
+        self.size = size
+
+    async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        """Yield the file's bytes in pieces of at most ``chunk_size``."""
+        received = 0
+        with map_exceptions():
+            async for chunk in self._response.content.iter_chunked(chunk_size):
+                received += len(chunk)
+                yield chunk
+        if received != self.size:
+            raise PlatformUnavailable(f"download ended after {received} of {self.size} bytes")
+
+
+class PlatformClient:
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, *, request_timeout: float = 10.0
+    ) -> None:
+        self._base = URL(base_url.rstrip("/"))
+        self._session = session
+        self._request_timeout = request_timeout
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        # Streams may take as long as they need, as long as bytes keep moving. Uploads watch
+        # their own progress (see _Progress); downloads rely on the socket read timeout.
+        self._upload_timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_timeout)
+        self._download_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=request_timeout, sock_read=request_timeout
+        )
+        self._address: str | None = None
+        self._signer: Signer | None = None
+        self._token: str | None = None
+        self._renew_at = 0.0  # time.monotonic() after which the token is renewed
+        self._token_lock = asyncio.Lock()
+
+    # identity and auth
+
+    def set_identity(self, address: str, sign_challenge: Signer) -> None:
+        """Act as ``address``; ``sign_challenge`` signs a raw challenge (context included)."""
+        self._address = address
+        self._signer = sign_challenge
+        self._token = None
+
+    async def register(self, signing_public: bytes, exchange_public: bytes, proof: bytes) -> str:
+        """Register public keys with their proof of possession; answer the derived address."""
+        body = {
+            "signingKey": _b64(signing_public),
+            "exchangeKey": _b64(exchange_public),
+            "proof": _b64(proof),
+        }
+        answer = await self._json("POST", ("identities",), body=body, auth=False)
+        return _field(answer, "address", str)
+
+    async def get_identity(self, address: str) -> PeerIdentity:
+        answer = await self._json("GET", ("identities", address), auth=False)
+        try:
+            return PeerIdentity(
+                address=_field(answer, "address", str),
+                signing_public=base64.b64decode(_field(answer, "signingKey", str), validate=True),
+                exchange_public=base64.b64decode(_field(answer, "exchangeKey", str), validate=True),
+            )
+        except binascii.Error as exc:
+            raise PlatformUnavailable(f"malformed identity from the platform: {exc}") from exc
+
+    async def _bearer(self) -> str:
+        token = self._token
+        if token is not None and time.monotonic() < self._renew_at:
+            return token
+        async with self._token_lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._token = await self._fetch_token()
+            return self._token
+
+    def _drop_token(self, token: str) -> None:
+        """Forget a token the platform refused (unless someone already replaced it)."""
+        if self._token == token:
+            self._token = None
+
+    async def _fetch_token(self) -> str:
+        if self._address is None or self._signer is None:
+            raise RuntimeError("PlatformClient.set_identity() must be called first")
+        issued = await self._json(
+            "POST", ("auth", "challenge"), body={"address": self._address}, auth=False
+        )
+        try:
+            challenge = base64.b64decode(_field(issued, "challenge", str), validate=True)
+        except binascii.Error as exc:
+            raise PlatformUnavailable(f"malformed challenge from the platform: {exc}") from exc
+        body = {
+            "address": self._address,
+            "challenge": _b64(challenge),
+            "signature": _b64(self._signer(challenge)),
+        }
+        url = self._url(("auth", "token"))
+        with map_exceptions():
+            async with self._session.post(
+                url, data=_dumps(body), headers=_JSON, timeout=self._timeout
+            ) as response:
+                answer = await _answer(response)
+                server_now = _server_time(response)
+        token = _field(answer, "token", str)
+        lifetime = _lifetime(_field(answer, "expiresAt", str), server_now)
+        self._renew_at = time.monotonic() + lifetime - min(_RENEW_MARGIN, lifetime / 10)
+        return token
+
+    # the request core
+
+    def _url(self, path: tuple[str, ...]) -> URL:
+        url = self._base / "v1"
+        for segment in path:
+            url = url / segment
+        return url
+
+    async def _json(
+        self,
+        method: str,
+        path: tuple[str, ...],
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
+        """One JSON call; a 401 is answered by a fresh token and one more try."""
+        url = self._url(path)
+        data = None if body is None else _dumps(body)
+        headers = _JSON if body is not None else {}
+        for attempt in (1, 2):
+            token = await self._bearer() if auth else None
+            call_headers = dict(headers)
+            if token is not None:
+                call_headers["Authorization"] = f"Bearer {token}"
+            with map_exceptions():
+                async with self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers=call_headers,
+                    timeout=client_timeout or self._timeout,
+                ) as response:
+                    if response.status == 401 and token is not None and attempt == 1:
+                        self._drop_token(token)
+                        continue
+                    return await _answer(response)
+        raise AssertionError("unreachable")
+
+    # files
+
+    async def upload_file(
+        self, file_id: str, body: AsyncIterable[bytes], size: int | None = None
+    ) -> int:
+        """Stream ciphertext to the platform under ``file_id``; answer the stored size.
+
+        Sends ``Expect: 100-continue``, so a refusal (size, owner, auth) or an upload that is
+        already complete costs no body transfer; a refused token is renewed and the upload
+        retried as long as no byte of ``body`` was consumed. There is no limit on the total
+        duration, only on silence: ``request_timeout`` without progress fails the upload.
+        An exception raised by ``body`` itself propagates unchanged.
+        """
+        url = self._url(("files", file_id))
+        progress = _Progress(body)
+        headers = {"Content-Type": "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        for attempt in (1, 2):
+            token = await self._bearer()
+            try:
+                with map_exceptions():
+                    async with asyncio.timeout(None) as idle:
+                        progress.watch(idle, self._request_timeout)
+                        async with self._session.put(
+                            url,
+                            data=progress.chunks(),
+                            headers={**headers, "Authorization": f"Bearer {token}"},
+                            expect100=True,
+                            timeout=self._upload_timeout,
+                        ) as response:
+                            if response.status == 401 and attempt == 1 and not progress.started:
+                                self._drop_token(token)
+                                continue
+                            answer = await _answer(response)
+            except PlatformUnavailable:
+                if progress.error is not None:  # our body failed, not the platform
+                    raise progress.error from None
+                raise
+            return _field(answer, "size", int)
+        raise AssertionError("unreachable")
+
+    @asynccontextmanager
+    async def download_file(self, file_id: str) -> AsyncIterator[PlatformDownload]:
+        """Open a download: ``async with client.download_file(id) as d:`` then ``d.size`` and
+        ``d.iter_chunks()``. The response is released when the block ends."""
+        url = self._url(("files", file_id))
+        for attempt in (1, 2):
+            token = await self._bearer()
+            with map_exceptions():
+                response = await self._session.get(
+                    url, headers={"Authorization": f"Bearer {token}"}, timeout=self._download_timeout
+                )
+            try:
+                if response.status == 401 and attempt == 1:
+                    self._drop_token(token)
+                    continue
+                if response.status != 200:
+                    with map_exceptions():
+                        await _answer(response)
+                    raise PlatformUnavailable(f"unexpected status {response.status}")
+                if response.content_length is None:
+                    raise PlatformUnavailable("the platform sent a file without Content-Length")
+                yield PlatformDownload(response, response.content_length)
+                return
+            finally:
+                response.release()
+        raise AssertionError("unreachable")
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete our file from the platform; a file that is already gone is fine."""
+        try:
+            await self._json("DELETE", ("files", file_id))
+        except PlatformFileNotFound:
+            pass
+
+    # messages and inbox
+
+    async def send_message(self, envelope: Mapping[str, Any]) -> None:
+        """Hand a sealed envelope to the platform (idempotent under its id)."""
+        message_id = envelope.get("id")
+        if not isinstance(message_id, str) or not message_id:
+            raise ValueError("the envelope has no id")
+        await self._json("PUT", ("messages", message_id), body=envelope)
+
+    async def fetch_inbox(self, after: int, limit: int = 100, wait: float = 0) -> InboxPage:
+        """Items after ``after``, oldest first; with none, wait up to ``wait`` s for one."""
+        params = {"after": str(after), "limit": str(limit)}
+        if wait > 0:
+            params["wait"] = f"{wait:g}"
+        answer = await self._json(
+            "GET",
+            ("inbox",),
+            params=params,
+            client_timeout=aiohttp.ClientTimeout(total=wait + self._request_timeout),
+        )
+        try:
+            items = [_inbox_item(raw) for raw in _field(answer, "items", list)]
+            return InboxPage(items=items, cursor=_field(answer, "cursor", int))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlatformUnavailable(f"malformed inbox page from the platform: {exc}") from exc
+
+    async def ack(self, cursor: int) -> None:
+        """Acknowledge every item up to ``cursor`` (they are then gone from the inbox)."""
+        await self._json("POST", ("inbox", "ack"), body={"cursor": cursor})
+
+    async def health(self) -> bool:
+        """True when the platform answers its health check."""
+        try:
+            answer = await self._json("GET", ("health",), auth=False)
+        except PlatformError:
+            return False
+        return isinstance(answer, dict) and answer.get("status") == "ok"
+
+
+class _Progress:
+    """Wraps an upload body: notes whether it was touched and pushes the idle deadline."""
+
+    def __init__(self, body: AsyncIterable[bytes]) -> None:
+        self._body = body
+        self.started = False
+        self.error: Exception | None = None
+        self._idle: asyncio.Timeout | None = None
+        self._limit = 0.0
+
+    def watch(self, idle: asyncio.Timeout, limit: float) -> None:
+        self._idle = idle
+        self._limit = limit
+        self._push()
+
+    def _push(self) -> None:
+        """The platform must make progress within the limit from now on."""
+        if self._idle is not None:
+            self._idle.reschedule(asyncio.get_running_loop().time() + self._limit)
+
+    def _pause(self) -> None:
+        """Waiting for our own source is not the platform's fault: no deadline meanwhile."""
+        if self._idle is not None:
+            self._idle.reschedule(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        source = aiter(self._body)
+        while True:
+            self._pause()
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                self.error = exc
+                raise
+            self._push()
+            yield chunk
+        self._push()  # from here on the limit covers waiting for the answer
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _field(answer: Any, key: str, kind: type[T]) -> T:
+    value = answer.get(key) if isinstance(answer, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise PlatformUnavailable(f"the platform's answer lacks a valid '{key}'")
+    return value
+
+
+def _inbox_item(raw: dict[str, Any]) -> InboxItem:
+    if raw["type"] == "message":
+        envelope = raw["envelope"]
+        if not isinstance(envelope, dict):
+            raise TypeError("envelope is not an object")
+        return InboxItem(
+            cursor=int(raw["cursor"]),
+            type="message",
+            envelope=envelope,
+            message_id=envelope.get("id"),
+        )
+    if raw["type"] == "receipt":
+        return InboxItem(
+            cursor=int(raw["cursor"]),
+            type="receipt",
+            message_id=str(raw["messageId"]),
+            recipient=str(raw["recipient"]),
+            delivered_at=str(raw["deliveredAt"]),
+        )
+    raise ValueError(f"unknown inbox item type {raw['type']!r}")
+
+
+async def _answer(response: aiohttp.ClientResponse) -> Any:
+    """The JSON answer of a 2xx response (None when empty); the matching error otherwise."""
+    raw = await response.read()
+    if 200 <= response.status < 300:
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise PlatformUnavailable(f"the platform sent malformed JSON: {exc}") from exc
+    raise _error(response.status, raw)
+
+
+def _error(status: int, raw: bytes) -> PlatformError:
+    try:
+        problem = json.loads(raw)
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {}
+    code = str(problem.get("code") or f"http_{status}")
+    detail = str(problem.get("detail") or raw[:200].decode("utf-8", "replace"))
+    if status >= 500 or status in _TRANSIENT_4XX:
+        return PlatformUnavailable(f"platform answered {status} {code}: {detail}")
+    if code == "recipient_not_found":
+        addresses = problem.get("recipients")
+        unknown = [str(a) for a in addresses] if isinstance(addresses, list) else []
+        return RecipientNotFound(unknown, detail)
+    if code == "identity_not_found":
+        return IdentityNotFound(detail)
+    if code == "file_not_found":
+        return PlatformFileNotFound(detail)
+    if status == 413 and code == "file_too_large":
+        return PlatformFileTooLarge(detail)
+    return PlatformRejected(status, code, detail)
+
+
+def _server_time(response: aiohttp.ClientResponse) -> datetime | None:
+    date = response.headers.get("Date")
+    if date is None:
+        return None
+    try:
+        return parsedate_to_datetime(date)
+    except (TypeError, ValueError):
+        return None
+
+
+def _lifetime(expires_at: str, server_now: datetime | None) -> float:
+    """Seconds the token surely stays valid, on the platform's clock when it tells it.
+
+    ``Date`` has whole seconds and is rounded down, so one second is taken off to stay safe.
+    """
+    try:
+        expiry = datetime.fromisoformat(expires_at)
+    except ValueError as exc:
+        raise PlatformUnavailable(f"malformed token expiry {expires_at!r}") from exc
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=UTC)
+    if server_now is None:
+        remaining = (expiry - datetime.now(expiry.tzinfo)).total_seconds()
+    else:
+        remaining = (expiry - server_now).total_seconds() - 1.0
+    return max(0.0, remaining)

@@ -1,0 +1,176 @@
+"""Assemble a running connector: database, platform, identity, services and scheduler.
+
+``open_runtime`` is the one place that knows how the parts fit; the HTTP app, the CLI and the
+tests all start a connector through it, and it tears everything down in reverse order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from connector.crypto.at_rest import load_or_create_master_key
+from connector.crypto.keys import IdentityKeys, sign_challenge
+from connector.platform.client import PlatformClient
+from connector.services import identity as identity_service
+from connector.services.api_keys import ApiKeyService
+from connector.services.files import FileService
+from connector.services.messages import MessageService
+from connector.services.outbox import OutboxService
+from connector.services.peers import PeerDirectory
+from connector.services.sync import SyncService
+from connector.settings import Settings
+from scheduler import JobScheduler
+from storage.batching import WriteBatcher
+from storage.engine import Sessions, create_engine, create_sessions
+from storage.migrate import upgrade
+from storage.models import Identity
+
+log = logging.getLogger(__name__)
+
+MASTER_KEY_ENV = "CONNECTOR_MASTER_KEY"
+_OUTBOX_INTERVAL = 1.0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    sessions: Sessions
+    platform: PlatformClient
+    platform_url: str
+    keys: IdentityKeys
+    identity: Identity
+    api_keys: ApiKeyService
+    peers: PeerDirectory
+    files: FileService
+    messages: MessageService
+    sync: SyncService
+    outbox: OutboxService
+    scheduler: JobScheduler
+    bootstrap_key: str | None
+
+    @property
+    def address(self) -> str:
+        return self.keys.address
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> AsyncIterator[Runtime]:
+    """Start every part of a connector for ``settings``; stop them all on exit."""
+    async with AsyncExitStack() as stack:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
+
+        engine = create_engine(settings.database_url)
+        stack.push_async_callback(engine.dispose)
+        await upgrade(engine)
+        sessions = create_sessions(engine)
+
+        platform_url = settings.platform.url
+        if platform_url == "embedded":
+            platform_url = await stack.enter_async_context(_embedded_backbone(settings))
+
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=200),
+                read_bufsize=1 << 20,
+            )
+        )
+        platform = PlatformClient(
+            platform_url, http, request_timeout=settings.platform.request_timeout
+        )
+
+        keys, identity = await identity_service.load_or_create(sessions, master_key)
+        platform.set_identity(keys.address, lambda challenge: sign_challenge(keys, challenge))
+        await identity_service.ensure_registered(sessions, keys, platform)
+
+        api_keys = ApiKeyService(sessions, master_key)
+        await api_keys.sync_configured(settings.api.keys)
+        bootstrap_key = await api_keys.bootstrap_key()
+
+        peers = PeerDirectory(sessions, platform)
+        files = FileService(
+            sessions,
+            platform,
+            master_key=master_key,
+            address=keys.address,
+            max_size=settings.files.max_size,
+            chunk_size=settings.files.chunk_size,
+        )
+        messages = MessageService(
+            sessions,
+            WriteBatcher(sessions),
+            platform,
+            peers,
+            files,
+            keys=keys,
+            default_time_to_live=settings.messages.default_time_to_live,
+            request_timeout=settings.platform.request_timeout,
+        )
+        sync = SyncService(
+            sessions,
+            platform,
+            peers,
+            keys=keys,
+            master_key=master_key,
+            batch_size=settings.sync.batch_size,
+        )
+        outbox = OutboxService(sessions, platform)
+        scheduler = JobScheduler()
+        runtime = Runtime(
+            settings=settings,
+            sessions=sessions,
+            platform=platform,
+            platform_url=platform_url,
+            keys=keys,
+            identity=identity,
+            api_keys=api_keys,
+            peers=peers,
+            files=files,
+            messages=messages,
+            sync=sync,
+            outbox=outbox,
+            scheduler=scheduler,
+            bootstrap_key=bootstrap_key,
+        )
+        if run_scheduler:
+            _schedule(runtime)
+            scheduler.start()
+            stack.push_async_callback(scheduler.stop)
+        yield runtime
+
+
+def _schedule(runtime: Runtime) -> None:
+    settings = runtime.settings
+
+    async def sync_all() -> None:
+        if await identity_service.ensure_registered(
+            runtime.sessions, runtime.keys, runtime.platform
+        ):
+            await runtime.sync.pull_all()
+
+    async def long_poll() -> None:
+        await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
+
+    runtime.scheduler.every("sync", settings.sync.interval, sync_all)
+    runtime.scheduler.every("outbox", _OUTBOX_INTERVAL, runtime.outbox.run_due)
+    if settings.sync.long_poll:
+        runtime.scheduler.loop("long-poll", long_poll)
+
+
+@asynccontextmanager
+async def _embedded_backbone(settings: Settings) -> AsyncIterator[str]:
+    """Run the reference platform in-process on a free loopback port."""
+    from backbone.server import start_embedded
+
+    runner, url = await start_embedded(settings.data_dir / "backbone")
+    log.info("embedded backbone at %s", url)
+    try:
+        yield url
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,183 @@
+"""Request and response shapes: the one source of truth for the API and its OpenAPI document.
+
+JSON uses camelCase (DESIGN.md section 5); Python uses snake_case. Requests forbid unknown fields
+so that a typo is an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from connector.ids import FILE_ID
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class _Request(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def _address(value: str) -> str:
+    from connector.crypto.keys import is_valid_address
+
+    if not is_valid_address(value):
+        raise ValueError("not a valid address (id1 followed by 32 base32 characters)")
+    return value
+
+
+def _file_id(value: str) -> str:
+    if not FILE_ID.match(value):
+        raise ValueError("not a file id (FIL followed by 17 letters or digits)")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_address)]
+FileIdStr = Annotated[str, AfterValidator(_file_id)]
+Tag = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class FileOut(_Model):
+    id: str
+    filename: str
+    mimetype: str
+    size: int
+    sha256: str
+    title: str | None
+    description: str | None
+    tags: list[str]
+    owner: str
+    is_own: bool
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class RecipientOut(_Model):
+    address: str
+    delivered_at: datetime | None
+
+
+MessageStatus = Literal["queued", "sent", "delivered", "expired", "failed", "received", "rejected"]
+
+
+class MessageOut(_Model):
+    id: str
+    direction: Literal["incoming", "outgoing"]
+    sender: str
+    recipients: list[RecipientOut]
+    name: str | None
+    correlation_key: str | None
+    content: dict[str, Any] | None
+    attachments: list[FileOut]
+    status: MessageStatus
+    created_at: datetime
+    sent_at: datetime | None
+    received_at: datetime | None
+    expires_at: datetime | None
+    read_at: datetime | None
+    tags: list[str]
+    error: str | None
+
+
+EventType = Literal[
+    "message.received",
+    "message.sent",
+    "message.delivered",
+    "message.failed",
+    "message.rejected",
+]
+
+
+class EventOut(_Model):
+    id: str
+    type: EventType
+    created_at: datetime
+    data: dict[str, Any]
+
+
+class SendMessageRequest(_Request):
+    recipients: Annotated[list[Address], Field(min_length=1, max_length=100)]
+    content: dict[str, Any]
+    attachments: Annotated[list[FileIdStr], Field(max_length=100)] = []
+    name: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    correlation_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    time_to_live: Annotated[int, Field(gt=0, le=365 * 24 * 3600)] | None = None
+    tags: Annotated[list[Tag], Field(max_length=50)] = []
+
+
+class MessagePage(_Model):
+    items: list[MessageOut]
+    next_cursor: str | None
+
+
+class FilePage(_Model):
+    items: list[FileOut]
+    next_cursor: str | None
+
+
+class EventPage(_Model):
+    items: list[EventOut]
+    next_cursor: str | None
+
+
+class IdentityOut(_Model):
+    address: str
+    signing_key: str
+    exchange_key: str
+    created_at: datetime
+
+
+class SyncResult(_Model):
+    received: int
+    receipts: int
+    rejected: int
+
+
+class SyncStatus(_Model):
+    last_run_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    cursor: int
+    total_received: int
+    last_received: int
+    last_receipts: int
+    last_rejected: int
+
+
+class HealthOut(_Model):
+    status: Literal["healthy", "unhealthy"]
+    checks: dict[str, str]
+
+
+class Problem(_Model):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class _Query(_Request):
+    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+    cursor: str | None = None
+
+
+class FileListQuery(_Query):
+    owner: Literal["own", "peer"] | None = None
+
+
+class MessageListQuery(_Query):
+    direction: Literal["incoming", "outgoing"] | None = None
+    peer: str | None = None
+    name: str | None = None
+    correlation_key: str | None = None
+    status: MessageStatus | None = None
+    unread: bool | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    order: Literal["asc", "desc"] = "desc"

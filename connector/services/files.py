@@ -1,0 +1,285 @@
+"""Files: stream plaintext in, ciphertext to the platform; stream ciphertext back, plaintext out.
+
+Memory stays constant whatever the file size: plaintext is encrypted chunk by chunk and handed to
+the platform upload through a small bounded queue, so reading the request, encrypting (in a worker
+thread: AES-GCM and SHA-256 release the GIL) and sending overlap instead of taking turns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from connector.clock import utcnow
+from connector.crypto.at_rest import open_secret, seal_secret
+from connector.crypto.errors import IntegrityError
+from connector.crypto.stream import StreamDecryptor, StreamEncryptor, new_file_key
+from connector.errors import (
+    FileIntegrityFailed,
+    FileNotFound,
+    FileTooLarge,
+    Forbidden,
+    PlatformUnavailable,
+    ValidationFailed,
+)
+from connector.ids import new_file_id
+from connector.platform import errors as platform_errors
+from connector.platform.client import PlatformClient
+from storage.engine import Sessions
+from storage.models import File
+from storage.repositories import files as files_repo
+
+log = logging.getLogger(__name__)
+
+FILE_KEY_PURPOSE = "file.key"
+_QUEUE_DEPTH = 4  # ciphertext pieces in flight between encryption and the platform upload
+
+
+@dataclass(frozen=True)
+class UploadedBlob:
+    """The result of streaming one file to the platform, before it is recorded."""
+
+    file_id: str
+    key: bytes
+    size: int
+    cipher_size: int
+    chunk_size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    filename: str
+    mimetype: str
+    title: str | None = None
+    description: str | None = None
+    expires_at: datetime | None = None
+    tags: tuple[str, ...] = ()
+
+
+class FileService:
+    def __init__(
+        self,
+        sessions: Sessions,
+        platform: PlatformClient,
+        *,
+        master_key: bytes,
+        address: str,
+        max_size: int,
+        chunk_size: int,
+    ) -> None:
+        self._sessions = sessions
+        self._platform = platform
+        self._master_key = master_key
+        self._address = address
+        self._max_size = max_size
+        self._chunk_size = chunk_size
+
+    # -- upload --------------------------------------------------------------------------------
+
+    async def upload(self, plaintext: AsyncIterable[bytes | bytearray]) -> UploadedBlob:
+        """Encrypt ``plaintext`` as it arrives and stream the ciphertext to the platform.
+
+        Raises :class:`FileTooLarge` as soon as more than ``files.max_size`` bytes came in; the
+        partial upload is then removed from the platform.
+        """
+        file_id = new_file_id()
+        key = new_file_key()
+        encryptor = StreamEncryptor(key, self._chunk_size)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_DEPTH)
+        producer = asyncio.create_task(self._encrypt_into(plaintext, encryptor, queue))
+        try:
+            await self._platform.upload_file(file_id, _drain(queue, producer))
+            await producer
+        except platform_errors.PlatformError as exc:
+            # A failing producer (too large, client gone, malformed body) reaches the platform
+            # client as a broken body: report the cause, not its echo.
+            cause = _failure(producer)
+            await self.discard(file_id)
+            if cause is not None:
+                raise cause from None
+            if isinstance(exc, platform_errors.PlatformFileTooLarge):
+                raise FileTooLarge("the platform refused the file as too large") from None
+            raise PlatformUnavailable(f"file upload failed: {exc}") from None
+        except BaseException:
+            await self.discard(file_id)
+            raise
+        finally:
+            if not producer.done():
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
+        return UploadedBlob(
+            file_id=file_id,
+            key=key,
+            size=encryptor.plaintext_size,
+            cipher_size=encryptor.ciphertext_size,
+            chunk_size=self._chunk_size,
+            sha256=encryptor.sha256,
+        )
+
+    async def _encrypt_into(
+        self,
+        plaintext: AsyncIterable[bytes | bytearray],
+        encryptor: StreamEncryptor,
+        queue: asyncio.Queue[bytes | None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        received = 0
+        async for piece in plaintext:
+            received += len(piece)
+            if received > self._max_size:
+                raise FileTooLarge(
+                    f"the file is larger than the limit of {self._max_size} bytes (files.max_size)"
+                )
+            sealed = await loop.run_in_executor(None, encryptor.update, piece)
+            if sealed:
+                await queue.put(sealed)
+        await queue.put(encryptor.finalize())
+        await queue.put(None)  # end of stream
+
+    async def discard(self, file_id: str) -> None:
+        """Remove an uploaded blob that will not be recorded (best effort)."""
+        try:
+            await self._platform.delete_file(file_id)
+        except platform_errors.PlatformError as exc:
+            log.warning("could not remove partial upload %s: %s", file_id, exc)
+
+    async def record(self, blob: UploadedBlob, meta: FileMetadata) -> File:
+        """Store the uploaded file's row (its key sealed with the master key)."""
+        file = File(
+            id=blob.file_id,
+            owner=self._address,
+            is_own=True,
+            filename=meta.filename,
+            mimetype=meta.mimetype,
+            size=blob.size,
+            cipher_size=blob.cipher_size,
+            chunk_size=blob.chunk_size,
+            sha256=blob.sha256,
+            title=meta.title,
+            description=meta.description,
+            tags=list(meta.tags),
+            key_sealed=seal_secret(self._master_key, blob.key, FILE_KEY_PURPOSE),
+            created_at=utcnow(),
+            expires_at=meta.expires_at,
+            deleted_at=None,
+        )
+        async with self._sessions.begin() as session:
+            files_repo.add(session, file)
+        return file
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def get(self, file_id: str) -> File:
+        async with self._sessions() as session:
+            file = await files_repo.get(session, file_id)
+        if file is None:
+            raise FileNotFound(f"no file {file_id}")
+        return file
+
+    async def page(
+        self, *, owner: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[File], str | None]:
+        is_own = {"own": True, "peer": False, None: None}[owner]
+        before = _decode_file_cursor(cursor) if cursor else None
+        async with self._sessions() as session:
+            rows = await files_repo.page(session, is_own=is_own, limit=limit + 1, before=before)
+        next_cursor = _encode_file_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    def file_key(self, file: File) -> bytes:
+        return open_secret(self._master_key, file.key_sealed, FILE_KEY_PURPOSE)
+
+    # -- download ------------------------------------------------------------------------------
+
+    async def plaintext(self, file: File) -> AsyncIterator[bytes]:
+        """Yield the verified plaintext of ``file``.
+
+        Nothing unverified is ever yielded: each chunk is authenticated before it leaves, and the
+        final piece is held back until the whole file's SHA-256 matches the recorded one, so a
+        reader of a tampered file sees an error or a short body, never wrong bytes.
+        """
+        loop = asyncio.get_running_loop()
+        decryptor = StreamDecryptor(self.file_key(file))
+        try:
+            async with self._platform.download_file(file.id) as download:
+                async for piece in download.iter_chunks(self._chunk_size):
+                    plain = await loop.run_in_executor(None, decryptor.update, piece)
+                    if plain:
+                        yield plain
+            last = decryptor.finalize()
+        except IntegrityError as exc:
+            raise FileIntegrityFailed(f"file {file.id}: {exc}") from exc
+        except platform_errors.PlatformFileNotFound as exc:
+            raise FileNotFound(f"file {file.id} is no longer stored on the platform") from exc
+        except platform_errors.PlatformError as exc:
+            raise PlatformUnavailable(f"file download failed: {exc}") from exc
+        if decryptor.sha256 != file.sha256 or decryptor.plaintext_size != file.size:
+            raise FileIntegrityFailed(
+                f"file {file.id}: SHA-256 or size does not match what the sender recorded"
+            )
+        if last:
+            yield last
+
+    # -- delete --------------------------------------------------------------------------------
+
+    async def delete(self, file_id: str) -> None:
+        """Delete an own file here and at the platform; received attachments stay."""
+        file = await self.get(file_id)
+        if not file.is_own:
+            raise Forbidden("only own files can be deleted")
+        try:
+            await self._platform.delete_file(file_id)
+        except platform_errors.PlatformFileNotFound:
+            pass
+        except platform_errors.PlatformError as exc:
+            raise PlatformUnavailable(f"could not delete the file at the platform: {exc}") from exc
+        async with self._sessions.begin() as session:
+            row = await files_repo.get(session, file_id)
+            if row is not None:
+                row.deleted_at = utcnow()
+
+
+async def _drain(
+    queue: asyncio.Queue[bytes | None], producer: asyncio.Task[None]
+) -> AsyncIterator[bytes]:
+    """Ciphertext pieces until the end marker; stops at once if the producer fails."""
+    while True:
+        if producer.done():
+            producer.result()  # raises the producer's error; on success all is queued
+            piece = await queue.get()
+        else:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            piece = getter.result()
+        if piece is None:
+            return
+        yield piece
+
+
+def _failure(task: asyncio.Task[None]) -> BaseException | None:
+    if task.done() and not task.cancelled():
+        return task.exception()
+    return None
+
+
+def _encode_file_cursor(file: File) -> str:
+    raw = json.dumps([file.created_at.isoformat(), file.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_file_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, file_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(file_id)
+    except (ValueError, TypeError) as exc:
+        raise ValidationFailed("cursor is not valid", status=400) from exc

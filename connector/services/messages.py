@@ -1,0 +1,274 @@
+"""Sending and querying messages.
+
+A send is accepted in one transaction (message, recipients, attachments, the sealed envelope in
+the outbox), then tried at once; whatever the platform answers is recorded with its event in a
+second transaction. If the process dies in between, the outbox job sends the same envelope again
+(same id, so the platform does not duplicate it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from connector.clock import isoformat, utcnow
+from connector.crypto.envelope import seal_envelope
+from connector.crypto.keys import IdentityKeys
+from connector.errors import FileNotFound, NotFound, RecipientNotFound, ValidationFailed
+from connector.ids import new_message_id
+from connector.platform import errors as platform_errors
+from connector.platform.client import PlatformClient
+from connector.schemas import SendMessageRequest
+from connector.services.body import AttachmentDescriptor, MessageBody
+from connector.services.events import emit
+from connector.services.files import FileService
+from connector.services.peers import PeerDirectory
+from storage.batching import WriteBatcher
+from storage.engine import Sessions
+from storage.models import File, Message, MessageAttachment, MessageRecipient, OutboxEntry
+from storage.repositories import files as files_repo
+from storage.repositories import messages as messages_repo
+from storage.repositories import outbox as outbox_repo
+from storage.repositories.messages import MessageFilter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: Message
+    attachments: list[File]
+    accepted_now: bool
+    """True when the platform took it during the request (201), False when queued (202)."""
+
+
+class MessageService:
+    def __init__(
+        self,
+        sessions: Sessions,
+        writes: WriteBatcher,
+        platform: PlatformClient,
+        peers: PeerDirectory,
+        files: FileService,
+        *,
+        keys: IdentityKeys,
+        default_time_to_live: int,
+        request_timeout: float,
+    ) -> None:
+        self._sessions = sessions
+        self._writes = writes
+        self._platform = platform
+        self._peers = peers
+        self._files = files
+        self._keys = keys
+        self._address = keys.address
+        self._default_ttl = default_time_to_live
+        self._request_timeout = request_timeout
+
+    # -- send ----------------------------------------------------------------------------------
+
+    async def send(self, request: SendMessageRequest, *, respond_async: bool = False) -> SendResult:
+        recipients = list(dict.fromkeys(request.recipients))
+        attachments = await self._attachments(request.attachments)
+        peers = await self._peers.resolve(recipients)
+        now = utcnow()
+        ttl = request.time_to_live or self._default_ttl
+        expires_at = now + timedelta(seconds=ttl)
+        message_id = new_message_id()
+        body = MessageBody(
+            content=request.content,
+            name=request.name,
+            correlation_key=request.correlation_key,
+            tags=request.tags,
+            attachments=[self._descriptor(file) for file in attachments],
+        ).to_json()
+        envelope = seal_envelope(
+            sender=self._keys,
+            message_id=message_id,
+            recipients={address: peers[address].exchange_public for address in recipients},
+            body=body,
+            created_at=isoformat(now),
+            expires_at=isoformat(expires_at),
+        )
+        next_attempt_at = (
+            now if respond_async else now + timedelta(seconds=self._request_timeout + 1)
+        )
+
+        async def accept(session: AsyncSession) -> Message:
+            # Built inside the unit of work: the batcher may run it twice (see WriteBatcher).
+            message = Message(
+                id=message_id,
+                direction="outgoing",
+                sender=self._address,
+                name=request.name,
+                correlation_key=request.correlation_key,
+                content=request.content,
+                status="queued",
+                created_at=now,
+                expires_at=expires_at,
+                tags=list(request.tags),
+                recipients=[
+                    MessageRecipient(position=i, address=address)
+                    for i, address in enumerate(recipients)
+                ],
+                attachments=[
+                    MessageAttachment(position=i, file_id=file.id)
+                    for i, file in enumerate(attachments)
+                ],
+            )
+            messages_repo.add(session, message)
+            await session.flush()
+            # The first attempt is this request's own, unless it answers at once.
+            outbox_repo.add(
+                session,
+                OutboxEntry(
+                    message_seq=message.seq,
+                    envelope=envelope,
+                    attempts=0,
+                    next_attempt_at=next_attempt_at,
+                ),
+            )
+            return message
+
+        message = await self._writes.run(accept)
+        if respond_async:
+            return SendResult(message, attachments, accepted_now=False)
+        accepted = await self._try_send(message, attachments, envelope)
+        return SendResult(message, attachments, accepted_now=accepted)
+
+    async def _attachments(self, file_ids: list[str]) -> list[File]:
+        wanted = list(dict.fromkeys(file_ids))
+        async with self._sessions() as session:
+            found = await files_repo.get_many(session, wanted)
+        missing = [file_id for file_id in wanted if file_id not in found]
+        if missing:
+            raise FileNotFound(
+                f"unknown attachment(s): {', '.join(missing)}", status=422, files=missing
+            )
+        return [found[file_id] for file_id in wanted]
+
+    def _descriptor(self, file: File) -> AttachmentDescriptor:
+        """What a recipient needs to fetch and open an attachment; travels only encrypted."""
+        return AttachmentDescriptor(
+            id=file.id,
+            filename=file.filename,
+            mimetype=file.mimetype,
+            size=file.size,
+            cipher_size=file.cipher_size,
+            chunk_size=file.chunk_size,
+            sha256=file.sha256,
+            key=base64.b64encode(self._files.file_key(file)).decode(),
+            title=file.title,
+            description=file.description,
+            tags=list(file.tags),
+            expires_at=file.expires_at,
+        )
+
+    async def _try_send(
+        self, message: Message, attachments: list[File], envelope: dict[str, Any]
+    ) -> bool:
+        """One attempt during the request; False leaves it queued for the outbox job."""
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                await self._platform.send_message(envelope)
+        except (platform_errors.PlatformUnavailable, TimeoutError) as exc:
+            log.info("send of %s deferred to the outbox: %s", message.id, exc)
+            return False
+        except platform_errors.RecipientNotFound as exc:
+            await self.record_failed(message, attachments, f"recipient not found: {exc}")
+            raise RecipientNotFound(str(exc), recipients=exc.addresses) from exc
+        except platform_errors.PlatformRejected as exc:
+            await self.record_failed(message, attachments, f"platform refused the message: {exc}")
+            return True
+        await self.record_sent(message, attachments)
+        return True
+
+    async def record_sent(self, message: Message, attachments: list[File]) -> None:
+        """queued -> sent, with its event; ``message`` is updated to match."""
+        await self._record(message, attachments, "sent", None, "message.sent")
+
+    async def record_failed(self, message: Message, attachments: list[File], error: str) -> None:
+        """queued -> failed, with its event; ``message`` is updated to match."""
+        await self._record(message, attachments, "failed", error, "message.failed")
+
+    async def _record(
+        self,
+        message: Message,
+        attachments: list[File],
+        status: str,
+        error: str | None,
+        event_type: str,
+    ) -> None:
+        now = utcnow()
+
+        async def update(session: AsyncSession) -> bool:
+            changed = await messages_repo.finish_queued(
+                session, message.seq, status=status, at=now, error=error
+            )
+            if changed:
+                await outbox_repo.remove(session, message.seq)
+                message.status, message.error = status, error
+                if status == "sent":
+                    message.sent_at = now
+                emit(session, event_type, message, attachments)
+            return changed
+
+        await self._writes.run(update)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> Message:
+        async with self._sessions() as session:
+            message = await messages_repo.get(session, message_id)
+        if message is None:
+            raise NotFound(f"no message {message_id}")
+        return message
+
+    async def page(
+        self, filters: MessageFilter, *, limit: int, cursor: str | None, descending: bool
+    ) -> tuple[list[Message], str | None]:
+        after_seq = _decode_seq_cursor(cursor) if cursor else None
+        async with self._sessions() as session:
+            rows = await messages_repo.page(
+                session, filters, limit=limit + 1, after_seq=after_seq, descending=descending
+            )
+        next_cursor = _encode_seq_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+        return rows[:limit], next_cursor
+
+    async def set_read(self, message_id: str, read: bool) -> Message:
+        async with self._sessions.begin() as session:
+            message = await messages_repo.get(session, message_id)
+            if message is None:
+                raise NotFound(f"no message {message_id}")
+            if read and message.read_at is None:
+                message.read_at = utcnow()
+            elif not read:
+                message.read_at = None
+        return message
+
+    async def attachment(self, message_id: str, file_id: str) -> File:
+        message = await self.get(message_id)
+        for attachment in message.attachments:
+            if attachment.file_id == file_id:
+                return attachment.file
+        raise FileNotFound(f"message {message_id} has no attachment {file_id}")
+
+
+def _encode_seq_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_seq_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("s"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("cursor is not valid", status=400) from exc

@@ -1,0 +1,29 @@
+"""API keys, stored as SHA-256 hashes."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import ApiKey
+
+
+async def by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
+    return await session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+
+async def by_source(session: AsyncSession, source: str) -> list[ApiKey]:
+    return list(await session.scalars(select(ApiKey).where(ApiKey.source == source)))
+
+
+async def count(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)
+
+
+async def add(session: AsyncSession, key: ApiKey) -> None:
+    session.add(key)
+    await session.flush()
+
+
+async def delete(session: AsyncSession, key: ApiKey) -> None:
+    await session.delete(key)

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from connector.platform import PlatformRejected, PlatformUnavailable
+from tests.backbone.conftest import MakePeer, Peer, RunningBackbone, StartBackbone
+
+
+async def test_paging_by_cursor(alice: Peer, bob: Peer) -> None:
+    sent = [alice.to(bob, body={"content": {"n": n}}) for n in range(7)]
+    for envelope in sent:
+        await alice.client.send_message(envelope)
+    seen: list[str] = []
+    cursors: list[int] = []
+    after = 0
+    while True:
+        page = await bob.client.fetch_inbox(after, limit=3)
+        assert len(page.items) <= 3
+        if not page.items:
+            assert page.cursor == after
+            break
+        assert page.cursor == page.items[-1].cursor
+        cursors += [item.cursor for item in page.items]
+        seen += [item.message_id for item in page.items if item.message_id]
+        after = page.cursor
+    assert seen == [envelope["id"] for envelope in sent]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    # reading does not consume: the same items again from the start
+    assert len((await bob.client.fetch_inbox(0, limit=1000)).items) == 7
+
+
+async def test_limits_are_checked(
+    alice: Peer, backbone: RunningBackbone, session: aiohttp.ClientSession
+) -> None:
+    for params in ({"limit": "0"}, {"after": "-1"}, {"wait": "soon"}, {"limit": "x"}):
+        with pytest.raises(PlatformRejected) as caught:
+            await alice.client._json("GET", ("inbox",), params=params)
+        assert (caught.value.status, caught.value.code) == (400, "invalid_request")
+    # too large is clamped, not refused
+    page = await alice.client.fetch_inbox(0, limit=100_000)
+    assert page.items == []
+
+
+async def test_long_poll_wakes_when_a_message_arrives(alice: Peer, bob: Peer) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = asyncio.create_task(bob.client.fetch_inbox(0, wait=20))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    envelope = alice.to(bob)
+    await alice.client.send_message(envelope)
+    sent = loop.time()
+    page = await asyncio.wait_for(waiting, 5)
+    assert [item.message_id for item in page.items] == [envelope["id"]]
+    assert loop.time() - sent < 2.0  # woken, not timed out
+    assert loop.time() - started < 5.0
+
+
+async def test_long_poll_ignores_other_inboxes(alice: Peer, bob: Peer, carol: Peer) -> None:
+    waiting = asyncio.create_task(bob.client.fetch_inbox(0, wait=0.8))
+    await asyncio.sleep(0.1)
+    await alice.client.send_message(alice.to(carol))
+    page = await asyncio.wait_for(waiting, 5)
+    assert page.items == []
+    assert page.cursor == 0
+
+
+async def test_long_poll_answers_empty_after_wait(bob: Peer) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    page = await bob.client.fetch_inbox(5, wait=0.5)
+    elapsed = loop.time() - started
+    assert page.items == []
+    assert page.cursor == 5
+    assert 0.45 <= elapsed < 3.0
+
+
+async def test_long_poll_sees_items_already_there_at_once(alice: Peer, bob: Peer) -> None:
+    await alice.client.send_message(alice.to(bob))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    page = await bob.client.fetch_inbox(0, wait=30)
+    assert len(page.items) == 1
+    assert loop.time() - started < 2.0
+
+
+async def test_ack_removes_items_and_sends_receipts(alice: Peer, bob: Peer, carol: Peer) -> None:
+    first, second = alice.to(bob, carol), alice.to(bob)
+    await alice.client.send_message(first)
+    await alice.client.send_message(second)
+    page = await bob.client.fetch_inbox(0)
+    assert len(page.items) == 2
+
+    await bob.client.ack(page.items[0].cursor)  # only the first
+    rest = await bob.client.fetch_inbox(0)
+    assert [item.message_id for item in rest.items] == [second["id"]]
+
+    receipts = (await alice.client.fetch_inbox(0)).items
+    assert [(r.type, r.message_id, r.recipient) for r in receipts] == [
+        ("receipt", first["id"], bob.address)
+    ]
+    assert receipts[0].delivered_at is not None and receipts[0].delivered_at.endswith("Z")
+    assert receipts[0].envelope is None
+
+    # acknowledging again changes nothing
+    await bob.client.ack(page.items[0].cursor)
+    assert len((await alice.client.fetch_inbox(0)).items) == 1
+
+    await bob.client.ack(page.cursor)
+    await carol.client.ack((await carol.client.fetch_inbox(0)).cursor)
+    receipts = (await alice.client.fetch_inbox(0)).items
+    assert sorted((r.message_id, r.recipient) for r in receipts) == sorted(
+        [(first["id"], bob.address), (first["id"], carol.address), (second["id"], bob.address)]
+    )
+    assert (await bob.client.fetch_inbox(0)).items == []
+
+    # acknowledging receipts just removes them, with no receipts about receipts
+    await alice.client.ack(receipts[-1].cursor)
+    assert (await alice.client.fetch_inbox(0)).items == []
+    assert (await bob.client.fetch_inbox(0)).items == []
+
+
+async def test_ack_answers_the_count(
+    alice: Peer, bob: Peer, backbone: RunningBackbone, session: aiohttp.ClientSession
+) -> None:
+    for _ in range(3):
+        await alice.client.send_message(alice.to(bob))
+    page = await bob.client.fetch_inbox(0)
+    headers = {"Authorization": f"Bearer {await bob.client._bearer()}"}
+    url = f"{backbone.url}/v1/inbox/ack"
+    async with session.post(url, json={"cursor": page.cursor}, headers=headers) as response:
+        assert (response.status, await response.json()) == (200, {"acked": 3})
+    async with session.post(url, json={"cursor": page.cursor}, headers=headers) as response:
+        assert (response.status, await response.json()) == (200, {"acked": 0})
+    async with session.post(url, json={"cursor": "1"}, headers=headers) as response:
+        assert response.status == 400
+
+
+async def test_ack_only_touches_the_callers_inbox(alice: Peer, bob: Peer, carol: Peer) -> None:
+    await alice.client.send_message(alice.to(bob, carol))
+    cursor = (await carol.client.fetch_inbox(0)).cursor
+    await bob.client.ack(cursor + 1000)
+    assert len((await carol.client.fetch_inbox(0)).items) == 1
+
+
+async def test_receipt_wakes_the_senders_long_poll(alice: Peer, bob: Peer) -> None:
+    envelope = alice.to(bob)
+    await alice.client.send_message(envelope)
+    waiting = asyncio.create_task(alice.client.fetch_inbox(0, wait=20))
+    await asyncio.sleep(0.2)
+    await bob.client.ack((await bob.client.fetch_inbox(0)).cursor)
+    page = await asyncio.wait_for(waiting, 5)
+    assert [(i.type, i.message_id) for i in page.items] == [("receipt", envelope["id"])]
+
+
+async def test_many_waiters_all_wake(alice: Peer, make_peer: MakePeer) -> None:
+    peers = [await make_peer() for _ in range(5)]
+    waiting = [asyncio.create_task(p.client.fetch_inbox(0, wait=20)) for p in peers]
+    await asyncio.sleep(0.3)
+    await alice.client.send_message(alice.to(*peers))
+    pages = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert all(len(page.items) == 1 for page in pages)
+
+
+async def test_abandoned_long_poll_leaves_the_backbone_healthy(alice: Peer, bob: Peer) -> None:
+    waiting = asyncio.create_task(bob.client.fetch_inbox(0, wait=30))
+    await asyncio.sleep(0.2)
+    waiting.cancel()  # the client hangs up mid-poll
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.1)
+    await alice.client.send_message(alice.to(bob))
+    assert len((await bob.client.fetch_inbox(0, wait=5)).items) == 1
+
+
+async def test_shutdown_releases_long_polls(
+    start_backbone: StartBackbone, make_peer: MakePeer
+) -> None:
+    backbone = await start_backbone()
+    bob = await make_peer(backbone.url)
+    waiting = asyncio.create_task(bob.client.fetch_inbox(0, wait=60))
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await backbone.stop()
+    assert loop.time() - started < 5
+    try:
+        page = await asyncio.wait_for(waiting, 5)
+    except PlatformUnavailable:
+        pass  # the connection closing first is fine too
+    else:
+        assert page.items == []

@@ -1,0 +1,74 @@
+"""The same exchange with PostgreSQL as the connector's database (the scale-out backend)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ConnectorFactory
+from tests.e2e.helpers import eventually
+
+asyncpg = pytest.importorskip("asyncpg")
+
+ADMIN_DSN = os.environ.get("CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh database per test, dropped afterwards."""
+    try:
+        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}")
+    name = f"connector_test_{secrets.token_hex(6)}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_exchange_with_postgres(
+    connector_factory: ConnectorFactory, postgres_url: str
+) -> None:
+    alice = await connector_factory("alice-pg", database={"url": postgres_url})
+    bob = await connector_factory("bob-sqlite")
+    data = os.urandom(1_500_000)
+    file = await alice.upload("pg.bin", data)
+    status, sent = await alice.send(
+        recipients=[bob.address], content={"db": "postgres"}, attachments=[file["id"]]
+    )
+    assert status == 201, sent
+
+    async def arrived() -> list[dict[str, Any]] | None:
+        _, body = await bob.json("GET", "/api/v1/messages", params={"direction": "incoming"})
+        return body["items"] or None  # type: ignore[no-any-return]
+
+    message = (await eventually(arrived, "arrival at bob"))[0]
+    path = f"/api/v1/messages/{message['id']}/attachments/{file['id']}/download"
+    async with bob.request("GET", path) as response:
+        assert hashlib.sha256(await response.read()).digest() == hashlib.sha256(data).digest()
+
+    async def delivered() -> dict[str, Any] | None:
+        _, body = await alice.json("GET", f"/api/v1/messages/{sent['id']}")
+        return body if body["status"] == "delivered" else None
+
+    await eventually(delivered, "delivered at alice (stored in PostgreSQL)")
+    # a reply lands in alice's PostgreSQL database, with filters working there
+    status, _ = await bob.send(recipients=[alice.address], content={"re": 1}, name="reply")
+    assert status == 201
+
+    async def reply() -> list[dict[str, Any]] | None:
+        _, body = await alice.json(
+            "GET", "/api/v1/messages", params={"name": "reply", "peer": bob.address}
+        )
+        return body["items"] or None  # type: ignore[no-any-return]
+
+    assert (await eventually(reply, "reply at alice"))[0]["content"] == {"re": 1}
