@@ -7,14 +7,22 @@ from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
-from connector.api import account, files, health, messages, openapi
+from connector.api import account, files, health, messages, metrics, openapi
 from connector.api.appkeys import API_KEYS, RUNTIME
 from connector.api.auth import auth_middleware
 from connector.api.problems import problem_middleware
+from connector.api.routing import RouteSpec
 from connector.runtime import Runtime, open_runtime
 from connector.settings import Settings
 
-_TABLES = (health.routes, account.routes, files.routes, messages.routes, openapi.routes)
+_TABLES = (
+    health.routes,
+    metrics.routes,
+    account.routes,
+    files.routes,
+    messages.routes,
+    openapi.routes,
+)
 
 
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Application:
@@ -25,9 +33,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
     )
     for table in _TABLES:
         table.add_to(app)
-    app[openapi.DOCUMENT] = openapi.build_document(
-        [spec for table in _TABLES for spec in table.routes], _version()
-    )
+    app[openapi.DOCUMENT] = openapi.build_document(route_specs(), _version())
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, run_scheduler=run_scheduler) as runtime:
@@ -36,6 +42,11 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
 
     app.cleanup_ctx.append(runtime_context)
     return app
+
+
+def route_specs() -> list[RouteSpec]:
+    """Every route the application serves, with its scope and shapes."""
+    return [spec for table in _TABLES for spec in table.routes]
 
 
 def attach_runtime(app: web.Application, runtime: Runtime) -> None:

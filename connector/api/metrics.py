@@ -1,0 +1,78 @@
+"""``GET /metrics``: Prometheus text format (no key, like /health; it reveals only counts)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from connector.api.appkeys import RUNTIME
+from connector.api.routing import PUBLIC, RouteTable
+from storage.repositories import stats
+from storage.repositories import sync_state as sync_state_repo
+
+routes = RouteTable("health")
+
+
+def _line(name: str, value: float, **labels: str) -> str:
+    if labels:
+        rendered = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{rendered}}} {value}"
+    return f"{name} {value}"
+
+
+@routes.get(
+    "/metrics",
+    scope=PUBLIC,
+    summary="Prometheus metrics",
+    content_type="text/plain; version=0.0.4",
+)
+async def metrics(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    async with runtime.sessions() as session:
+        messages = await stats.message_counts(session)
+        outbox = await stats.outbox_size(session)
+        events = await stats.event_count(session)
+        files = await stats.file_counts(session)
+        state = await sync_state_repo.get(session)
+        await session.commit()
+    lines = [
+        "# HELP connector_messages Stored messages by direction and status.",
+        "# TYPE connector_messages gauge",
+        *(
+            _line("connector_messages", count, direction=direction, status=status)
+            for (direction, status), count in sorted(messages.items())
+        ),
+        "# HELP connector_outbox_pending Messages waiting to be sent.",
+        "# TYPE connector_outbox_pending gauge",
+        _line("connector_outbox_pending", outbox),
+        "# HELP connector_events_total Events written to the feed.",
+        "# TYPE connector_events_total counter",
+        _line("connector_events_total", events),
+        "# HELP connector_files Stored files by owner.",
+        "# TYPE connector_files gauge",
+        _line("connector_files", files.get(True, 0), owner="own"),
+        _line("connector_files", files.get(False, 0), owner="peer"),
+        "# HELP connector_sync_received_total Messages received through sync.",
+        "# TYPE connector_sync_received_total counter",
+        _line("connector_sync_received_total", state.total_received),
+        "# HELP connector_sync_cursor Platform inbox cursor acknowledged so far.",
+        "# TYPE connector_sync_cursor gauge",
+        _line("connector_sync_cursor", state.cursor),
+        "# HELP connector_job_runs_total Scheduler job runs.",
+        "# TYPE connector_job_runs_total counter",
+        *(
+            _line("connector_job_runs_total", s.runs, job=n)
+            for n, s in runtime.scheduler.status().items()
+        ),
+        "# HELP connector_job_failures_total Scheduler job runs that failed.",
+        "# TYPE connector_job_failures_total counter",
+        *(
+            _line("connector_job_failures_total", s.failures, job=n)
+            for n, s in runtime.scheduler.status().items()
+        ),
+    ]
+    return web.Response(
+        text="\n".join(lines) + "\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Prometheus-Format": "0.0.4"},
+    )

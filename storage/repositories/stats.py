@@ -1,0 +1,32 @@
+"""Counts for metrics: cheap aggregate queries."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Event, File, Message, OutboxEntry
+
+
+async def message_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    rows = await session.execute(
+        select(Message.direction, Message.status, func.count()).group_by(
+            Message.direction, Message.status
+        )
+    )
+    return {(direction, status): count for direction, status, count in rows}
+
+
+async def outbox_size(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(OutboxEntry)) or 0)
+
+
+async def event_count(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.max(Event.seq))) or 0)
+
+
+async def file_counts(session: AsyncSession) -> dict[bool, int]:
+    rows = await session.execute(
+        select(File.is_own, func.count()).where(File.deleted_at.is_(None)).group_by(File.is_own)
+    )
+    return {bool(is_own): count for is_own, count in rows}
