@@ -38,7 +38,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await store.close()
-        blobs.close()
 
 
 async def _release_waiters(app: web.Application) -> None:

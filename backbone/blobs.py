@@ -3,18 +3,21 @@
 An upload streams into a private temporary file under ``blobs/tmp`` and is renamed into place only
 once complete, so a reader never sees a partial blob. Rename without fsync is enough for this
 reference server: after a power loss an upload may be lost, never half-visible.
+
+Chunks are written straight from the event loop. Measured on loopback (512 MiB, backbone in its
+own process) this did ~1.5 GB/s against ~1.1 GB/s with each write handed to a worker thread, and
+it costs less CPU; a 1 MiB write into the page cache takes a fraction of a millisecond. The
+price: while the kernel throttles writers because the disk is far behind, those writes stall the
+loop too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import secrets
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import BinaryIO
 
 from aiohttp import StreamReader
 
@@ -29,10 +32,6 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmp = root / "tmp"
-        self._writer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="backbone-blobs")
-
-    def close(self) -> None:
-        self._writer.shutdown(wait=True)
 
     def prepare(self) -> None:
         """Create the folders and drop temporary files left by an interrupted run."""
@@ -47,46 +46,30 @@ class BlobStore:
     async def receive(self, blob_id: str, stream: StreamReader, limit: int) -> int:
         """Stream the body into place; answer its size. Over ``limit`` -> FileTooLarge.
 
-        Disk writes run on a worker thread, one at a time, overlapping the next socket read, so a
-        disk that falls behind slows this upload down without stalling the event loop. Nothing
-        is left behind on failure or cancellation.
+        Nothing is left behind on failure or cancellation (the client hanging up).
         """
         temp = self._tmp / f"{blob_id}.{secrets.token_hex(8)}"
         size = 0
-        writing: Future[int] | None = None
-        # Opened here, not on a thread: a cancellation during an awaited open would leak the file.
-        out = open(temp, "xb")  # noqa: ASYNC230
         try:
-            # iter_chunked also raises the stream's buffer limits to the chunk size.
-            async for chunk in stream.iter_chunked(READ_SIZE):
-                size += len(chunk)
-                if size > limit:
-                    raise FileTooLarge(f"The file exceeds the limit of {limit} bytes.")
-                if writing is not None:
-                    await asyncio.wrap_future(writing)
-                writing = self._writer.submit(out.write, chunk)
-            if writing is not None:
-                await asyncio.wrap_future(writing)
-            out.close()
+            with open(temp, "xb") as out:  # noqa: ASYNC230 (see the module docstring)
+                # iter_chunked also raises the stream's buffer limits to the chunk size.
+                async for chunk in stream.iter_chunked(READ_SIZE):
+                    size += len(chunk)
+                    if size > limit:
+                        raise FileTooLarge(f"The file exceeds the limit of {limit} bytes.")
+                    out.write(chunk)
             final = self.path(blob_id)
             final.parent.mkdir(exist_ok=True)
             os.replace(temp, final)
         except OSError as exc:
-            self._discard(out, temp, writing)
+            temp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientStorage() from exc
             raise
         except BaseException:
-            self._discard(out, temp, writing)
+            temp.unlink(missing_ok=True)
             raise
         return size
-
-    @staticmethod
-    def _discard(out: BinaryIO, temp: Path, writing: Future[int] | None) -> None:
-        if writing is not None:
-            wait([writing])  # at most one chunk: the file must not be closed under it
-        out.close()
-        temp.unlink(missing_ok=True)
 
     def delete(self, blob_id: str) -> None:
         self.path(blob_id).unlink(missing_ok=True)

@@ -39,14 +39,11 @@ async def start_embedded(
     runner = make_runner(create_app(data_dir, **options))
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
     except BaseException:
         await runner.cleanup()
         raise
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    bound_host, bound_port = server.sockets[0].getsockname()[:2]
+    bound_host, bound_port = runner.addresses[0][:2]
     if ":" in bound_host:
         bound_host = f"[{bound_host}]"
     return runner, f"http://{bound_host}:{bound_port}"
@@ -74,5 +71,4 @@ def run(host: str, port: int, data_dir: Path, **options: Any) -> None:
         read_bufsize=READ_BUFSIZE,
         shutdown_timeout=10.0,
         access_log=None,
-        print=None,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import json
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
@@ -43,6 +44,7 @@ _JSON = {"Content-Type": "application/json"}
 # Renew a token this long before it expires (at most a tenth of its lifetime).
 _RENEW_MARGIN = 60.0
 _TRANSIENT_4XX = frozenset({408, 425, 429})
+_INLINE_BODY_LIMIT = 512 * 1024
 
 
 class PlatformDownload:
@@ -184,7 +186,7 @@ class PlatformClient:
                 async with self._session.request(
                     method,
                     url,
-                    data=data,
+                    data=_payload(data),
                     params=params,
                     headers=call_headers,
                     timeout=client_timeout or self._timeout,
@@ -246,7 +248,9 @@ class PlatformClient:
             token = await self._bearer()
             with map_exceptions():
                 response = await self._session.get(
-                    url, headers={"Authorization": f"Bearer {token}"}, timeout=self._download_timeout
+                    url,
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=self._download_timeout,
                 )
             try:
                 if response.status == 401 and attempt == 1:
@@ -350,6 +354,13 @@ class _Progress:
             self._push()
             yield chunk
         self._push()  # from here on the limit covers waiting for the answer
+
+
+def _payload(data: bytes | None) -> bytes | io.BytesIO | None:
+    """aiohttp wants large bodies as a file-like object (it warns about big raw bytes)."""
+    if data is not None and len(data) > _INLINE_BODY_LIMIT:
+        return io.BytesIO(data)
+    return data
 
 
 def _b64(data: bytes) -> str:

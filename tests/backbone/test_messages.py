@@ -151,3 +151,14 @@ async def test_duplicate_recipients_get_one_item(alice: Peer, bob: Peer) -> None
     envelope["recipients"] = [bob.address, bob.address]  # unsigned change; backbone does not care
     await alice.client.send_message(envelope)
     assert len(await messages_in(bob)) == 1
+
+
+async def test_oversized_envelope_is_413(
+    alice: Peer, bob: Peer, backbone: RunningBackbone, session: aiohttp.ClientSession
+) -> None:
+    envelope = alice.to(bob)
+    envelope["padding"] = "x" * (17 * 1024 * 1024)
+    with pytest.raises(PlatformRejected) as caught:
+        await alice.client.send_message(envelope)
+    assert caught.value.status == 413
+    assert await messages_in(bob) == []
