@@ -23,6 +23,7 @@ from connector.services.files import FileService
 from connector.services.messages import MessageService
 from connector.services.outbox import OutboxService
 from connector.services.peers import PeerDirectory
+from connector.services.sealing import Sealer
 from connector.services.sync import SyncService
 from connector.settings import Settings
 from scheduler import JobScheduler
@@ -102,15 +103,18 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             max_size=settings.files.max_size,
             chunk_size=settings.files.chunk_size,
         )
+        writes = WriteBatcher(sessions)
+        sealer = Sealer(keys, peers, files)
+        outbox = OutboxService(sessions, writes, platform, sealer)
         messages = MessageService(
             sessions,
-            WriteBatcher(sessions),
+            writes,
             platform,
-            peers,
-            files,
-            keys=keys,
+            sealer,
+            address=keys.address,
             default_time_to_live=settings.messages.default_time_to_live,
             request_timeout=settings.platform.request_timeout,
+            wake_outbox=outbox.wake,
         )
         sync = SyncService(
             sessions,
@@ -120,7 +124,6 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             master_key=master_key,
             batch_size=settings.sync.batch_size,
         )
-        outbox = OutboxService(sessions, platform)
         scheduler = JobScheduler()
         runtime = Runtime(
             settings=settings,
@@ -158,7 +161,7 @@ def _schedule(runtime: Runtime) -> None:
         await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
 
     runtime.scheduler.every("sync", settings.sync.interval, sync_all)
-    runtime.scheduler.every("outbox", _OUTBOX_INTERVAL, runtime.outbox.run_due)
+    runtime.scheduler.loop("outbox", lambda: runtime.outbox.run_forever_step(_OUTBOX_INTERVAL))
     if settings.sync.long_poll:
         runtime.scheduler.loop("long-poll", long_poll)
 

@@ -161,14 +161,18 @@ class MessageAttachment(Base):
 
 
 class OutboxEntry(Base):
-    """A sealed envelope waiting to be (re)sent; retries are data, not loops."""
+    """A message waiting to be (re)sent; retries are data, not loops.
+
+    ``envelope`` is None while the message could not be sealed yet (recipients' keys unknown
+    and the platform unreachable at acceptance); the outbox seals and stores it on first try.
+    """
 
     __tablename__ = "outbox"
 
     message_seq: Mapped[int] = mapped_column(
         ForeignKey("messages.seq", ondelete="CASCADE"), primary_key=True
     )
-    envelope: Mapped[dict[str, Any]]
+    envelope: Mapped[dict[str, Any] | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(index=True)
     last_error: Mapped[str | None] = mapped_column(Text)

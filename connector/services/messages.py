@@ -11,24 +11,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from connector.clock import isoformat, utcnow
-from connector.crypto.envelope import seal_envelope
-from connector.crypto.keys import IdentityKeys
-from connector.errors import FileNotFound, NotFound, RecipientNotFound, ValidationFailed
+from connector.clock import utcnow
+from connector.errors import (
+    FileNotFound,
+    NotFound,
+    PlatformUnavailable,
+    RecipientNotFound,
+    ValidationFailed,
+)
 from connector.ids import new_message_id
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.schemas import SendMessageRequest
-from connector.services.body import AttachmentDescriptor, MessageBody
-from connector.services.events import emit
-from connector.services.files import FileService
-from connector.services.peers import PeerDirectory
+from connector.services.sealing import Draft, Sealer
+from connector.services.transitions import finish_queued
 from storage.batching import WriteBatcher
 from storage.engine import Sessions
 from storage.models import File, Message, MessageAttachment, MessageRecipient, OutboxEntry
@@ -54,68 +57,69 @@ class MessageService:
         sessions: Sessions,
         writes: WriteBatcher,
         platform: PlatformClient,
-        peers: PeerDirectory,
-        files: FileService,
+        sealer: Sealer,
         *,
-        keys: IdentityKeys,
+        address: str,
         default_time_to_live: int,
         request_timeout: float,
+        wake_outbox: Callable[[], None],
     ) -> None:
         self._sessions = sessions
         self._writes = writes
         self._platform = platform
-        self._peers = peers
-        self._files = files
-        self._keys = keys
-        self._address = keys.address
+        self._sealer = sealer
+        self._address = address
+        self._wake_outbox = wake_outbox
         self._default_ttl = default_time_to_live
         self._request_timeout = request_timeout
 
     # -- send ----------------------------------------------------------------------------------
 
     async def send(self, request: SendMessageRequest, *, respond_async: bool = False) -> SendResult:
-        recipients = list(dict.fromkeys(request.recipients))
+        """Accept a message (durably, with its outbox entry), then try to send it at once.
+
+        When the recipients' keys are unknown and the platform cannot be reached to look them
+        up, the message is still accepted (202): the outbox seals it once the keys can be had.
+        """
         attachments = await self._attachments(request.attachments)
-        peers = await self._peers.resolve(recipients)
         now = utcnow()
         ttl = request.time_to_live or self._default_ttl
-        expires_at = now + timedelta(seconds=ttl)
-        message_id = new_message_id()
-        body = MessageBody(
+        draft = Draft(
+            message_id=new_message_id(),
+            recipients=list(dict.fromkeys(request.recipients)),
             content=request.content,
             name=request.name,
             correlation_key=request.correlation_key,
-            tags=request.tags,
-            attachments=[self._descriptor(file) for file in attachments],
-        ).to_json()
-        envelope = seal_envelope(
-            sender=self._keys,
-            message_id=message_id,
-            recipients={address: peers[address].exchange_public for address in recipients},
-            body=body,
-            created_at=isoformat(now),
-            expires_at=isoformat(expires_at),
+            tags=list(request.tags),
+            attachments=attachments,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
         )
-        next_attempt_at = (
-            now if respond_async else now + timedelta(seconds=self._request_timeout + 1)
-        )
+        envelope: dict[str, Any] | None
+        try:
+            envelope = await self._sealer.seal(draft)
+        except PlatformUnavailable:
+            envelope = None
+        try_now = envelope is not None and not respond_async
+        # The first attempt is this request's own, unless it cannot make one.
+        first_attempt = now + timedelta(seconds=self._request_timeout + 1) if try_now else now
 
         async def accept(session: AsyncSession) -> Message:
-            # Built inside the unit of work: the batcher may run it twice (see WriteBatcher).
+            # Built inside the unit of work: the batcher may run it more than once.
             message = Message(
-                id=message_id,
+                id=draft.message_id,
                 direction="outgoing",
                 sender=self._address,
-                name=request.name,
-                correlation_key=request.correlation_key,
-                content=request.content,
+                name=draft.name,
+                correlation_key=draft.correlation_key,
+                content=draft.content,
                 status="queued",
                 created_at=now,
-                expires_at=expires_at,
-                tags=list(request.tags),
+                expires_at=draft.expires_at,
+                tags=draft.tags,
                 recipients=[
                     MessageRecipient(position=i, address=address)
-                    for i, address in enumerate(recipients)
+                    for i, address in enumerate(draft.recipients)
                 ],
                 attachments=[
                     MessageAttachment(position=i, file_id=file.id)
@@ -124,21 +128,22 @@ class MessageService:
             )
             messages_repo.add(session, message)
             await session.flush()
-            # The first attempt is this request's own, unless it answers at once.
             outbox_repo.add(
                 session,
                 OutboxEntry(
                     message_seq=message.seq,
                     envelope=envelope,
                     attempts=0,
-                    next_attempt_at=next_attempt_at,
+                    next_attempt_at=first_attempt,
                 ),
             )
             return message
 
         message = await self._writes.run(accept)
-        if respond_async:
+        if not try_now:
+            self._wake_outbox()
             return SendResult(message, attachments, accepted_now=False)
+        assert envelope is not None
         accepted = await self._try_send(message, attachments, envelope)
         return SendResult(message, attachments, accepted_now=accepted)
 
@@ -152,23 +157,6 @@ class MessageService:
                 f"unknown attachment(s): {', '.join(missing)}", status=422, files=missing
             )
         return [found[file_id] for file_id in wanted]
-
-    def _descriptor(self, file: File) -> AttachmentDescriptor:
-        """What a recipient needs to fetch and open an attachment; travels only encrypted."""
-        return AttachmentDescriptor(
-            id=file.id,
-            filename=file.filename,
-            mimetype=file.mimetype,
-            size=file.size,
-            cipher_size=file.cipher_size,
-            chunk_size=file.chunk_size,
-            sha256=file.sha256,
-            key=base64.b64encode(self._files.file_key(file)).decode(),
-            title=file.title,
-            description=file.description,
-            tags=list(file.tags),
-            expires_at=file.expires_at,
-        )
 
     async def _try_send(
         self, message: Message, attachments: list[File], envelope: dict[str, Any]
@@ -190,34 +178,20 @@ class MessageService:
         return True
 
     async def record_sent(self, message: Message, attachments: list[File]) -> None:
-        """queued -> sent, with its event; ``message`` is updated to match."""
-        await self._record(message, attachments, "sent", None, "message.sent")
+        await self._record(message, attachments, "sent", None)
 
     async def record_failed(self, message: Message, attachments: list[File], error: str) -> None:
-        """queued -> failed, with its event; ``message`` is updated to match."""
-        await self._record(message, attachments, "failed", error, "message.failed")
+        await self._record(message, attachments, "failed", error)
 
     async def _record(
-        self,
-        message: Message,
-        attachments: list[File],
-        status: str,
-        error: str | None,
-        event_type: str,
+        self, message: Message, attachments: list[File], status: str, error: str | None
     ) -> None:
         now = utcnow()
 
         async def update(session: AsyncSession) -> bool:
-            changed = await messages_repo.finish_queued(
-                session, message.seq, status=status, at=now, error=error
+            return await finish_queued(
+                session, message, status=status, at=now, error=error, attachments=attachments
             )
-            if changed:
-                await outbox_repo.remove(session, message.seq)
-                message.status, message.error = status, error
-                if status == "sent":
-                    message.sent_at = now
-                emit(session, event_type, message, attachments)
-            return changed
 
         await self._writes.run(update)
 

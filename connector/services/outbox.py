@@ -1,19 +1,29 @@
-"""Retry queued sends: exponential backoff with full jitter, until the message's time to live.
+"""Send what was accepted: retries with exponential backoff and full jitter, until the TTL.
 
-The envelope was sealed and stored when the send was accepted, so every retry sends the same
-bytes under the same id and the platform recognises a repeat.
+The envelope is sealed once (at acceptance, or here on the first attempt when the recipients'
+keys were not known yet) and stored, so every retry sends the same bytes under the same id and
+the platform recognises a repeat. A message whose time to live runs out becomes ``expired``
+with a ``message.failed`` event; a permanent refusal (unknown recipient) becomes ``failed``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
+from connector.errors import PlatformUnavailable, RecipientNotFound
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
-from connector.services.events import emit
+from connector.services.sealing import Draft, Sealer
+from connector.services.transitions import finish_queued
+from storage.batching import WriteBatcher
 from storage.engine import Sessions
 from storage.models import OutboxEntry
 from storage.repositories import messages as messages_repo
@@ -30,56 +40,102 @@ def next_delay(attempts: int, *, base: float = _BASE_DELAY, cap: float = _MAX_DE
     return random.uniform(0, min(cap, base * 2 ** min(attempts, 32)))
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    status: str  # sent | failed | retry
+    error: str | None = None
+    envelope: dict[str, Any] | None = None
+
+
 class OutboxService:
-    def __init__(self, sessions: Sessions, platform: PlatformClient, *, batch_size: int = 100):
+    def __init__(
+        self,
+        sessions: Sessions,
+        writes: WriteBatcher,
+        platform: PlatformClient,
+        sealer: Sealer,
+        *,
+        batch_size: int = 200,
+        concurrency: int = 16,
+    ) -> None:
         self._sessions = sessions
+        self._writes = writes
         self._platform = platform
+        self._sealer = sealer
         self._batch_size = batch_size
+        self._concurrency = asyncio.Semaphore(concurrency)
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something was queued: run now instead of at the next tick."""
+        self._wakeup.set()
+
+    async def run_forever_step(self, idle: float = 1.0) -> None:
+        """One scheduler-loop step: send what is due, then sleep until woken or ``idle``."""
+        self._wakeup.clear()
+        if await self.run_due() >= self._batch_size:
+            return  # more may be due right away
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), idle)
+        except TimeoutError:
+            pass
 
     async def run_due(self) -> int:
-        """Try every due entry once; returns how many were sent."""
+        """Try every due entry once (several at a time); returns how many were tried."""
         now = utcnow()
         async with self._sessions() as session:
             entries = await outbox_repo.due(session, now, self._batch_size)
-        sent = 0
-        for entry in entries:
-            if await self._attempt(entry, utcnow()):
-                sent += 1
-        return sent
+            messages = await messages_repo.get_by_seq(session, [e.message_seq for e in entries])
+        by_seq = {m.seq: m for m in messages}
+        await asyncio.gather(*(self._attempt(e, by_seq.get(e.message_seq)) for e in entries))
+        return len(entries)
 
-    async def _attempt(self, entry: OutboxEntry, now: datetime) -> bool:
-        message_id = str(entry.envelope.get("id"))
-        error: str | None = None
-        outcome = "retry"
-        try:
-            await self._platform.send_message(entry.envelope)
-            outcome = "sent"
-        except platform_errors.PlatformUnavailable as exc:
-            error = str(exc)
-        except platform_errors.RecipientNotFound as exc:
-            outcome, error = "failed", f"recipient not found: {exc}"
-        except platform_errors.PlatformRejected as exc:
-            outcome, error = "failed", f"platform refused the message: {exc}"
-        async with self._sessions.begin() as session:
-            message = await messages_repo.get(session, message_id)
+    async def _attempt(self, entry: OutboxEntry, message: Any) -> None:
+        async with self._concurrency:
+            outcome = await self._send(entry, message)
+        now = utcnow()
+        seq = entry.message_seq
+
+        async def record(session: AsyncSession) -> None:
+            status, error = outcome.status, outcome.error
             if message is None or message.status != "queued":
-                await outbox_repo.remove(session, entry.message_seq)
-                return False
-            if outcome == "retry" and message.expires_at and message.expires_at <= now:
-                outcome, error = "expired", f"time to live ran out; last error: {error}"
-            if outcome == "sent":
-                message.status, message.sent_at = "sent", now
-                emit(session, "message.sent", message)
-            elif outcome in ("failed", "expired"):
-                message.status, message.error = outcome, error
-                emit(session, "message.failed", message)
-            else:
-                row = await session.get(OutboxEntry, entry.message_seq)
+                await outbox_repo.remove(session, seq)
+                return
+            if status == "retry" and message.expires_at and message.expires_at <= now:
+                status, error = "expired", f"time to live ran out; last error: {error}"
+            if status == "retry":
+                row = await session.get(OutboxEntry, seq)
                 if row is not None:
                     row.attempts += 1
                     row.last_error = error
                     row.next_attempt_at = now + timedelta(seconds=next_delay(row.attempts))
-                return False
-            await outbox_repo.remove(session, entry.message_seq)
-        log.info("outbox: %s is %s", message_id, outcome)
-        return outcome == "sent"
+                    if outcome.envelope is not None and row.envelope is None:
+                        row.envelope = outcome.envelope
+                return
+            await finish_queued(session, message, status=status, at=now, error=error)
+
+        await self._writes.run(record)
+        if outcome.status != "retry":
+            log.info("outbox: %s is %s", message.id if message else seq, outcome.status)
+
+    async def _send(self, entry: OutboxEntry, message: Any) -> _Outcome:
+        if message is None or message.status != "queued":
+            return _Outcome("failed", "the message is gone or no longer queued")
+        envelope = entry.envelope
+        if envelope is None:
+            try:
+                files = [attachment.file for attachment in message.attachments]
+                envelope = await self._sealer.seal(Draft.of(message, files))
+            except RecipientNotFound as exc:
+                return _Outcome("failed", f"recipient not found: {exc.detail}")
+            except PlatformUnavailable as exc:
+                return _Outcome("retry", exc.detail)
+        try:
+            await self._platform.send_message(envelope)
+        except platform_errors.RecipientNotFound as exc:
+            return _Outcome("failed", f"recipient not found: {exc}")
+        except platform_errors.PlatformUnavailable as exc:
+            return _Outcome("retry", str(exc), envelope)
+        except platform_errors.PlatformRejected as exc:
+            return _Outcome("failed", f"platform refused the message: {exc}")
+        return _Outcome("sent")

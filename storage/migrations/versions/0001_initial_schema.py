@@ -198,7 +198,7 @@ def upgrade() -> None:
         sa.Column(
             "message_seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
         ),
-        sa.Column("envelope", sa.JSON(), nullable=False),
+        sa.Column("envelope", sa.JSON(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
