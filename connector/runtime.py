@@ -20,6 +20,7 @@ from connector.platform.client import PlatformClient
 from connector.services import identity as identity_service
 from connector.services.api_keys import ApiKeyService
 from connector.services.files import FileService
+from connector.services.housekeeping import Housekeeping
 from connector.services.messages import MessageService
 from connector.services.outbox import OutboxService
 from connector.services.peers import PeerDirectory
@@ -52,6 +53,7 @@ class Runtime:
     messages: MessageService
     sync: SyncService
     outbox: OutboxService
+    housekeeping: Housekeeping
     scheduler: JobScheduler
     bootstrap_key: str | None
 
@@ -138,6 +140,12 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             messages=messages,
             sync=sync,
             outbox=outbox,
+            housekeeping=Housekeeping(
+                sessions,
+                platform,
+                file_retention=settings.files.retention,
+                message_retention=settings.messages.retention,
+            ),
             scheduler=scheduler,
             bootstrap_key=bootstrap_key,
         )
@@ -161,6 +169,9 @@ def _schedule(runtime: Runtime) -> None:
         await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
 
     runtime.scheduler.every("sync", settings.sync.interval, sync_all)
+    runtime.scheduler.every(
+        "housekeeping", settings.housekeeping.interval, runtime.housekeeping.run
+    )
     runtime.scheduler.loop("outbox", lambda: runtime.outbox.run_forever_step(_OUTBOX_INTERVAL))
     if settings.sync.long_poll:
         runtime.scheduler.loop("long-poll", long_poll)

@@ -88,10 +88,18 @@ class SyncSettings(_Section):
 class FilesSettings(_Section):
     max_size: Annotated[int, Field(ge=0)] = 1 << 30
     chunk_size: Annotated[int, Field(ge=4096, le=16 << 20)] = 1 << 20
+    retention: Annotated[int, Field(ge=0)] = 0
+    """Seconds a file is kept after upload or receipt; 0 keeps files until they expire."""
 
 
 class MessagesSettings(_Section):
     default_time_to_live: Annotated[int, Field(gt=0)] = 7 * 24 * 3600
+    retention: Annotated[int, Field(ge=0)] = 0
+    """Seconds a finished message is kept after it was created; 0 keeps messages forever."""
+
+
+class HousekeepingSettings(_Section):
+    interval: Annotated[float, Field(gt=0)] = 60.0
 
 
 class WebhookConfig(_Section):
@@ -129,6 +137,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = SyncSettings()
     files: FilesSettings = FilesSettings()
     messages: MessagesSettings = MessagesSettings()
+    housekeeping: HousekeepingSettings = HousekeepingSettings()
     webhooks: list[WebhookConfig] = []
     publishers: list[PublisherConfig] = []
 

@@ -105,15 +105,18 @@ class File(Base):
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
+        # Every filter has an index ending in seq, so a filtered page is an index range scan
+        # in seq order that stops after `limit` rows instead of a sort of all matches.
         Index("ix_messages_direction_seq", "direction", "seq"),
-        Index("ix_messages_name_correlation_key", "name", "correlation_key"),
+        Index("ix_messages_name_seq", "name", "seq"),
+        Index("ix_messages_correlation_key_seq", "correlation_key", "seq"),
         Index("ix_messages_sender_seq", "sender", "seq"),
-        Index("ix_messages_status", "status"),
+        Index("ix_messages_status_seq", "status", "seq"),
         UniqueConstraint("id", "direction"),
     )
 
     seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(20), index=True)
+    id: Mapped[str] = mapped_column(String(20))  # indexed by uq (id, direction)
     direction: Mapped[str] = mapped_column(String(8))  # incoming | outgoing
     sender: Mapped[str] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(String(255))
@@ -138,7 +141,7 @@ class Message(Base):
 
 class MessageRecipient(Base):
     __tablename__ = "message_recipients"
-    __table_args__ = (Index("ix_message_recipients_address", "address"),)
+    __table_args__ = (Index("ix_message_recipients_address_seq", "address", "message_seq"),)
 
     message_seq: Mapped[int] = mapped_column(
         ForeignKey("messages.seq", ondelete="CASCADE"), primary_key=True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import File
@@ -58,3 +58,19 @@ async def page(
         )
     query = query.order_by(File.created_at.desc(), File.id.desc()).limit(limit)
     return list(await session.scalars(query))
+
+
+async def due_for_removal(
+    session: AsyncSession, *, now: datetime, created_before: datetime | None, limit: int
+) -> list[File]:
+    """Files past their ``expires_at``, or (with a retention) created before the cutoff."""
+    due = File.expires_at <= now
+    if created_before is not None:
+        due = or_(due, File.created_at < created_before)
+    query = select(File).where(File.deleted_at.is_(None), due).limit(limit)
+    return list(await session.scalars(query))
+
+
+async def mark_deleted(session: AsyncSession, file_ids: list[str], at: datetime) -> None:
+    if file_ids:
+        await session.execute(update(File).where(File.id.in_(file_ids)).values(deleted_at=at))

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, exists, or_, select, update
+from sqlalchemy import Select, delete, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -122,3 +122,15 @@ async def finish_queued(
         update(Message).where(Message.seq == seq, Message.status == "queued").values(**values)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_finished_before(session: AsyncSession, cutoff: datetime, limit: int) -> int:
+    """Delete up to ``limit`` messages created before ``cutoff`` that are no longer queued."""
+    doomed = (
+        select(Message.seq)
+        .where(Message.created_at < cutoff, Message.status != "queued")
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await session.execute(delete(Message).where(Message.seq.in_(doomed)))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -121,12 +121,12 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index("ix_messages_direction_seq", ["direction", "seq"], unique=False)
-        batch_op.create_index(batch_op.f("ix_messages_id"), ["id"], unique=False)
+        batch_op.create_index("ix_messages_name_seq", ["name", "seq"], unique=False)
         batch_op.create_index(
-            "ix_messages_name_correlation_key", ["name", "correlation_key"], unique=False
+            "ix_messages_correlation_key_seq", ["correlation_key", "seq"], unique=False
         )
         batch_op.create_index("ix_messages_sender_seq", ["sender", "seq"], unique=False)
-        batch_op.create_index("ix_messages_status", ["status"], unique=False)
+        batch_op.create_index("ix_messages_status_seq", ["status", "seq"], unique=False)
 
     op.create_table(
         "peers",
@@ -191,7 +191,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("message_seq", "position", name=op.f("pk_message_recipients")),
     )
     with op.batch_alter_table("message_recipients", schema=None) as batch_op:
-        batch_op.create_index("ix_message_recipients_address", ["address"], unique=False)
+        batch_op.create_index(
+            "ix_message_recipients_address_seq", ["address", "message_seq"], unique=False
+        )
 
     op.create_table(
         "outbox",
@@ -223,7 +225,7 @@ def downgrade() -> None:
 
     op.drop_table("outbox")
     with op.batch_alter_table("message_recipients", schema=None) as batch_op:
-        batch_op.drop_index("ix_message_recipients_address")
+        batch_op.drop_index("ix_message_recipients_address_seq")
 
     op.drop_table("message_recipients")
     with op.batch_alter_table("message_attachments", schema=None) as batch_op:
@@ -233,10 +235,10 @@ def downgrade() -> None:
     op.drop_table("sync_state")
     op.drop_table("peers")
     with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.drop_index("ix_messages_status")
+        batch_op.drop_index("ix_messages_status_seq")
         batch_op.drop_index("ix_messages_sender_seq")
-        batch_op.drop_index("ix_messages_name_correlation_key")
-        batch_op.drop_index(batch_op.f("ix_messages_id"))
+        batch_op.drop_index("ix_messages_correlation_key_seq")
+        batch_op.drop_index("ix_messages_name_seq")
         batch_op.drop_index("ix_messages_direction_seq")
 
     op.drop_table("messages")
