@@ -157,6 +157,9 @@ def _cmd_backbone(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from connector.demo import run_demo
 
+    if "CONNECTOR_LOG_LEVEL" not in os.environ:
+        logging.getLogger().setLevel(logging.WARNING)  # the demo prints its own steps
+
     return asyncio.run(run_demo(size_mib=args.size_mib))
 
 

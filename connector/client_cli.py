@@ -106,13 +106,25 @@ async def _check(response: aiohttp.ClientResponse) -> None:
 
 
 async def upload_file(
-    session: aiohttp.ClientSession, url: str, path: Path, fields: dict[str, str] | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    path: Path,
+    fields: dict[str, str] | None = None,
+    *,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Stream ``path`` to the connector with a progress bar; the File JSON."""
+    """Stream ``path`` to the connector (with a progress bar); the File JSON."""
     if not path.is_file():
         raise ClientError(f"no such file: {path}")
     size = path.stat().st_size
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc=f"upload {path.name}", leave=False)
+    bar = tqdm(
+        total=size,
+        unit="B",
+        unit_scale=True,
+        desc=f"upload {path.name}",
+        leave=False,
+        disable=not progress,
+    )
 
     async def pieces() -> AsyncIterator[bytes]:
         with path.open("rb") as fh:

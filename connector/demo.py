@@ -80,7 +80,7 @@ async def _exchange(
     ):
         started = time.perf_counter()
         _step(f"A uploads {source.name} ({len(data):,} bytes, SHA-256 {digest[:16]}…)")
-        file = await upload_file(client_a, url_a, source)
+        file = await upload_file(client_a, url_a, source, progress=False)
         _done(f"encrypted and stored at the platform as {file['id']}", started)
 
         started = time.perf_counter()

@@ -32,6 +32,7 @@ from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
 from storage.models import Identity
+from storage.repositories import sync_state as sync_state_repo
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             platform_url, http, request_timeout=settings.platform.request_timeout
         )
 
+        async with sessions.begin() as session:
+            await sync_state_repo.get(session)  # made once here, not raced by the sync jobs
         keys, identity = await identity_service.load_or_create(sessions, master_key)
         platform.set_identity(keys.address, lambda challenge: sign_challenge(keys, challenge))
         await identity_service.ensure_registered(sessions, keys, platform)

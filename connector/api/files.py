@@ -54,13 +54,11 @@ async def upload_file(request: web.Request) -> web.StreamResponse:
     max_size = runtime.settings.files.max_size
     if request.content_length is not None and request.content_length > max_size + _MULTIPART_SLACK:
         raise FileTooLarge(f"the upload is larger than files.max_size ({max_size} bytes)")
-    blob: UploadedBlob | None = None
+    blob, filename, mimetype, fields = await _read_form(request, runtime)
     try:
-        blob, filename, mimetype, fields = await _read_form(request, runtime)
         meta = _metadata(filename, mimetype, fields)
     except ConnectorError:
-        if blob is not None:
-            await runtime.files.discard(blob.file_id)
+        await runtime.files.discard(blob.file_id)
         raise
     file = await runtime.files.record(blob, meta)
     return json_response(file_out(file), 201)
