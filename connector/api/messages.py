@@ -42,7 +42,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     result = await request.app[RUNTIME].messages.send(body, respond_async=prefer_async)
     answer = json_response(
         message_out(result.message, result.attachments),
-        201 if result.message.status != "queued" else 202,
+        201 if result.accepted_now else 202,
     )
     if prefer_async:
         answer.headers["Preference-Applied"] = "respond-async"

@@ -145,6 +145,9 @@ class MessageService:
             return SendResult(message, attachments, accepted_now=False)
         assert envelope is not None
         accepted = await self._try_send(message, attachments, envelope)
+        if accepted and message.status == "queued":
+            # A delivery receipt (or the outbox) moved it on before we recorded it: show that.
+            message = await self.get(message.id)
         return SendResult(message, attachments, accepted_now=accepted)
 
     async def _attachments(self, file_ids: list[str]) -> list[File]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Peer
@@ -22,19 +24,19 @@ async def upsert(
     exchange_public: bytes,
     now: datetime,
 ) -> None:
-    peer = await session.get(Peer, address)
-    if peer is None:
-        session.add(
-            Peer(
-                address=address,
-                signing_public=signing_public,
-                exchange_public=exchange_public,
-                fetched_at=now,
-            )
+    """Insert or refresh; concurrent first lookups of one peer must not collide."""
+    values = {
+        "address": address,
+        "signing_public": signing_public,
+        "exchange_public": exchange_public,
+        "fetched_at": now,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(Peer).values(**values)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Peer.address],
+            set_={key: value for key, value in values.items() if key != "address"},
         )
-    else:
-        peer.signing_public, peer.exchange_public, peer.fetched_at = (
-            signing_public,
-            exchange_public,
-            now,
-        )
+    )

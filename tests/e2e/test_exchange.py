@@ -136,3 +136,15 @@ async def test_fifty_mib_attachment(alice: Api, bob: Api) -> None:
     )
     assert headers["Content-Length"] == str(len(data))
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
+async def test_concurrent_first_sends_to_a_new_peer(alice: Api, bob: Api) -> None:
+    """The first sends race to look up and cache bob's keys; none may fail for it."""
+    import asyncio
+
+    answers = await asyncio.gather(
+        *(alice.send(recipients=[bob.address], content={"n": i}) for i in range(16))
+    )
+    assert [status for status, _ in answers] == [201] * 16
+    # a delivery receipt may beat the recording of "sent": the answer shows the newer state
+    assert {body["status"] for _, body in answers} <= {"sent", "delivered"}
