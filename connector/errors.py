@@ -11,6 +11,8 @@ The tree::
     │   ├── RecipientNotFound       404 recipient_not_found
     │   └── FileNotFound            404 file_not_found (422 when named as an attachment)
     ├── Conflict                    409 conflict
+    │   └── IdempotencyInProgress   409 idempotency_in_progress
+    ├── IdempotencyKeyReused        422 idempotency_key_reused
     ├── FileTooLarge                413 file_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── FileIntegrityFailed         502 file_integrity_failed
@@ -100,6 +102,21 @@ class Conflict(ConnectorError):
     status = 409
     code = "conflict"
     title = "Conflict"
+
+
+class IdempotencyInProgress(Conflict):
+    """A request with this Idempotency-Key is still being processed; retry later."""
+
+    code = "idempotency_in_progress"
+    title = "Idempotency key in progress"
+
+
+class IdempotencyKeyReused(ConnectorError):
+    """This Idempotency-Key was already used with a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
 
 
 class FileTooLarge(ConnectorError):

@@ -13,8 +13,15 @@ _ALPHABET = string.ascii_letters + string.digits
 _LENGTH = 17
 
 
+_UNBIASED = 62 * 4  # bytes below this map evenly onto the 62 letters and digits
+
+
 def _new(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(_LENGTH))
+    """Prefix and 17 uniformly random alphanumerics (rejection sampling over random bytes)."""
+    chars: list[str] = []
+    while len(chars) < _LENGTH:
+        chars.extend(_ALPHABET[b % 62] for b in secrets.token_bytes(24) if b < _UNBIASED)
+    return prefix + "".join(chars[:_LENGTH])
 
 
 def new_file_id() -> str:

@@ -6,6 +6,7 @@ tests all start a connector through it, and it tears everything down in reverse 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from connector.crypto.keys import IdentityKeys, sign_challenge
 from connector.platform.client import PlatformClient
 from connector.services import identity as identity_service
 from connector.services.api_keys import ApiKeyService
+from connector.services.events import EventFeed, EventNotifier, settle_for
 from connector.services.files import FileService
 from connector.services.housekeeping import Housekeeping
 from connector.services.messages import MessageService
@@ -26,18 +28,21 @@ from connector.services.outbox import OutboxService
 from connector.services.peers import PeerDirectory
 from connector.services.sealing import Sealer
 from connector.services.sync import SyncService
+from connector.services.transitions import StatusRecorder
 from connector.settings import Settings
 from scheduler import JobScheduler
 from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
 from storage.models import Identity
+from storage.repositories import messages as messages_repo
 from storage.repositories import sync_state as sync_state_repo
 
 log = logging.getLogger(__name__)
 
 MASTER_KEY_ENV = "CONNECTOR_MASTER_KEY"
 _OUTBOX_INTERVAL = 1.0
+_RECEIPT_GATHERING = 0.1
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Runtime:
     sync: SyncService
     outbox: OutboxService
     housekeeping: Housekeeping
+    events: EventFeed
     scheduler: JobScheduler
     bootstrap_key: str | None
 
@@ -73,7 +79,9 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
         await upgrade(engine)
-        sessions = create_sessions(engine)
+        notifier = EventNotifier()  # wakes event-feed long-polls after commits that wrote events
+        stack.callback(notifier.close)
+        sessions = create_sessions(engine, after_commit=notifier.after_commit)
 
         platform_url = settings.platform.url
         if platform_url == "embedded":
@@ -89,6 +97,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             platform_url, http, request_timeout=settings.platform.request_timeout
         )
 
+        await messages_repo.start_local_sequence(sessions)
         async with sessions.begin() as session:
             await sync_state_repo.get(session)  # made once here, not raced by the sync jobs
         keys, identity = await identity_service.load_or_create(sessions, master_key)
@@ -110,10 +119,12 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         )
         writes = WriteBatcher(sessions)
         sealer = Sealer(keys, peers, files)
-        outbox = OutboxService(sessions, writes, platform, sealer)
+        statuses = StatusRecorder(sessions)
+        outbox = OutboxService(sessions, writes, statuses, platform, sealer)
         messages = MessageService(
             sessions,
             writes,
+            statuses,
             platform,
             sealer,
             address=keys.address,
@@ -149,6 +160,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
                 file_retention=settings.files.retention,
                 message_retention=settings.messages.retention,
             ),
+            events=EventFeed(sessions, notifier, settle=settle_for(engine.dialect.name)),
             scheduler=scheduler,
             bootstrap_key=bootstrap_key,
         )
@@ -169,7 +181,11 @@ def _schedule(runtime: Runtime) -> None:
             await runtime.sync.pull_all()
 
     async def long_poll() -> None:
-        await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
+        counts, more = await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
+        if counts.receipts and not counts.received and not counts.rejected and not more:
+            # Only delivery receipts, and few: nobody waits on them to the millisecond, so
+            # let them gather into larger pages (one transaction each) while sends are busy.
+            await asyncio.sleep(_RECEIPT_GATHERING)
 
     runtime.scheduler.every("sync", settings.sync.interval, sync_all)
     runtime.scheduler.every(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from connector.ids import FILE_ID
@@ -181,3 +181,25 @@ class MessageListQuery(_Query):
     created_after: datetime | None = None
     created_before: datetime | None = None
     order: Literal["asc", "desc"] = "desc"
+
+
+def _comma_separated(value: object) -> object:
+    """``type=a,b`` and ``type=a&type=b`` both mean the list ``[a, b]``."""
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, list):
+        return [part for item in value for part in (str(item).split(","))]
+    return value
+
+
+class EventListQuery(_Request):
+    after: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
+        None, description="the nextCursor of an earlier answer; absent: from the beginning"
+    )
+    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+    type: Annotated[list[EventType], BeforeValidator(_comma_separated)] | None = Field(
+        None, description="only events of this type; several comma-separated"
+    )
+    wait: Annotated[float, Field(ge=0, le=60)] = Field(
+        0, description="seconds to wait for a new event when there is none (long-poll)"
+    )

@@ -2,17 +2,103 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
-Sessions = async_sessionmaker[AsyncSession]
+_DEFERRED = "deferred_inserts"
+_AFTER_COMMIT = "after_commit"
+MESSAGE_SEQS = "message_seqs"
+
+
+class LocalSequence:
+    """Primary keys handed out by this process, for tables only this process writes.
+
+    With keys known before the INSERT, the ORM writes a batch of rows in one executemany; with
+    keys the database assigns it must, on SQLite, insert row by row to read each key back in
+    order. Only for SQLite, where one connector owns the database file (PostgreSQL batches
+    INSERT ... RETURNING itself, and replicas share its sequence). Unstarted, it hands out
+    None and the database assigns keys as usual.
+    """
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+
+    def start(self, after: int) -> None:
+        self._next = after + 1
+
+    def take(self) -> int | None:
+        if self._next is None:
+            return None
+        value, self._next = self._next, self._next + 1
+        return value
+
+
+class _SyncSession(Session):
+    """The session class behind our AsyncSessions; see :func:`defer_insert`."""
+
+
+@event.listens_for(_SyncSession, "before_commit")
+def _write_deferred_inserts(session: Session) -> None:
+    deferred: dict[Table, list[dict[str, Any]]] = session.info.pop(_DEFERRED, {})
+    for table, rows in deferred.items():
+        session.execute(insert(table), rows)
+
+
+@event.listens_for(_SyncSession, "after_commit")
+def _call_after_commit(session: Session) -> None:
+    callback = session.info.get(_AFTER_COMMIT)
+    if callback is not None:
+        callback(session)
+
+
+def defer_insert(session: AsyncSession, table: Table, row: dict[str, Any]) -> None:
+    """Insert ``row`` when the transaction commits, together with the other deferred rows.
+
+    For append-only rows nobody reads back in the same transaction (events): the ORM would
+    insert them one statement each (on SQLite it cannot batch INSERT ... RETURNING and keep
+    the order), while this is one executemany per table for the whole transaction.
+    """
+    session.info.setdefault(_DEFERRED, {}).setdefault(table, []).append(row)
+
+
+class Sessions(async_sessionmaker[AsyncSession]):
+    """``sessions()`` for reads, ``sessions.begin()`` for a write transaction.
+
+    SQLite allows one writer at a time; two connections writing at once make the second one
+    wait in SQLite's busy handler, which sleeps in steps of up to 100 ms. So on SQLite the
+    write transactions of this process queue on an asyncio lock instead (FIFO, no sleeping),
+    and readers keep running beside the writer under WAL. PostgreSQL needs no such lock.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, after_commit: Callable[[Session], None] | None = None
+    ) -> None:
+        self.message_seqs = LocalSequence()
+        info: dict[str, Any] = {MESSAGE_SEQS: self.message_seqs}
+        if after_commit:
+            info[_AFTER_COMMIT] = after_commit
+        super().__init__(engine, expire_on_commit=False, sync_session_class=_SyncSession, info=info)
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:  # type: ignore[override]
+        if self._write_lock is None:
+            async with super().begin() as session:
+                yield session
+            return
+        async with self._write_lock, super().begin() as session:
+            yield session
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -22,17 +108,26 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             url,
             echo=echo,
             connect_args={"timeout": 30},
-            # Several pooled connections let readers run beside the single writer under WAL.
-            pool_size=5,
-            max_overflow=5,
+            # Readers run beside the single writer under WAL. Every aiosqlite connection is a
+            # thread; overflow connections would be opened and closed under load, so keep a
+            # fixed pool large enough for the concurrency we serve and wait for a free one.
+            pool_size=20,
+            max_overflow=0,
+            pool_timeout=30,
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def create_sessions(engine: AsyncEngine) -> Sessions:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def create_sessions(
+    engine: AsyncEngine, *, after_commit: Callable[[Session], None] | None = None
+) -> Sessions:
+    """``after_commit(session)`` runs after each commit of these sessions, once the data is
+    visible to others (``session.info`` says what the transaction wrote); it must not raise
+    and must not touch the database. A callback per factory, not a global listener: several
+    connectors may run in one process (the tests do)."""
+    return Sessions(engine, after_commit=after_commit)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

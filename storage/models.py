@@ -137,6 +137,10 @@ class Message(Base):
     attachments: Mapped[list[MessageAttachment]] = relationship(
         lazy="raise_on_sql", cascade="all, delete-orphan", order_by="MessageAttachment.position"
     )
+    outbox: Mapped[OutboxEntry | None] = relationship(
+        lazy="raise_on_sql", cascade="all, delete-orphan", passive_deletes=True
+    )
+    """Set when the message is accepted, so message and outbox entry go in one flush."""
 
 
 class MessageRecipient(Base):
@@ -209,3 +213,24 @@ class SyncState(Base):
     last_receipts: Mapped[int] = mapped_column(Integer, default=0)
     last_rejected: Mapped[int] = mapped_column(Integer, default=0)
     total_received: Mapped[int] = mapped_column(BigIntKey, default=0)
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` of a send, per API key: which message it made, and the answer.
+
+    Written in the transaction that accepts the message, so a key never points at nothing and
+    a message sent under a key never lacks it. ``response_status`` is filled in once the
+    request has its answer (at once when that is 202); None means the request is still in
+    flight, or the process died before answering. Not a foreign key to the message: message
+    retention is a separate concern, and rows are pruned after ``expires_at``.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    api_key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(20))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
-from connector.api import account, files, health, messages, metrics, openapi
+from connector.api import account, events, files, health, messages, metrics, openapi
 from connector.api.appkeys import API_KEYS, RUNTIME
 from connector.api.auth import auth_middleware
 from connector.api.problems import problem_middleware
@@ -21,6 +21,7 @@ _TABLES = (
     account.routes,
     files.routes,
     messages.routes,
+    events.routes,
     openapi.routes,
 )
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
             yield
 
     app.cleanup_ctx.append(runtime_context)
+    app.on_shutdown.append(events.end_long_polls)
     return app
 
 

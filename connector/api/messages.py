@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
-from connector.api.appkeys import RUNTIME
+from connector.api.appkeys import PRINCIPAL, RUNTIME
 from connector.api.files import stream_plaintext
 from connector.api.params import json_body, json_response, query
 from connector.api.routing import RouteTable
 from connector.schemas import MessageListQuery, MessageOut, MessagePage, SendMessageRequest
+from connector.services import idempotency
 from connector.services.views import message_out
 from storage.repositories.messages import MessageFilter
 
@@ -26,26 +29,44 @@ def _respond_async(request: web.Request) -> bool:
     "/api/v1/messages",
     scope="messages:write",
     summary="Send a message (201 sent; 202 queued when the platform is unreachable or with "
-    "Prefer: respond-async)",
+    "Prefer: respond-async). With an Idempotency-Key header a repeat answers as the first "
+    "request did and creates nothing",
     status=201,
     body=SendMessageRequest,
     response=MessageOut,
     responses={
         202: "accepted and queued; the outbox sends it",
+        400: "validation_failed (also for an Idempotency-Key that is not 1-255 printable ASCII)",
         404: "recipient_not_found",
-        422: "validation_failed or file_not_found",
+        409: "idempotency_in_progress: a request with this Idempotency-Key is still running",
+        422: "validation_failed, file_not_found, or idempotency_key_reused (the "
+        "Idempotency-Key came with another body)",
     },
 )
 async def send_message(request: web.Request) -> web.StreamResponse:
+    key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
     body = await json_body(request, SendMessageRequest)
     prefer_async = _respond_async(request)
-    result = await request.app[RUNTIME].messages.send(body, respond_async=prefer_async)
+    claim = None
+    if key is not None:
+        # json_body has read and checked the body; the fingerprint is of the JSON as sent.
+        parsed = json.loads(await request.read())
+        claim = idempotency.IdempotencyRequest(
+            api_key_hash=request[PRINCIPAL].key_hash,
+            key=key,
+            fingerprint=idempotency.fingerprint(parsed, respond_async=prefer_async),
+        )
+    result = await request.app[RUNTIME].messages.send(
+        body, respond_async=prefer_async, idempotency=claim
+    )
     answer = json_response(
         message_out(result.message, result.attachments),
         201 if result.accepted_now else 202,
     )
     if prefer_async:
         answer.headers["Preference-Applied"] = "respond-async"
+    if result.replayed:
+        answer.headers["Idempotent-Replayed"] = "true"
     return answer
 
 

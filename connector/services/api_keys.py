@@ -24,10 +24,13 @@ _PREFIX = "ck_"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's name and scopes."""
+    """Who is calling: the key's name and scopes, and ``key_hash`` (the SHA-256 of the key as
+    stored), which stays the same across restarts and so scopes per-key state such as
+    idempotency keys."""
 
     name: str
     scopes: frozenset[str]
+    key_hash: str
 
     def allows(self, scope: str) -> bool:
         return "*" in self.scopes or scope in self.scopes
@@ -55,7 +58,7 @@ class ApiKeyService:
                 row = await api_keys_repo.by_hash(session, digest)
             if row is None:
                 return None
-            principal = Principal(row.name, frozenset(row.scopes))
+            principal = Principal(row.name, frozenset(row.scopes), digest)
             self._cache[digest] = principal
         return principal
 

@@ -2,24 +2,79 @@
 
 Events are appended in the same transaction as the change they describe (transactional outbox),
 so the feed never misses a change and never reports one that was rolled back.
+
+Readers follow the feed by ``seq`` with an opaque cursor and may long-poll: an
+:class:`EventNotifier` wakes them as soon as a transaction that wrote events has committed in
+this process, and they look at the database again at least every second, so events committed by
+another process on the same database are seen too.
+
+Order. The feed is handed out in ``seq`` order, and a cursor only moves forward, so an event
+with a seq below a reader's cursor that commits later would be skipped for ever:
+
+- SQLite has one writer at a time, and ``seq`` (its rowid) is taken inside the write
+  transaction, so seqs become visible strictly in order and without holes. Nothing to do.
+- PostgreSQL takes seqs from a sequence, outside transactions: seq 11 can commit and be
+  visible while seq 10 is still in flight, and a rolled-back transaction leaves a hole for
+  ever. So there, an event just above a hole is held back while it is younger than ``settle``
+  seconds: the hole is either filled by the in-flight transaction (normally within
+  milliseconds; readers then get both) or, once ``settle`` has passed, taken to be a
+  rolled-back seq. This is safe as long as a transaction commits within ``settle`` of writing
+  its events, and as long as the clocks of the processes that share the database agree to well
+  within ``settle`` (``created_at`` comes from the writer's clock). It costs nothing while the
+  feed has no holes, and a reader at most ``settle`` after a rollback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from connector.clock import utcnow
+from connector.errors import ValidationFailed
 from connector.ids import new_event_id
 from connector.services.views import message_json
+from storage.engine import Sessions
 from storage.models import Event, File, Message
 from storage.repositories import events as events_repo
+from storage.repositories.messages import NewMessage
+
+log = logging.getLogger(__name__)
+
+#: ``session.info`` key set by :func:`emit`: this transaction wrote events.
+_WROTE_EVENTS = "connector.events.written"
+#: How many (seq, created_at) pairs one step of the walk back from the head reads.
+_WALK_CHUNK = 100
+_MAX_SEQ = 2**63 - 1
+#: How long an event above a hole is held back on databases where seqs can commit out of order.
+OUT_OF_ORDER_SETTLE = 1.0
+
+
+def settle_for(dialect: str) -> float:
+    """``EventFeed(settle=...)`` for a database dialect: 0 for SQLite, see the module docs."""
+    return 0.0 if dialect == "sqlite" else OUT_OF_ORDER_SETTLE
 
 
 def emit(
-    session: AsyncSession, type: str, message: Message, attachments: list[File] | None = None
-) -> Event:
-    """Append a ``type`` event whose data is ``message`` as the API shows it now."""
-    return events_repo.append(
+    session: AsyncSession,
+    type: str,
+    message: Message | NewMessage,
+    attachments: list[File] | None = None,
+) -> None:
+    """Append a ``type`` event whose data is ``message`` as the API shows it now.
+
+    The row is written when the transaction commits (``storage.engine.defer_insert``), in one
+    multi-row statement with the transaction's other events.
+    """
+    session.info[_WROTE_EVENTS] = True
+    events_repo.append(
         session,
         event_id=new_event_id(),
         type=type,
@@ -27,3 +82,172 @@ def emit(
         created_at=utcnow(),
         data=message_json(message, attachments),
     )
+
+
+class EventNotifier:
+    """Wakes waiting readers of the feed after every commit that wrote events.
+
+    It is driven by the session factory's ``after_commit`` hook (:func:`after_commit` is given
+    to ``storage.engine.create_sessions``) rather than by explicit calls after the commits:
+    events are written inside transactions that others own (the write batcher, the sync, the
+    outbox transitions, and whatever comes next), and a notify placed after each of those
+    commits is one more thing every new writer must remember, while a notify placed before the
+    commit would wake readers who then find nothing. The hook runs once per committed
+    transaction, after the data is visible, never for a rolled-back one, and only those that
+    went through :func:`emit` count.
+    """
+
+    def __init__(self) -> None:
+        self._next = asyncio.Event()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def after_commit(self, session: Session) -> None:
+        """The session hook: notify when the transaction just committed wrote events."""
+        # A transaction that wrote events and then rolled back leaves the mark for the
+        # session's next commit: at worst one needless wake-up (our sessions are one per
+        # transaction anyway).
+        if session.info.pop(_WROTE_EVENTS, False):
+            self.notify()
+
+    def notify(self) -> None:
+        current, self._next = self._next, asyncio.Event()
+        current.set()
+
+    def watch(self) -> asyncio.Event:
+        """Set by the next notify (or close). Take it *before* reading the database, so that a
+        commit landing during the read is not missed."""
+        return self._next
+
+    def close(self) -> None:
+        """Shutting down: wake every reader now and let none wait from here on."""
+        self._closed = True
+        self._next.set()
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    events: list[Event]
+    cursor: str
+    """Where to continue: after the last event, or the cursor given when there were none."""
+
+
+def _never() -> bool:
+    return False
+
+
+class EventFeed:
+    """Reads the feed in commit order, long-polling for new events when asked to."""
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        notifier: EventNotifier,
+        *,
+        settle: float = 0.0,
+        recheck: float = 1.0,
+    ) -> None:
+        """``settle``: seconds an event above a hole is held back (0 where seqs cannot commit
+        out of order, i.e. SQLite); ``recheck``: seconds between looks at the database while
+        waiting, for events committed by other processes."""
+        self._sessions = sessions
+        self._notifier = notifier
+        self._settle = settle
+        self._recheck = recheck
+
+    def close(self) -> None:
+        """Answer every open long-poll now (at shutdown)."""
+        self._notifier.close()
+
+    async def read(
+        self,
+        *,
+        after: str | None,
+        limit: int,
+        types: Sequence[str] | None = None,
+        wait: float = 0.0,
+        gone: Callable[[], bool] = _never,
+    ) -> FeedPage:
+        """Up to ``limit`` events after the cursor ``after`` (None: from the beginning).
+
+        With none there, waits up to ``wait`` seconds for one, and stops early when ``gone()``
+        says the caller is not listening any more or when the feed is closed.
+        """
+        after_seq = decode_cursor(after) if after is not None else 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            changed = self._notifier.watch()
+            events, held = await self._read(after_seq, limit, types)
+            remaining = deadline - loop.time()
+            if events or remaining <= 0 or self._notifier.closed or gone():
+                break
+            pause = min(self._recheck, remaining)
+            if held:  # look again soon after the held event has settled
+                pause = min(pause, max(self._settle / 4, 0.01))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await changed.wait()
+        if events:
+            return FeedPage(events, encode_cursor(events[-1].seq))
+        return FeedPage([], after if after is not None else encode_cursor(0))
+
+    async def _read(
+        self, after_seq: int, limit: int, types: Sequence[str] | None
+    ) -> tuple[list[Event], bool]:
+        async with self._sessions() as session:
+            horizon = await self._horizon(session, after_seq) if self._settle > 0 else None
+            events = await events_repo.after(session, after_seq, limit, types, up_to=horizon)
+        return events, horizon is not None
+
+    async def _horizon(self, session: AsyncSession, after_seq: int) -> int | None:
+        """The highest seq that may be handed out now, or None for no limit.
+
+        Walks back from the head of the feed until it reaches an event older than ``settle``
+        (or the cursor), then forward again: the first hole with a young event right above it
+        ends what may be handed out.
+        """
+        young_since = utcnow() - timedelta(seconds=self._settle)
+        stamps: list[tuple[int, datetime]] = []
+        before: int | None = None
+        while True:
+            chunk = await events_repo.stamps_before(session, after_seq, before, _WALK_CHUNK)
+            stamps.extend(chunk)
+            if len(chunk) < _WALK_CHUNK or chunk[-1][1] <= young_since:
+                break
+            before = chunk[-1][0]
+        stamps.reverse()
+        if len(chunk) == _WALK_CHUNK:
+            # stopped at a settled event, not at the cursor: what lies below it is settled too
+            previous, stamps = stamps[0][0], stamps[1:]
+        else:
+            previous = after_seq
+        for seq, created_at in stamps:
+            if seq != previous + 1 and created_at > young_since:
+                log.debug("event feed: seq %d is held back behind a hole at %d", seq, previous + 1)
+                return previous
+            previous = seq
+        return None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"e{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("e"):
+            raise ValueError(raw)
+        seq = int(raw[1:])
+    except (ValueError, UnicodeDecodeError):
+        seq = -1
+    if not 0 <= seq <= _MAX_SEQ:
+        message = "not a cursor of the event feed (use the nextCursor of an earlier answer)"
+        raise ValidationFailed(
+            f"after: {message}", status=400, errors=[{"field": "after", "message": message}]
+        )
+    return seq

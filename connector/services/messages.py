@@ -3,7 +3,8 @@
 A send is accepted in one transaction (message, recipients, attachments, the sealed envelope in
 the outbox), then tried at once; whatever the platform answers is recorded with its event in a
 second transaction. If the process dies in between, the outbox job sends the same envelope again
-(same id, so the platform does not duplicate it).
+(same id, so the platform does not duplicate it). A send with an ``Idempotency-Key`` stores the
+key in the accepting transaction too (see ``connector.services.idempotency``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from connector.ids import new_message_id
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.schemas import SendMessageRequest
+from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
 from connector.services.sealing import Draft, Sealer
-from connector.services.transitions import finish_queued
+from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
 from storage.engine import Sessions
 from storage.models import File, Message, MessageAttachment, MessageRecipient, OutboxEntry
 from storage.repositories import files as files_repo
+from storage.repositories import idempotency as idempotency_repo
 from storage.repositories import messages as messages_repo
-from storage.repositories import outbox as outbox_repo
 from storage.repositories.messages import MessageFilter
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class SendResult:
     attachments: list[File]
     accepted_now: bool
     """True when the platform took it during the request (201), False when queued (202)."""
+    replayed: bool = False
+    """True when this is the answer to an earlier request with the same Idempotency-Key."""
 
 
 class MessageService:
@@ -56,6 +60,7 @@ class MessageService:
         self,
         sessions: Sessions,
         writes: WriteBatcher,
+        statuses: StatusRecorder,
         platform: PlatformClient,
         sealer: Sealer,
         *,
@@ -63,24 +68,58 @@ class MessageService:
         default_time_to_live: int,
         request_timeout: float,
         wake_outbox: Callable[[], None],
+        idempotency: IdempotencyKeys | None = None,
     ) -> None:
         self._sessions = sessions
         self._writes = writes
+        self._statuses = statuses
         self._platform = platform
         self._sealer = sealer
         self._address = address
         self._wake_outbox = wake_outbox
         self._default_ttl = default_time_to_live
         self._request_timeout = request_timeout
+        # From acceptance to answer a send takes at most the platform timeout and two writes.
+        self._idempotency = idempotency or IdempotencyKeys(
+            sessions, in_flight_for=request_timeout + 30
+        )
 
     # -- send ----------------------------------------------------------------------------------
 
-    async def send(self, request: SendMessageRequest, *, respond_async: bool = False) -> SendResult:
+    async def send(
+        self,
+        request: SendMessageRequest,
+        *,
+        respond_async: bool = False,
+        idempotency: IdempotencyRequest | None = None,
+    ) -> SendResult:
         """Accept a message (durably, with its outbox entry), then try to send it at once.
 
         When the recipients' keys are unknown and the platform cannot be reached to look them
         up, the message is still accepted (202): the outbox seals it once the keys can be had.
+        With ``idempotency``, a repeat of an earlier request answers as that one did and
+        creates nothing; 409 while it is in flight, 422 if the key came with another body.
         """
+        if idempotency is None:
+            return await self._send(request, respond_async, None)
+        async with self._idempotency.claim(idempotency):
+            recorded = await self._idempotency.recorded(idempotency)
+            if recorded is None:
+                try:
+                    return await self._send(request, respond_async, idempotency)
+                except KeyTaken:
+                    # Another replica stored the key first; ours rolled back. Its answer now.
+                    recorded = await self._idempotency.recorded(idempotency)
+                    if recorded is None:
+                        raise
+            return await self._replay(recorded)
+
+    async def _send(
+        self,
+        request: SendMessageRequest,
+        respond_async: bool,
+        idempotency: IdempotencyRequest | None,
+    ) -> SendResult:
         attachments = await self._attachments(request.attachments)
         now = utcnow()
         ttl = request.time_to_live or self._default_ttl
@@ -105,7 +144,8 @@ class MessageService:
         first_attempt = now + timedelta(seconds=self._request_timeout + 1) if try_now else now
 
         async def accept(session: AsyncSession) -> Message:
-            # Built inside the unit of work: the batcher may run it more than once.
+            # Only adds objects: the batch's one flush writes every accepted message with one
+            # multi-row INSERT per table. Built inside, as the batcher may run it again.
             message = Message(
                 id=draft.message_id,
                 direction="outgoing",
@@ -125,30 +165,53 @@ class MessageService:
                     MessageAttachment(position=i, file_id=file.id)
                     for i, file in enumerate(attachments)
                 ],
+                outbox=OutboxEntry(envelope=envelope, attempts=0, next_attempt_at=first_attempt),
             )
             messages_repo.add(session, message)
-            await session.flush()
-            outbox_repo.add(
-                session,
-                OutboxEntry(
-                    message_seq=message.seq,
-                    envelope=envelope,
-                    attempts=0,
-                    next_attempt_at=first_attempt,
-                ),
-            )
+            if idempotency is not None:
+                # The answer is known now unless this request tries the platform itself.
+                status = None if try_now else 202
+                idempotency_repo.add(session, idempotency.record(message.id, status, utcnow()))
             return message
 
-        message = await self._writes.run(accept)
+        async with self._idempotency.inserting(idempotency):
+            message = await self._writes.run(accept)
         if not try_now:
             self._wake_outbox()
             return SendResult(message, attachments, accepted_now=False)
         assert envelope is not None
-        accepted = await self._try_send(message, attachments, envelope)
+        try:
+            accepted = await self._try_send(message, attachments, envelope)
+        except RecipientNotFound:
+            if idempotency is not None:
+                await self._idempotency.answered(idempotency, 404)
+            raise
+        if idempotency is not None:
+            await self._idempotency.answered(idempotency, 201 if accepted else 202)
         if accepted and message.status == "queued":
             # A delivery receipt (or the outbox) moved it on before we recorded it: show that.
             message = await self.get(message.id)
         return SendResult(message, attachments, accepted_now=accepted)
+
+    async def _replay(self, recorded: Recorded) -> SendResult:
+        """The answer to an earlier request with the same key, showing the message as it is now.
+
+        Without a recorded answer (the process died before it was written) it follows from the
+        message: 202 while it is still queued, 201 once the platform has taken it.
+        """
+        async with self._sessions() as session:
+            found = await messages_repo.outgoing_with_recipients(session, [recorded.message_id])
+        if not found:
+            raise NotFound(
+                f"the message {recorded.message_id} sent under this Idempotency-Key "
+                "has been removed"
+            )
+        message = found[0]
+        status = recorded.status or (202 if message.status == "queued" else 201)
+        if status == 404:
+            raise RecipientNotFound(message.error or "a recipient is not known to the platform")
+        attachments = [attachment.file for attachment in message.attachments]
+        return SendResult(message, attachments, accepted_now=status == 201, replayed=True)
 
     async def _attachments(self, file_ids: list[str]) -> list[File]:
         wanted = list(dict.fromkeys(file_ids))
@@ -181,22 +244,10 @@ class MessageService:
         return True
 
     async def record_sent(self, message: Message, attachments: list[File]) -> None:
-        await self._record(message, attachments, "sent", None)
+        await self._statuses.finish(message, "sent", None, attachments)
 
     async def record_failed(self, message: Message, attachments: list[File], error: str) -> None:
-        await self._record(message, attachments, "failed", error)
-
-    async def _record(
-        self, message: Message, attachments: list[File], status: str, error: str | None
-    ) -> None:
-        now = utcnow()
-
-        async def update(session: AsyncSession) -> bool:
-            return await finish_queued(
-                session, message, status=status, at=now, error=error, attachments=attachments
-            )
-
-        await self._writes.run(update)
+        await self._statuses.finish(message, "failed", error, attachments)
 
     # -- queries -------------------------------------------------------------------------------
 

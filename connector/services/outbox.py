@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,7 @@ from connector.errors import PlatformUnavailable, RecipientNotFound
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.services.sealing import Draft, Sealer
-from connector.services.transitions import finish_queued
+from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
 from storage.engine import Sessions
 from storage.models import OutboxEntry
@@ -52,6 +52,7 @@ class OutboxService:
         self,
         sessions: Sessions,
         writes: WriteBatcher,
+        statuses: StatusRecorder,
         platform: PlatformClient,
         sealer: Sealer,
         *,
@@ -60,6 +61,7 @@ class OutboxService:
     ) -> None:
         self._sessions = sessions
         self._writes = writes
+        self._statuses = statuses
         self._platform = platform
         self._sealer = sealer
         self._batch_size = batch_size
@@ -94,29 +96,29 @@ class OutboxService:
         async with self._concurrency:
             outcome = await self._send(entry, message)
         now = utcnow()
-        seq = entry.message_seq
-
-        async def record(session: AsyncSession) -> None:
-            status, error = outcome.status, outcome.error
-            if message is None or message.status != "queued":
-                await outbox_repo.remove(session, seq)
-                return
-            if status == "retry" and message.expires_at and message.expires_at <= now:
+        status, error = outcome.status, outcome.error
+        if message is not None and message.status == "queued" and status == "retry":
+            if message.expires_at and message.expires_at <= now:
                 status, error = "expired", f"time to live ran out; last error: {error}"
-            if status == "retry":
-                row = await session.get(OutboxEntry, seq)
-                if row is not None:
-                    row.attempts += 1
-                    row.last_error = error
-                    row.next_attempt_at = now + timedelta(seconds=next_delay(row.attempts))
-                    if outcome.envelope is not None and row.envelope is None:
-                        row.envelope = outcome.envelope
-                return
-            await finish_queued(session, message, status=status, at=now, error=error)
+        if message is None or message.status != "queued":
+            await self._writes.run(lambda session: outbox_repo.remove(session, entry.message_seq))
+        elif status == "retry":
+            await self._writes.run(lambda session: self._reschedule(session, entry, outcome, now))
+        else:
+            await self._statuses.finish(message, status, error)
+            log.info("outbox: %s is %s", message.id, status)
 
-        await self._writes.run(record)
-        if outcome.status != "retry":
-            log.info("outbox: %s is %s", message.id if message else seq, outcome.status)
+    @staticmethod
+    async def _reschedule(
+        session: AsyncSession, entry: OutboxEntry, outcome: _Outcome, now: datetime
+    ) -> None:
+        row = await session.get(OutboxEntry, entry.message_seq)
+        if row is not None:
+            row.attempts += 1
+            row.last_error = outcome.error
+            row.next_attempt_at = now + timedelta(seconds=next_delay(row.attempts))
+            if outcome.envelope is not None and row.envelope is None:
+                row.envelope = outcome.envelope
 
     async def _send(self, entry: OutboxEntry, message: Any) -> _Outcome:
         if message is None or message.status != "queued":

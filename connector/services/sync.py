@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
 from connector.crypto.at_rest import seal_secret
@@ -32,13 +33,16 @@ from connector.services.events import emit
 from connector.services.files import FILE_KEY_PURPOSE
 from connector.services.peers import PeerDirectory, PeerKeys
 from storage.engine import Sessions
-from storage.models import File, Message, MessageAttachment, MessageRecipient
+from storage.models import File
 from storage.repositories import files as files_repo
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
 from storage.repositories import sync_state as sync_state_repo
+from storage.repositories.messages import NewMessage, Recipient
 
 log = logging.getLogger(__name__)
+
+_OPEN_SLICE = 64  # envelopes per worker-thread call
 
 
 @dataclass
@@ -140,21 +144,28 @@ class SyncService:
             if isinstance(message_id, str) and message_id not in known:
                 fresh.setdefault(message_id, envelope)
         senders = await self._sender_keys(list(fresh.values()))
-        loop = asyncio.get_running_loop()
-        opened = await loop.run_in_executor(None, self._open_all, list(fresh.values()), senders)
+        opened = await self._open_in_parallel(list(fresh.values()), senders)
 
         counts = SyncCounts()
         now = utcnow()
         async with self._sessions.begin() as session:
             file_ids = {d.id for o in opened for d in o.attachments}
             existing_files = await files_repo.get_many(session, file_ids)
+            new_messages: list[tuple[NewMessage, list[File]]] = []
             for item in opened:
                 if item.body is None:
-                    self._store_rejected(session, item, now)
+                    new_messages.append((self._rejected(item, now), []))
                     counts.rejected += 1
                 else:
-                    self._store_received(session, item, item.body, existing_files, now)
+                    files = self._attachment_files(session, item, existing_files, now)
+                    new_messages.append((self._received(item, item.body, files, now), files))
                     counts.received += 1
+            if file_ids:
+                await session.flush()  # attachment rows refer to these files
+            await messages_repo.insert_many(session, [message for message, _ in new_messages])
+            for message, files in new_messages:
+                kind = "message.received" if message.status == "received" else "message.rejected"
+                emit(session, kind, message, files)
             counts.receipts = await self._apply_receipts(session, receipts)
             state = await sync_state_repo.get(session)
             state.cursor = max(state.cursor, cursor)
@@ -176,14 +187,25 @@ class SyncService:
                 continue  # an unregistered sender: its envelopes are rejected
         return keys
 
+    async def _open_in_parallel(
+        self, envelopes: list[dict[str, Any]], senders: dict[str, PeerKeys]
+    ) -> list[_Opened]:
+        """Verify and decrypt a batch in worker threads, in slices, keeping the order.
+
+        Signature checks and key agreement release the GIL, so slices run on several cores
+        while the event loop stays free for the API.
+        """
+        loop = asyncio.get_running_loop()
+        slices = [envelopes[i : i + _OPEN_SLICE] for i in range(0, len(envelopes), _OPEN_SLICE)]
+        opened = await asyncio.gather(
+            *(loop.run_in_executor(None, self._open_all, part, senders) for part in slices)
+        )
+        return [item for part in opened for item in part]
+
     def _open_all(
         self, envelopes: list[dict[str, Any]], senders: dict[str, PeerKeys]
     ) -> list[_Opened]:
-        """Verify and decrypt a batch; runs in a worker thread (the crypto releases the GIL)."""
-        results = []
-        for envelope in envelopes:
-            results.append(self._open_one(envelope, senders))
-        return results
+        return [self._open_one(envelope, senders) for envelope in envelopes]
 
     def _open_one(self, envelope: dict[str, Any], senders: dict[str, PeerKeys]) -> _Opened:
         sender = senders.get(str(envelope.get("sender")))
@@ -205,18 +227,17 @@ class SyncService:
             return _Opened(envelope, error=f"message body is malformed: {exc}")
         return _Opened(envelope, body=body, attachments=body.attachments)
 
-    def _store_received(
+    def _attachment_files(
         self,
-        session: Any,
+        session: AsyncSession,
         item: _Opened,
-        body: MessageBody,
         existing_files: dict[str, File],
         now: datetime,
-    ) -> None:
-        envelope = item.envelope
-        sender = str(envelope["sender"])
+    ) -> list[File]:
+        """The File rows of a message's attachments, added where not known yet."""
+        sender = str(item.envelope["sender"])
         files: list[File] = []
-        for descriptor in body.attachments:
+        for descriptor in item.attachments:
             file = existing_files.get(descriptor.id)
             if file is None:
                 file = File(
@@ -242,10 +263,15 @@ class SyncService:
                 files_repo.add(session, file)
                 existing_files[file.id] = file
             files.append(file)
-        message = Message(
+        return files
+
+    @staticmethod
+    def _received(item: _Opened, body: MessageBody, files: list[File], now: datetime) -> NewMessage:
+        envelope = item.envelope
+        return NewMessage(
             id=str(envelope["id"]),
             direction="incoming",
-            sender=sender,
+            sender=str(envelope["sender"]),
             name=body.name,
             correlation_key=body.correlation_key,
             content=body.content,
@@ -255,37 +281,38 @@ class SyncService:
             expires_at=_parse_time(envelope.get("expiresAt")),
             tags=list(body.tags),
             recipients=_recipients(envelope),
-            attachments=[MessageAttachment(position=i, file_id=f.id) for i, f in enumerate(files)],
+            attachment_ids=[file.id for file in files],
         )
-        messages_repo.add(session, message)
-        emit(session, "message.received", message, files)
 
-    def _store_rejected(self, session: Any, item: _Opened, now: datetime) -> None:
+    @staticmethod
+    def _rejected(item: _Opened, now: datetime) -> NewMessage:
         envelope = item.envelope
         log.warning("rejected message %s: %s", envelope.get("id"), item.error)
-        message = Message(
+        return NewMessage(
             id=str(envelope.get("id")),
             direction="incoming",
             sender=str(envelope.get("sender")),
-            content=None,
             status="rejected",
             created_at=_parse_time(envelope.get("createdAt")) or now,
             received_at=now,
             expires_at=_parse_time(envelope.get("expiresAt")),
-            tags=[],
             error=item.error,
             recipients=_recipients(envelope),
-            attachments=[],
+            attachment_ids=[],
         )
-        messages_repo.add(session, message)
-        emit(session, "message.rejected", message, [])
 
-    async def _apply_receipts(self, session: Any, receipts: list[InboxItem]) -> int:
+    async def _apply_receipts(self, session: AsyncSession, receipts: list[InboxItem]) -> int:
+        """Mark recipients delivered; a message all of whose recipients are becomes delivered.
+
+        Changes go through the ORM and are flushed once, so a page of receipts costs a handful
+        of statements, not a few per receipt.
+        """
         by_message: dict[str, list[InboxItem]] = {}
         for receipt in receipts:
             if receipt.message_id:
                 by_message.setdefault(receipt.message_id, []).append(receipt)
         applied = 0
+        finished_queued: list[int] = []
         for message in await messages_repo.outgoing_with_recipients(session, by_message):
             for receipt in by_message[message.id]:
                 for recipient in message.recipients:
@@ -295,19 +322,22 @@ class SyncService:
             if message.status in ("queued", "sent") and all(
                 r.delivered_at is not None for r in message.recipients
             ):
-                if message.status == "queued":
+                if message.status == "queued":  # the receipt beat the recording of "sent"
                     message.sent_at = message.sent_at or utcnow()
-                    await outbox_repo.remove(session, message.seq)
+                    message.status = "sent"
+                    finished_queued.append(message.seq)
+                    emit(session, "message.sent", message)  # every sent message gets one
                 message.status = "delivered"
                 emit(session, "message.delivered", message)
+        await outbox_repo.remove_many(session, finished_queued)
         return applied
 
 
-def _recipients(envelope: dict[str, Any]) -> list[MessageRecipient]:
+def _recipients(envelope: dict[str, Any]) -> list[Recipient]:
     addresses = envelope.get("recipients")
     if not isinstance(addresses, list):
         return []
-    return [MessageRecipient(position=i, address=str(a)) for i, a in enumerate(addresses)]
+    return [Recipient(str(address)) for address in addresses]
 
 
 def _parse_time(value: object) -> datetime | None:

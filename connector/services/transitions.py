@@ -1,12 +1,22 @@
-"""Status changes of outgoing messages, each written with its event in the same transaction."""
+"""Status changes of queued outgoing messages, written in bulk with their events.
+
+Every send ends with queued -> sent (or failed, or expired). Done one message per statement,
+these writes dominate a busy connector; :class:`StatusRecorder` coalesces the transitions that
+arrive together into one UPDATE ... RETURNING, one DELETE of their outbox entries and one
+multi-row INSERT of their events, in one transaction.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from connector.clock import utcnow
 from connector.services.events import emit
+from storage.batching import Coalescer
+from storage.engine import Sessions
 from storage.models import File, Message
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
@@ -14,27 +24,55 @@ from storage.repositories import outbox as outbox_repo
 _EVENTS = {"sent": "message.sent", "failed": "message.failed", "expired": "message.failed"}
 
 
-async def finish_queued(
-    session: AsyncSession,
-    message: Message,
-    *,
-    status: str,
-    at: datetime,
-    error: str | None = None,
-    attachments: list[File] | None = None,
-) -> bool:
-    """queued -> ``status`` (sent, failed or expired), outbox entry gone, event written.
+@dataclass(frozen=True)
+class Transition:
+    message: Message
+    status: str  # sent | failed | expired
+    error: str | None = None
+    attachments: list[File] | None = field(default=None, compare=False)
 
-    False, and nothing changed, when the message was not queued any more (another attempt or
-    a delivery receipt got there first). ``message`` is updated to match.
-    """
-    if not await messages_repo.finish_queued(
-        session, message.seq, status=status, at=at, error=error
-    ):
-        return False
-    await outbox_repo.remove(session, message.seq)
-    message.status, message.error = status, error
-    if status == "sent":
-        message.sent_at = at
-    emit(session, _EVENTS[status], message, attachments)
-    return True
+
+class StatusRecorder:
+    def __init__(self, sessions: Sessions) -> None:
+        self._writer: Coalescer[Transition, bool] = Coalescer(sessions, _write_transitions)
+
+    async def finish(
+        self,
+        message: Message,
+        status: str,
+        error: str | None = None,
+        attachments: list[File] | None = None,
+    ) -> bool:
+        """queued -> ``status``; False (nothing changed) when it was no longer queued.
+
+        ``message`` is updated to match once the change is committed.
+        """
+        return await self._writer.submit(Transition(message, status, error, attachments))
+
+
+async def _write_transitions(
+    session: AsyncSession, transitions: Sequence[Transition]
+) -> list[bool]:
+    now = utcnow()
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for transition in transitions:
+        key = (transition.status, transition.error)
+        groups.setdefault(key, []).append(transition.message.seq)
+    changed: set[int] = set()
+    for (status, error), seqs in groups.items():
+        changed |= await messages_repo.finish_queued_many(
+            session, seqs, status=status, at=now, error=error
+        )
+    await outbox_repo.remove_many(session, sorted(changed))
+    results = []
+    for transition in transitions:
+        message = transition.message
+        done = message.seq in changed
+        if done:
+            changed.discard(message.seq)  # a repeated item changes (and reports) once
+            message.status, message.error = transition.status, transition.error
+            if transition.status == "sent":
+                message.sent_at = now
+            emit(session, _EVENTS[transition.status], message, transition.attachments)
+        results.append(done)
+    return results

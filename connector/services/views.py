@@ -6,6 +6,7 @@ from typing import Any
 
 from connector.schemas import FileOut, MessageOut, RecipientOut
 from storage.models import File, Message
+from storage.repositories.messages import NewMessage
 
 
 def file_out(file: File) -> FileOut:
@@ -25,13 +26,14 @@ def file_out(file: File) -> FileOut:
     )
 
 
-def message_out(message: Message, attachments: list[File] | None = None) -> MessageOut:
-    """``attachments`` may be given when the relationship is not loaded (a fresh insert)."""
-    files = (
-        attachments
-        if attachments is not None
-        else [attachment.file for attachment in message.attachments]
-    )
+def message_out(message: Message | NewMessage, attachments: list[File] | None = None) -> MessageOut:
+    """A stored message, or one being inserted in bulk (then ``attachments`` must be given)."""
+    if attachments is not None:
+        files = attachments
+    elif isinstance(message, Message):
+        files = [attachment.file for attachment in message.attachments]
+    else:
+        raise TypeError("attachments are needed for a NewMessage")
     return MessageOut(
         id=message.id,
         direction=message.direction,
@@ -54,6 +56,8 @@ def message_out(message: Message, attachments: list[File] | None = None) -> Mess
     )
 
 
-def message_json(message: Message, attachments: list[File] | None = None) -> dict[str, Any]:
+def message_json(
+    message: Message | NewMessage, attachments: list[File] | None = None
+) -> dict[str, Any]:
     """The Message as JSON-ready data, the ``data`` of its events."""
     return message_out(message, attachments).model_dump(mode="json", by_alias=True)

@@ -2,15 +2,117 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import CompoundSelect, Select, delete, select, union_all, update
+from sqlalchemy import (
+    CompoundSelect,
+    Select,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from storage.engine import MESSAGE_SEQS, LocalSequence, Sessions
 from storage.models import Message, MessageAttachment, MessageRecipient
+
+_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+_RECIPIENTS: Table = MessageRecipient.__table__  # type: ignore[assignment]
+_ATTACHMENTS: Table = MessageAttachment.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    delivered_at: datetime | None = None
+
+
+@dataclass
+class NewMessage:
+    """A message to insert in bulk (see :func:`insert_many`), without ORM bookkeeping."""
+
+    id: str
+    direction: str
+    sender: str
+    status: str
+    created_at: datetime
+    recipients: list[Recipient]
+    attachment_ids: list[str]
+    name: str | None = None
+    correlation_key: str | None = None
+    content: dict[str, Any] | None = None
+    received_at: datetime | None = None
+    expires_at: datetime | None = None
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+    sent_at: datetime | None = None
+    read_at: datetime | None = None
+    seq: int | None = None
+
+
+async def insert_many(session: AsyncSession, messages: Sequence[NewMessage]) -> None:
+    """Insert messages with their recipients and attachments: three statements in all.
+
+    Seqs come from the local sequence (SQLite) or from one INSERT ... RETURNING in order
+    (PostgreSQL); they are set on the given objects.
+    """
+    if not messages:
+        return
+    rows: list[dict[str, Any]] = [
+        {
+            "id": m.id,
+            "direction": m.direction,
+            "sender": m.sender,
+            "name": m.name,
+            "correlation_key": m.correlation_key,
+            "content": m.content,
+            "status": m.status,
+            "created_at": m.created_at,
+            "sent_at": m.sent_at,
+            "received_at": m.received_at,
+            "expires_at": m.expires_at,
+            "read_at": m.read_at,
+            "tags": m.tags,
+            "error": m.error,
+        }
+        for m in messages
+    ]
+    sequence: LocalSequence | None = session.info.get(MESSAGE_SEQS)
+    first = sequence.take() if sequence is not None else None
+    if first is not None and sequence is not None:
+        seqs = [first, *(sequence.take() or 0 for _ in messages[1:])]
+        for row, seq in zip(rows, seqs, strict=True):
+            row["seq"] = seq
+        await session.execute(insert(_MESSAGES), rows)
+    else:
+        result = await session.execute(
+            insert(_MESSAGES).returning(_MESSAGES.c.seq, sort_by_parameter_order=True),
+            rows,
+        )
+        seqs = list(result.scalars())
+    recipients, attachments = [], []
+    for message, seq in zip(messages, seqs, strict=True):
+        message.seq = seq
+        recipients += [
+            {"message_seq": seq, "position": i, "address": r.address, "delivered_at": None}
+            for i, r in enumerate(message.recipients)
+        ]
+        attachments += [
+            {"message_seq": seq, "position": i, "file_id": file_id}
+            for i, file_id in enumerate(message.attachment_ids)
+        ]
+    if recipients:
+        await session.execute(insert(_RECIPIENTS), recipients)
+    if attachments:
+        await session.execute(insert(_ATTACHMENTS), attachments)
 
 
 @dataclass(frozen=True)
@@ -66,7 +168,20 @@ async def outgoing_with_recipients(session: AsyncSession, ids: Iterable[str]) ->
 
 
 def add(session: AsyncSession, message: Message) -> None:
+    """Add ``message``, with its seq taken from the local sequence when there is one."""
+    sequence: LocalSequence | None = session.info.get(MESSAGE_SEQS)
+    if sequence is not None and message.seq is None:
+        message.seq = sequence.take()  # type: ignore[assignment,unused-ignore]
     session.add(message)
+
+
+async def start_local_sequence(sessions: Sessions) -> None:
+    """On SQLite, hand out message seqs in-process from the highest stored one on."""
+    if sessions.kw["bind"].dialect.name != "sqlite":
+        return
+    async with sessions() as session:
+        highest = await session.scalar(select(func.max(Message.seq)))
+    sessions.message_seqs.start(int(highest or 0))
 
 
 def _with_peer(address: str) -> CompoundSelect[tuple[int]]:
@@ -121,17 +236,26 @@ async def page(
     return list(await session.scalars(query.order_by(order).limit(limit)))
 
 
-async def finish_queued(
-    session: AsyncSession, seq: int, *, status: str, at: datetime, error: str | None
-) -> bool:
-    """Move a queued message to ``status`` (sent_at set when sent); False if it was not queued."""
+async def finish_queued_many(
+    session: AsyncSession, seqs: list[int], *, status: str, at: datetime, error: str | None
+) -> set[int]:
+    """Move the still-queued ones of ``seqs`` to ``status`` (sent_at set when sent).
+
+    One statement for all; returns the seqs that changed.
+    """
+    if not seqs:
+        return set()
     values: dict[str, object] = {"status": status, "error": error}
     if status == "sent":
         values["sent_at"] = at
     result = await session.execute(
-        update(Message).where(Message.seq == seq, Message.status == "queued").values(**values)
+        update(Message)
+        .where(Message.seq.in_(seqs), Message.status == "queued")
+        .values(**values)
+        .returning(Message.seq)
+        .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return set(result.scalars())
 
 
 async def delete_finished_before(session: AsyncSession, cutoff: datetime, limit: int) -> int:

@@ -26,3 +26,8 @@ async def due(session: AsyncSession, now: datetime, limit: int) -> list[OutboxEn
 
 async def remove(session: AsyncSession, message_seq: int) -> None:
     await session.execute(delete(OutboxEntry).where(OutboxEntry.message_seq == message_seq))
+
+
+async def remove_many(session: AsyncSession, message_seqs: list[int]) -> None:
+    if message_seqs:
+        await session.execute(delete(OutboxEntry).where(OutboxEntry.message_seq.in_(message_seqs)))
