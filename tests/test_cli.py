@@ -18,7 +18,7 @@ CLI = [sys.executable, "-m", "connector.cli"]
 
 
 async def _run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, within: float = 120
 ) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *CLI,
