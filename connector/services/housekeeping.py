@@ -1,4 +1,5 @@
-"""Housekeeping: remove expired files (here and, for own files, at the platform) and old messages.
+"""Housekeeping: remove expired files (here and, for own files, at the platform), old messages
+and expired idempotency keys.
 
 Runs as a scheduler job in bounded batches, so a large backlog is worked off over several runs
 without long transactions.
@@ -15,6 +16,7 @@ from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from storage.engine import Sessions
 from storage.repositories import files as files_repo
+from storage.repositories import idempotency as idempotency_repo
 from storage.repositories import messages as messages_repo
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ _BATCH = 500
 class HousekeepingResult:
     files_removed: int = 0
     messages_removed: int = 0
+    idempotency_keys_removed: int = 0
 
 
 class Housekeeping:
@@ -51,6 +54,10 @@ class Housekeeping:
                 result.messages_removed = await messages_repo.delete_finished_before(
                     session, cutoff, _BATCH
                 )
+        async with self._sessions.begin() as session:
+            result.idempotency_keys_removed = await idempotency_repo.delete_expired(
+                session, utcnow(), _BATCH
+            )
         if result.files_removed or result.messages_removed:
             log.info(
                 "housekeeping removed %d files and %d messages",

@@ -48,3 +48,28 @@ async def test_message_retention(connector_factory: ConnectorFactory) -> None:
     assert result.messages_removed == 1
     status, _ = await alice.json("GET", f"/api/v1/messages/{sent['id']}")
     assert status == 404
+
+
+async def test_expired_idempotency_keys_are_pruned(alice: Api, bob: Api) -> None:
+    from sqlalchemy import func, select, update
+
+    from storage.models import IdempotencyKey
+
+    body = {"recipients": [bob.address], "content": {"k": 1}}
+    for key in ("old-key", "new-key"):
+        status, _ = await alice.json(
+            "POST", "/api/v1/messages", json=body, headers={"Idempotency-Key": key}
+        )
+        assert status == 201
+    async with alice.runtime.sessions.begin() as session:
+        await session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key == "old-key")
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    result = await alice.runtime.housekeeping.run()
+    assert result.idempotency_keys_removed == 1
+    async with alice.runtime.sessions() as session:
+        left = await session.scalars(select(IdempotencyKey.key))
+        assert list(left) == ["new-key"]
+        assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
