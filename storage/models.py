@@ -179,7 +179,7 @@ class OutboxEntry(Base):
     message_seq: Mapped[int] = mapped_column(
         ForeignKey("messages.seq", ondelete="CASCADE"), primary_key=True
     )
-    envelope: Mapped[dict[str, Any] | None]
+    envelope: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(index=True)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -127,11 +127,19 @@ class OutboxService:
         if envelope is None:
             try:
                 files = [attachment.file for attachment in message.attachments]
-                envelope = await self._sealer.seal(Draft.of(message, files))
+                sealed = await self._sealer.seal(Draft.of(message, files))
             except RecipientNotFound as exc:
                 return _Outcome("failed", f"recipient not found: {exc.detail}")
             except PlatformUnavailable as exc:
                 return _Outcome("retry", exc.detail)
+            # Stored before it is sent: a retry after a crash must send these very bytes (a
+            # fresh seal has a new content key, and the platform would refuse the same id
+            # with another body). If another attempt stored one first, that one is sent.
+            envelope = await self._writes.run(
+                lambda session: outbox_repo.keep_envelope(session, entry.message_seq, sealed)
+            )
+            if envelope is None:
+                return _Outcome("failed", "the message is gone or no longer queued")
         try:
             await self._platform.send_message(envelope)
         except platform_errors.RecipientNotFound as exc:

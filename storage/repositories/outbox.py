@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import OutboxEntry
@@ -31,3 +32,19 @@ async def remove(session: AsyncSession, message_seq: int) -> None:
 async def remove_many(session: AsyncSession, message_seqs: list[int]) -> None:
     if message_seqs:
         await session.execute(delete(OutboxEntry).where(OutboxEntry.message_seq.in_(message_seqs)))
+
+
+async def keep_envelope(
+    session: AsyncSession, message_seq: int, envelope: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Store ``envelope`` unless the entry has one already; the stored one (None: no entry)."""
+    await session.execute(
+        update(OutboxEntry)
+        .where(OutboxEntry.message_seq == message_seq, OutboxEntry.envelope.is_(None))
+        .values(envelope=envelope)
+        .execution_options(synchronize_session=False)
+    )
+    stored: dict[str, Any] | None = await session.scalar(
+        select(OutboxEntry.envelope).where(OutboxEntry.message_seq == message_seq)
+    )
+    return stored
