@@ -109,9 +109,10 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             echo=echo,
             connect_args={"timeout": 30},
             # Readers run beside the single writer under WAL. Every aiosqlite connection is a
-            # thread; overflow connections would be opened and closed under load, so keep a
-            # fixed pool large enough for the concurrency we serve and wait for a free one.
-            pool_size=20,
+            # thread: overflow connections would be opened and closed under load, and many
+            # threads contend for the GIL with the event loop. So a small fixed pool; queries
+            # are short, and a request waits for a free connection instead.
+            pool_size=8,
             max_overflow=0,
             pool_timeout=30,
         )
