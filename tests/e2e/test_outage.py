@@ -196,3 +196,14 @@ async def test_ttl_runs_out_while_platform_down(
         async with alice.runtime.sessions() as session:
             events = await events_repo.after(session, 0, 1000, ["message.failed"])
         assert [e.message_id for e in events] == [body["id"]]
+
+
+async def test_health_names_a_stopped_scheduler(alice: Api) -> None:
+    async with alice.http.get(alice.url + "/health") as response:
+        assert response.status == 200
+    await alice.runtime.scheduler.stop()
+    async with alice.http.get(alice.url + "/health") as response:
+        assert response.status == 503
+        body = await response.json()
+    assert body["status"] == "unhealthy"
+    assert body["checks"]["scheduler"] != "ok" and body["checks"]["database"] == "ok"

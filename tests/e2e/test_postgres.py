@@ -72,3 +72,33 @@ async def test_exchange_with_postgres(
         return body["items"] or None  # type: ignore[no-any-return]
 
     assert (await eventually(reply, "reply at alice"))[0]["content"] == {"re": 1}
+
+
+async def test_health_follows_the_database(
+    connector_factory: ConnectorFactory, postgres_url: str
+) -> None:
+    """503 naming the database while PostgreSQL refuses connections, 200 once it takes them."""
+    api = await connector_factory("pg-health", database={"url": postgres_url})
+    name = postgres_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        async with api.http.get(api.url + "/health") as response:
+            assert response.status == 200
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        async with api.http.get(api.url + "/health") as response:
+            assert response.status == 503
+            body = await response.json()
+        assert body["checks"]["database"] != "ok" and body["checks"]["platform"] == "ok"
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+        async def healthy() -> bool:
+            async with api.http.get(api.url + "/health") as response:
+                return response.status == 200
+
+        await eventually(healthy, "health back to 200 after the database recovered")
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
