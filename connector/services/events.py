@@ -27,7 +27,6 @@ with a seq below a reader's cursor that commits later would be skipped for ever:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -38,8 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from connector.clock import utcnow
-from connector.errors import ValidationFailed
 from connector.ids import new_event_id
+from connector.services import cursors
 from connector.services.views import message_json
 from storage.engine import Sessions
 from storage.models import Event, File, Message
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 _WROTE_EVENTS = "connector.events.written"
 #: How many (seq, created_at) pairs one step of the walk back from the head reads.
 _WALK_CHUNK = 100
-_MAX_SEQ = 2**63 - 1
 #: How long an event above a hole is held back on databases where seqs can commit out of order.
 OUT_OF_ORDER_SETTLE = 1.0
 
@@ -234,20 +232,8 @@ class EventFeed:
 
 
 def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"e{seq}".encode()).decode().rstrip("=")
+    return cursors.encode("e", seq)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("e"):
-            raise ValueError(raw)
-        seq = int(raw[1:])
-    except (ValueError, UnicodeDecodeError):
-        seq = -1
-    if not 0 <= seq <= _MAX_SEQ:
-        message = "not a cursor of the event feed (use the nextCursor of an earlier answer)"
-        raise ValidationFailed(
-            f"after: {message}", status=400, errors=[{"field": "after", "message": message}]
-        )
-    return seq
+    return cursors.decode("e", cursor, field="after", hint="the event feed")

@@ -10,7 +10,6 @@ key in the accepting transaction too (see ``connector.services.idempotency``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ from connector.errors import (
     NotFound,
     PlatformUnavailable,
     RecipientNotFound,
-    ValidationFailed,
 )
 from connector.ids import new_message_id
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.schemas import SendMessageRequest
+from connector.services import cursors
 from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
@@ -261,12 +260,14 @@ class MessageService:
     async def page(
         self, filters: MessageFilter, *, limit: int, cursor: str | None, descending: bool
     ) -> tuple[list[Message], str | None]:
-        after_seq = _decode_seq_cursor(cursor) if cursor else None
+        after_seq = (
+            cursors.decode("s", cursor, field="cursor", hint="the message list") if cursor else None
+        )
         async with self._sessions() as session:
             rows = await messages_repo.page(
                 session, filters, limit=limit + 1, after_seq=after_seq, descending=descending
             )
-        next_cursor = _encode_seq_cursor(rows[limit - 1].seq) if len(rows) > limit else None
+        next_cursor = cursors.encode("s", rows[limit - 1].seq) if len(rows) > limit else None
         return rows[:limit], next_cursor
 
     async def set_read(self, message_id: str, read: bool) -> Message:
@@ -286,17 +287,3 @@ class MessageService:
             if attachment.file_id == file_id:
                 return attachment.file
         raise FileNotFound(f"message {message_id} has no attachment {file_id}")
-
-
-def _encode_seq_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_seq_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("cursor is not valid", status=400) from exc

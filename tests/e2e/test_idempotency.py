@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +22,6 @@ from tests.conftest import Api
 from tests.e2e.helpers import eventually
 
 PROBLEM = "application/problem+json"
-ADMIN_DSN = os.environ.get("CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _key() -> str:
@@ -293,24 +290,6 @@ async def test_delete_expired(alice: Api, bob: Api) -> None:
     # forgotten: the same key now makes a new message
     status, second, _ = await _send(alice, key, body)
     assert status == 201 and second["id"] != first["id"]
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for this test, dropped afterwards."""
-    asyncpg = pytest.importorskip("asyncpg")
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}")
-    name = f"connector_idem_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_two_replicas_on_postgres_create_one_message(

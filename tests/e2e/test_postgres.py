@@ -4,35 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import ConnectorFactory
+from tests.conftest import POSTGRES_ADMIN_DSN, ConnectorFactory
 from tests.e2e.helpers import eventually
 
 asyncpg = pytest.importorskip("asyncpg")
-
-ADMIN_DSN = os.environ.get("CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture
-async def postgres_url() -> AsyncIterator[str]:
-    """A fresh database per test, dropped afterwards."""
-    try:
-        admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {ADMIN_DSN}: {exc}")
-    name = f"connector_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        yield f"{base}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_exchange_with_postgres(
@@ -80,7 +59,7 @@ async def test_health_follows_the_database(
     """503 naming the database while PostgreSQL refuses connections, 200 once it takes them."""
     api = await connector_factory("pg-health", database={"url": postgres_url})
     name = postgres_url.rsplit("/", 1)[1]
-    admin = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
     try:
         async with api.http.get(api.url + "/health") as response:
             assert response.status == 200
