@@ -123,7 +123,6 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         outbox = OutboxService(sessions, writes, statuses, platform, sealer)
         messages = MessageService(
             sessions,
-            writes,
             statuses,
             platform,
             sealer,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,20 +33,21 @@ from connector.services import cursors
 from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
-from storage.batching import WriteBatcher
+from storage.batching import Coalescer
 from storage.engine import Sessions
-from storage.models import File, Message, MessageAttachment, MessageRecipient, OutboxEntry
+from storage.models import File, Message
 from storage.repositories import files as files_repo
 from storage.repositories import idempotency as idempotency_repo
 from storage.repositories import messages as messages_repo
-from storage.repositories.messages import MessageFilter
+from storage.repositories import outbox as outbox_repo
+from storage.repositories.messages import MessageFilter, NewMessage, Recipient
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SendResult:
-    message: Message
+    message: Message | NewMessage
     attachments: list[File]
     accepted_now: bool
     """True when the platform took it during the request (201), False when queued (202)."""
@@ -54,11 +55,41 @@ class SendResult:
     """True when this is the answer to an earlier request with the same Idempotency-Key."""
 
 
+@dataclass(frozen=True)
+class _Acceptance:
+    """One accepted send, to be written with the others accepted at the same time."""
+
+    message: NewMessage
+    envelope: dict[str, Any] | None
+    first_attempt: datetime
+    idempotency: IdempotencyRequest | None
+    answer: int | None
+
+
+async def _accept_many(session: AsyncSession, batch: Sequence[_Acceptance]) -> list[None]:
+    """Messages, recipients, attachments, outbox entries and keys: one statement per table."""
+    await messages_repo.insert_many(session, [item.message for item in batch])
+    await outbox_repo.add_many(
+        session,
+        [
+            (item.message.seq, item.envelope, item.first_attempt)
+            for item in batch
+            if item.message.seq is not None
+        ],
+    )
+    now = utcnow()
+    for item in batch:
+        if item.idempotency is not None:
+            idempotency_repo.add(
+                session, item.idempotency.record(item.message.id, item.answer, now)
+            )
+    return [None] * len(batch)
+
+
 class MessageService:
     def __init__(
         self,
         sessions: Sessions,
-        writes: WriteBatcher,
         statuses: StatusRecorder,
         platform: PlatformClient,
         sealer: Sealer,
@@ -70,7 +101,7 @@ class MessageService:
         idempotency: IdempotencyKeys | None = None,
     ) -> None:
         self._sessions = sessions
-        self._writes = writes
+        self._accepts: Coalescer[_Acceptance, None] = Coalescer(sessions, _accept_many)
         self._statuses = statuses
         self._platform = platform
         self._sealer = sealer
@@ -142,39 +173,30 @@ class MessageService:
         # The first attempt is this request's own, unless it cannot make one.
         first_attempt = now + timedelta(seconds=self._request_timeout + 1) if try_now else now
 
-        async def accept(session: AsyncSession) -> Message:
-            # Only adds objects: the batch's one flush writes every accepted message with one
-            # multi-row INSERT per table. Built inside, as the batcher may run it again.
-            message = Message(
-                id=draft.message_id,
-                direction="outgoing",
-                sender=self._address,
-                name=draft.name,
-                correlation_key=draft.correlation_key,
-                content=draft.content,
-                status="queued",
-                created_at=now,
-                expires_at=draft.expires_at,
-                tags=draft.tags,
-                recipients=[
-                    MessageRecipient(position=i, address=address)
-                    for i, address in enumerate(draft.recipients)
-                ],
-                attachments=[
-                    MessageAttachment(position=i, file_id=file.id)
-                    for i, file in enumerate(attachments)
-                ],
-                outbox=OutboxEntry(envelope=envelope, attempts=0, next_attempt_at=first_attempt),
-            )
-            messages_repo.add(session, message)
-            if idempotency is not None:
-                # The answer is known now unless this request tries the platform itself.
-                status = None if try_now else 202
-                idempotency_repo.add(session, idempotency.record(message.id, status, utcnow()))
-            return message
-
+        message = NewMessage(
+            id=draft.message_id,
+            direction="outgoing",
+            sender=self._address,
+            name=draft.name,
+            correlation_key=draft.correlation_key,
+            content=draft.content,
+            status="queued",
+            created_at=now,
+            expires_at=draft.expires_at,
+            tags=draft.tags,
+            recipients=[Recipient(address) for address in draft.recipients],
+            attachment_ids=[file.id for file in attachments],
+        )
+        acceptance = _Acceptance(
+            message,
+            envelope,
+            first_attempt,
+            idempotency,
+            # The answer is known now unless this request tries the platform itself.
+            None if try_now else 202,
+        )
         async with self._idempotency.inserting(idempotency):
-            message = await self._writes.run(accept)
+            await self._accepts.submit(acceptance)
         if not try_now:
             self._wake_outbox()
             return SendResult(message, attachments, accepted_now=False)
@@ -187,10 +209,11 @@ class MessageService:
             raise
         if idempotency is not None:
             await self._idempotency.answered(idempotency, 201 if accepted else 202)
+        shown: Message | NewMessage = message
         if accepted and message.status == "queued":
             # A delivery receipt (or the outbox) moved it on before we recorded it: show that.
-            message = await self.get(message.id)
-        return SendResult(message, attachments, accepted_now=accepted)
+            shown = await self.get(message.id)
+        return SendResult(shown, attachments, accepted_now=accepted)
 
     async def _replay(self, recorded: Recorded) -> SendResult:
         """The answer to an earlier request with the same key, showing the message as it is now.
@@ -224,7 +247,7 @@ class MessageService:
         return [found[file_id] for file_id in wanted]
 
     async def _try_send(
-        self, message: Message, attachments: list[File], envelope: dict[str, Any]
+        self, message: Message | NewMessage, attachments: list[File], envelope: dict[str, Any]
     ) -> bool:
         """One attempt during the request; False leaves it queued for the outbox job."""
         try:
@@ -242,10 +265,12 @@ class MessageService:
         await self.record_sent(message, attachments)
         return True
 
-    async def record_sent(self, message: Message, attachments: list[File]) -> None:
+    async def record_sent(self, message: Message | NewMessage, attachments: list[File]) -> None:
         await self._statuses.finish(message, "sent", None, attachments)
 
-    async def record_failed(self, message: Message, attachments: list[File], error: str) -> None:
+    async def record_failed(
+        self, message: Message | NewMessage, attachments: list[File], error: str
+    ) -> None:
         await self._statuses.finish(message, "failed", error, attachments)
 
     # -- queries -------------------------------------------------------------------------------

@@ -20,13 +20,14 @@ from storage.engine import Sessions
 from storage.models import File, Message
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
+from storage.repositories.messages import NewMessage
 
 _EVENTS = {"sent": "message.sent", "failed": "message.failed", "expired": "message.failed"}
 
 
 @dataclass(frozen=True)
 class Transition:
-    message: Message
+    message: Message | NewMessage
     status: str  # sent | failed | expired
     error: str | None = None
     attachments: list[File] | None = field(default=None, compare=False)
@@ -38,7 +39,7 @@ class StatusRecorder:
 
     async def finish(
         self,
-        message: Message,
+        message: Message | NewMessage,
         status: str,
         error: str | None = None,
         attachments: list[File] | None = None,
@@ -56,8 +57,9 @@ async def _write_transitions(
     now = utcnow()
     groups: dict[tuple[str, str | None], list[int]] = {}
     for transition in transitions:
-        key = (transition.status, transition.error)
-        groups.setdefault(key, []).append(transition.message.seq)
+        seq = transition.message.seq
+        if seq is not None:  # always set once stored
+            groups.setdefault((transition.status, transition.error), []).append(seq)
     changed: set[int] = set()
     for (status, error), seqs in groups.items():
         changed |= await messages_repo.finish_queued_many(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import OutboxEntry
+
+_OUTBOX: Table = OutboxEntry.__table__  # type: ignore[assignment]
 
 
 def add(session: AsyncSession, entry: OutboxEntry) -> None:
@@ -48,3 +50,22 @@ async def keep_envelope(
         select(OutboxEntry.envelope).where(OutboxEntry.message_seq == message_seq)
     )
     return stored
+
+
+async def add_many(
+    session: AsyncSession, entries: list[tuple[int, dict[str, Any] | None, datetime]]
+) -> None:
+    """New entries ``(message_seq, envelope or None, first attempt)``; one statement."""
+    if entries:
+        await session.execute(
+            insert(_OUTBOX),
+            [
+                {
+                    "message_seq": seq,
+                    "envelope": envelope,
+                    "attempts": 0,
+                    "next_attempt_at": first_attempt,
+                }
+                for seq, envelope, first_attempt in entries
+            ],
+        )
