@@ -15,6 +15,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -98,9 +99,9 @@ class IdentityKeys:
         """Raw 32-byte X25519 public key that senders wrap content keys to."""
         return self.exchange.public_key().public_bytes(_RAW, _RAW_PUBLIC)
 
-    @property
+    @cached_property
     def address(self) -> str:
-        """This identity's address (see :func:`derive_address`)."""
+        """This identity's address (see :func:`derive_address`); computed once."""
         return derive_address(self.signing_public)
 
     def sign(self, data: bytes) -> bytes:
