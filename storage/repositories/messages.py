@@ -130,7 +130,7 @@ class MessageFilter:
 def _loaded() -> Select[Message]:
     return select(Message).options(
         selectinload(Message.recipients),
-        selectinload(Message.attachments).selectinload(MessageAttachment.file),
+        selectinload(Message.attachments).joinedload(MessageAttachment.file),
     )
 
 
