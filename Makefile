@@ -18,6 +18,8 @@ run: $(STAMP)
 	$(BIN)/connector serve $(if $(CONFIG),--config $(CONFIG),)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
@@ -27,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/files.py
 	$(BIN)/python bench/messages.py
+	$(BIN)/python bench/queries.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
