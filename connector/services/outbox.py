@@ -44,7 +44,6 @@ def next_delay(attempts: int, *, base: float = _BASE_DELAY, cap: float = _MAX_DE
 class _Outcome:
     status: str  # sent | failed | retry
     error: str | None = None
-    envelope: dict[str, Any] | None = None
 
 
 class OutboxService:
@@ -117,8 +116,6 @@ class OutboxService:
             row.attempts += 1
             row.last_error = outcome.error
             row.next_attempt_at = now + timedelta(seconds=next_delay(row.attempts))
-            if outcome.envelope is not None and row.envelope is None:
-                row.envelope = outcome.envelope
 
     async def _send(self, entry: OutboxEntry, message: Any) -> _Outcome:
         if message is None or message.status != "queued":
@@ -145,7 +142,7 @@ class OutboxService:
         except platform_errors.RecipientNotFound as exc:
             return _Outcome("failed", f"recipient not found: {exc}")
         except platform_errors.PlatformUnavailable as exc:
-            return _Outcome("retry", str(exc), envelope)
+            return _Outcome("retry", str(exc))
         except platform_errors.PlatformRejected as exc:
             return _Outcome("failed", f"platform refused the message: {exc}")
         return _Outcome("sent")
