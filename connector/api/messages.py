@@ -34,6 +34,11 @@ def _respond_async(request: web.Request) -> bool:
     status=201,
     body=SendMessageRequest,
     response=MessageOut,
+    headers={
+        "Idempotency-Key": "1-255 printable ASCII characters; a repeat with the same key and "
+        "body answers as the first request did (header Idempotent-Replayed: true)",
+        "Prefer": "respond-async: answer 202 at once and let the outbox send it",
+    },
     responses={
         202: "accepted and queued; the outbox sends it",
         400: "validation_failed (also for an Idempotency-Key that is not 1-255 printable ASCII)",

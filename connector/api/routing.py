@@ -35,6 +35,8 @@ class RouteSpec:
     """Other answers worth documenting: status -> description."""
     content_type: str | None = None
     """For bodies that are not JSON (multipart uploads) and answers that are not JSON."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Optional request headers the route reads: name -> description."""
 
 
 _SPEC_ATTRIBUTE = "__route_spec__"

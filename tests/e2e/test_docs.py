@@ -23,6 +23,8 @@ async def test_openapi_is_valid_and_complete(alice: Api) -> None:
     request_schema = document["components"]["schemas"]["SendMessageRequest"]
     assert "correlationKey" in request_schema["properties"]
     assert "security" not in paths["/health"]["get"]
+    headers = {p["name"] for p in send["parameters"] if p["in"] == "header"}
+    assert headers == {"Idempotency-Key", "Prefer"}
     assert {p["name"] for p in paths["/api/v1/messages"]["get"]["parameters"]} >= {
         "direction",
         "correlationKey",
