@@ -49,6 +49,7 @@ from _harness import (
     RssSampler,
     check,
     client_session,
+    free_port,
     header_line,
     indent,
     log,
@@ -158,6 +159,64 @@ async def send_all(
     await asyncio.gather(*(sender(i) for i in range(concurrency)))
     end_ns = max((r.answer_ns for r in results), default=time.time_ns())
     return SendPhase(results, start_ns, end_ns)
+
+
+# --------------------------------------------------------------------------- baseline
+
+# The least any server can do for a send: parse the JSON body and answer 202 with JSON.
+_BARE_SERVER = """
+import sys
+from aiohttp import web
+
+async def accept(request):
+    body = await request.json()
+    return web.json_response({"id": "MSG" + "0" * 17, "n": len(body)}, status=202)
+
+app = web.Application()
+app.router.add_post("/api/v1/messages", accept)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+@dataclass
+class _BareTarget:
+    url: str
+    headers: dict[str, str]
+
+
+async def bare_aiohttp_rate(
+    session: aiohttp.ClientSession, count: int, concurrency: int, recipient: str
+) -> float:
+    """Answers/s of a bare aiohttp JSON POST handler, driven by the same client code."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", _BARE_SERVER, str(port))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError("the bare aiohttp server did not start") from None
+                await asyncio.sleep(0.1)
+        target = _BareTarget(f"http://127.0.0.1:{port}", {})
+        phase = await send_all(
+            session,
+            target,  # type: ignore[arg-type]
+            recipient,
+            "bare",
+            range(count),
+            concurrency,
+            time.monotonic() + 120,
+            kind="bare",
+        )
+        answered = sum(1 for r in phase.results if r.status == 202)
+        return answered / phase.seconds if phase.seconds else 0.0
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 # --------------------------------------------------------------------------- receiving
@@ -420,6 +479,11 @@ async def main(args: argparse.Namespace) -> int:
             sync_status = await b.get_json(session, "/api/v1/account/sync")
             incoming = await list_incoming(session, b, max_pages=n // 1000 + 50)
             cluster.check_alive()
+            bare_rate = None
+            if args.prefer_async:
+                cluster.close()  # the machine to itself, as the connector had it
+                log("baseline: a bare aiohttp JSON POST handler, same client")
+                bare_rate = await bare_aiohttp_rate(session, n, args.concurrency, address_b)
     except BaseException:
         cluster.keep = True  # keep the logs of a failed run
         raise
@@ -502,6 +566,14 @@ async def main(args: argparse.Namespace) -> int:
             check(send_rate >= TARGET_SEND_RATE),
         ),
         Row("all answers/s", f"{answer_rate:,.0f} /s"),
+        *(
+            [
+                Row("bare aiohttp JSON POST handler (same run)", f"{bare_rate:,.0f} /s"),
+                Row("connector accepted / bare aiohttp", f"{answer_rate / bare_rate:.1%}"),
+            ]
+            if bare_rate
+            else []
+        ),
         Row(
             "received at B (this run)",
             f"{len(received_ns):,} of {accepted:,} accepted"
@@ -586,6 +658,7 @@ async def main(args: argparse.Namespace) -> int:
             "count": n,
             "concurrency": args.concurrency,
             "preferAsync": args.prefer_async,
+            "bareAiohttpPerS": round(bare_rate, 1) if bare_rate else None,
             "backlog": args.backlog,
             "sendSeconds": round(phase.seconds, 3),
             "sent201": statuses[201],
