@@ -97,7 +97,8 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     rows, next_cursor = await request.app[RUNTIME].messages.page(
         filters, limit=params.limit, cursor=params.cursor, descending=params.order == "desc"
     )
-    return json_response(MessagePage(items=[message_out(m) for m in rows], next_cursor=next_cursor))
+    items = [message_out(record, files) for record, files in rows]
+    return json_response(MessagePage(items=items, next_cursor=next_cursor))
 
 
 @routes.get(

@@ -43,7 +43,7 @@ from connector.services.views import message_json
 from storage.engine import Sessions
 from storage.models import Event, File, Message
 from storage.repositories import events as events_repo
-from storage.repositories.messages import NewMessage
+from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def settle_for(dialect: str) -> float:
 def emit(
     session: AsyncSession,
     type: str,
-    message: Message | NewMessage,
+    message: Message | MessageRecord,
     attachments: list[File] | None = None,
 ) -> None:
     """Append a ``type`` event whose data is ``message`` as the API shows it now.

@@ -40,14 +40,14 @@ from storage.repositories import files as files_repo
 from storage.repositories import idempotency as idempotency_repo
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
-from storage.repositories.messages import MessageFilter, NewMessage, Recipient
+from storage.repositories.messages import MessageFilter, MessageRecord, Recipient
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SendResult:
-    message: Message | NewMessage
+    message: Message | MessageRecord
     attachments: list[File]
     accepted_now: bool
     """True when the platform took it during the request (201), False when queued (202)."""
@@ -59,7 +59,7 @@ class SendResult:
 class _Acceptance:
     """One accepted send, to be written with the others accepted at the same time."""
 
-    message: NewMessage
+    message: MessageRecord
     envelope: dict[str, Any] | None
     first_attempt: datetime
     idempotency: IdempotencyRequest | None
@@ -173,7 +173,7 @@ class MessageService:
         # The first attempt is this request's own, unless it cannot make one.
         first_attempt = now + timedelta(seconds=self._request_timeout + 1) if try_now else now
 
-        message = NewMessage(
+        message = MessageRecord(
             id=draft.message_id,
             direction="outgoing",
             sender=self._address,
@@ -209,7 +209,7 @@ class MessageService:
             raise
         if idempotency is not None:
             await self._idempotency.answered(idempotency, 201 if accepted else 202)
-        shown: Message | NewMessage = message
+        shown: Message | MessageRecord = message
         if accepted and message.status == "queued":
             # A delivery receipt (or the outbox) moved it on before we recorded it: show that.
             shown = await self.get(message.id)
@@ -247,7 +247,7 @@ class MessageService:
         return [found[file_id] for file_id in wanted]
 
     async def _try_send(
-        self, message: Message | NewMessage, attachments: list[File], envelope: dict[str, Any]
+        self, message: Message | MessageRecord, attachments: list[File], envelope: dict[str, Any]
     ) -> bool:
         """One attempt during the request; False leaves it queued for the outbox job."""
         try:
@@ -265,11 +265,11 @@ class MessageService:
         await self.record_sent(message, attachments)
         return True
 
-    async def record_sent(self, message: Message | NewMessage, attachments: list[File]) -> None:
+    async def record_sent(self, message: Message | MessageRecord, attachments: list[File]) -> None:
         await self._statuses.finish(message, "sent", None, attachments)
 
     async def record_failed(
-        self, message: Message | NewMessage, attachments: list[File], error: str
+        self, message: Message | MessageRecord, attachments: list[File], error: str
     ) -> None:
         await self._statuses.finish(message, "failed", error, attachments)
 
@@ -284,7 +284,8 @@ class MessageService:
 
     async def page(
         self, filters: MessageFilter, *, limit: int, cursor: str | None, descending: bool
-    ) -> tuple[list[Message], str | None]:
+    ) -> tuple[list[tuple[MessageRecord, list[File]]], str | None]:
+        """A page of messages with their attachments' files, and the next page's cursor."""
         after_seq = (
             cursors.decode("s", cursor, field="cursor", hint="the message list") if cursor else None
         )
@@ -292,7 +293,11 @@ class MessageService:
             rows = await messages_repo.page(
                 session, filters, limit=limit + 1, after_seq=after_seq, descending=descending
             )
-        next_cursor = cursors.encode("s", rows[limit - 1].seq) if len(rows) > limit else None
+        next_cursor = None
+        if len(rows) > limit:
+            last_seq = rows[limit - 1][0].seq
+            assert last_seq is not None
+            next_cursor = cursors.encode("s", last_seq)
         return rows[:limit], next_cursor
 
     async def set_read(self, message_id: str, read: bool) -> Message:

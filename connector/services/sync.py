@@ -38,7 +38,7 @@ from storage.repositories import files as files_repo
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
 from storage.repositories import sync_state as sync_state_repo
-from storage.repositories.messages import NewMessage, Recipient
+from storage.repositories.messages import MessageRecord, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class SyncService:
         async with self._sessions.begin() as session:
             file_ids = {d.id for o in opened for d in o.attachments}
             existing_files = await files_repo.get_many(session, file_ids)
-            new_messages: list[tuple[NewMessage, list[File]]] = []
+            new_messages: list[tuple[MessageRecord, list[File]]] = []
             for item in opened:
                 if item.body is None:
                     new_messages.append((self._rejected(item, now), []))
@@ -266,9 +266,11 @@ class SyncService:
         return files
 
     @staticmethod
-    def _received(item: _Opened, body: MessageBody, files: list[File], now: datetime) -> NewMessage:
+    def _received(
+        item: _Opened, body: MessageBody, files: list[File], now: datetime
+    ) -> MessageRecord:
         envelope = item.envelope
-        return NewMessage(
+        return MessageRecord(
             id=str(envelope["id"]),
             direction="incoming",
             sender=str(envelope["sender"]),
@@ -285,10 +287,10 @@ class SyncService:
         )
 
     @staticmethod
-    def _rejected(item: _Opened, now: datetime) -> NewMessage:
+    def _rejected(item: _Opened, now: datetime) -> MessageRecord:
         envelope = item.envelope
         log.warning("rejected message %s: %s", envelope.get("id"), item.error)
-        return NewMessage(
+        return MessageRecord(
             id=str(envelope.get("id")),
             direction="incoming",
             sender=str(envelope.get("sender")),

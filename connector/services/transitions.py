@@ -20,14 +20,14 @@ from storage.engine import Sessions
 from storage.models import File, Message
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
-from storage.repositories.messages import NewMessage
+from storage.repositories.messages import MessageRecord
 
 _EVENTS = {"sent": "message.sent", "failed": "message.failed", "expired": "message.failed"}
 
 
 @dataclass(frozen=True)
 class Transition:
-    message: Message | NewMessage
+    message: Message | MessageRecord
     status: str  # sent | failed | expired
     error: str | None = None
     attachments: list[File] | None = field(default=None, compare=False)
@@ -39,7 +39,7 @@ class StatusRecorder:
 
     async def finish(
         self,
-        message: Message | NewMessage,
+        message: Message | MessageRecord,
         status: str,
         error: str | None = None,
         attachments: list[File] | None = None,

@@ -6,7 +6,7 @@ from typing import Any
 
 from connector.schemas import FileOut, MessageOut, RecipientOut
 from storage.models import File, Message
-from storage.repositories.messages import NewMessage
+from storage.repositories.messages import MessageRecord
 
 
 def file_out(file: File) -> FileOut:
@@ -26,14 +26,16 @@ def file_out(file: File) -> FileOut:
     )
 
 
-def message_out(message: Message | NewMessage, attachments: list[File] | None = None) -> MessageOut:
+def message_out(
+    message: Message | MessageRecord, attachments: list[File] | None = None
+) -> MessageOut:
     """A stored message, or one being inserted in bulk (then ``attachments`` must be given)."""
     if attachments is not None:
         files = attachments
     elif isinstance(message, Message):
         files = [attachment.file for attachment in message.attachments]
     else:
-        raise TypeError("attachments are needed for a NewMessage")
+        raise TypeError("attachments are needed for a MessageRecord")
     return MessageOut(
         id=message.id,
         direction=message.direction,
@@ -57,7 +59,7 @@ def message_out(message: Message | NewMessage, attachments: list[File] | None = 
 
 
 def message_json(
-    message: Message | NewMessage, attachments: list[File] | None = None
+    message: Message | MessageRecord, attachments: list[File] | None = None
 ) -> dict[str, Any]:
     """The Message as JSON-ready data, the ``data`` of its events."""
     return message_out(message, attachments).model_dump(mode="json", by_alias=True)
