@@ -137,10 +137,6 @@ class Message(Base):
     attachments: Mapped[list[MessageAttachment]] = relationship(
         lazy="raise_on_sql", cascade="all, delete-orphan", order_by="MessageAttachment.position"
     )
-    outbox: Mapped[OutboxEntry | None] = relationship(
-        lazy="raise_on_sql", cascade="all, delete-orphan", passive_deletes=True
-    )
-    """Set when the message is accepted, so message and outbox entry go in one flush."""
 
 
 class MessageRecipient(Base):

@@ -26,13 +26,6 @@ async def get_many(session: AsyncSession, file_ids: Iterable[str]) -> dict[str, 
     return {file.id: file for file in rows}
 
 
-async def existing_ids(session: AsyncSession, file_ids: Iterable[str]) -> set[str]:
-    ids = list(file_ids)
-    if not ids:
-        return set()
-    return set(await session.scalars(select(File.id).where(File.id.in_(ids))))
-
-
 def add(session: AsyncSession, file: File) -> None:
     session.add(file)
 

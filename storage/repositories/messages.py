@@ -167,14 +167,6 @@ async def outgoing_with_recipients(session: AsyncSession, ids: Iterable[str]) ->
     )
 
 
-def add(session: AsyncSession, message: Message) -> None:
-    """Add ``message``, with its seq taken from the local sequence when there is one."""
-    sequence: LocalSequence | None = session.info.get(MESSAGE_SEQS)
-    if sequence is not None and message.seq is None:
-        message.seq = sequence.take()  # type: ignore[assignment,unused-ignore]
-    session.add(message)
-
-
 async def start_local_sequence(sessions: Sessions) -> None:
     """On SQLite, hand out message seqs in-process from the highest stored one on."""
     if sessions.kw["bind"].dialect.name != "sqlite":

@@ -13,10 +13,6 @@ from storage.models import OutboxEntry
 _OUTBOX: Table = OutboxEntry.__table__  # type: ignore[assignment]
 
 
-def add(session: AsyncSession, entry: OutboxEntry) -> None:
-    session.add(entry)
-
-
 async def due(session: AsyncSession, now: datetime, limit: int) -> list[OutboxEntry]:
     query = (
         select(OutboxEntry)
