@@ -74,6 +74,11 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
     """Start every part of a connector for ``settings``; stop them all on exit."""
     async with AsyncExitStack() as stack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.webhooks or settings.publishers:
+            log.warning(
+                "[[webhooks]] and [[publishers]] are accepted but not delivered yet in this "
+                "version; follow GET /api/v1/events instead"
+            )
         master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
 
         engine = create_engine(settings.database_url)
