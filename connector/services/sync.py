@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -306,33 +306,37 @@ class SyncService:
     async def _apply_receipts(self, session: AsyncSession, receipts: list[InboxItem]) -> int:
         """Mark recipients delivered; a message all of whose recipients are becomes delivered.
 
-        Changes go through the ORM and are flushed once, so a page of receipts costs a handful
-        of statements, not a few per receipt.
+        Plain column reads and bulk updates: a page of receipts costs a handful of statements,
+        and the full message is loaded only for those that become delivered (for the event).
         """
         by_message: dict[str, list[InboxItem]] = {}
         for receipt in receipts:
             if receipt.message_id:
                 by_message.setdefault(receipt.message_id, []).append(receipt)
-        applied = 0
-        finished_queued: list[int] = []
-        for message in await messages_repo.outgoing_with_recipients(session, by_message):
-            for receipt in by_message[message.id]:
-                for recipient in message.recipients:
+        now = utcnow()
+        newly: list[messages_repo.RecipientState] = []
+        finished: list[int] = []
+        was_queued: set[int] = set()
+        for seq, message_id, status, recipients in await messages_repo.outgoing_states(
+            session, by_message
+        ):
+            for receipt in by_message[message_id]:
+                for recipient in recipients:
                     if recipient.address == receipt.recipient and recipient.delivered_at is None:
-                        recipient.delivered_at = _parse_time(receipt.delivered_at) or utcnow()
-                        applied += 1
-            if message.status in ("queued", "sent") and all(
-                r.delivered_at is not None for r in message.recipients
-            ):
-                if message.status == "queued":  # the receipt beat the recording of "sent"
-                    message.sent_at = message.sent_at or utcnow()
-                    message.status = "sent"
-                    finished_queued.append(message.seq)
-                    emit(session, "message.sent", message)  # every sent message gets one
-                message.status = "delivered"
-                emit(session, "message.delivered", message)
-        await outbox_repo.remove_many(session, finished_queued)
-        return applied
+                        recipient.delivered_at = _parse_time(receipt.delivered_at) or now
+                        newly.append(recipient)
+            if status in ("queued", "sent") and all(r.delivered_at for r in recipients):
+                finished.append(seq)
+                if status == "queued":  # the receipt beat the recording of "sent"
+                    was_queued.add(seq)
+        await messages_repo.set_delivered(session, newly)
+        await messages_repo.mark_delivered(session, finished, now)
+        await outbox_repo.remove_many(session, sorted(was_queued))
+        for record, files in await messages_repo.records(session, finished):
+            if record.seq in was_queued:  # every sent message gets its message.sent
+                emit(session, "message.sent", replace(record, status="sent"), files)
+            emit(session, "message.delivered", record, files)
+        return len(newly)
 
 
 def _recipients(envelope: dict[str, Any]) -> list[Recipient]:

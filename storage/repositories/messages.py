@@ -11,6 +11,7 @@ from sqlalchemy import (
     CompoundSelect,
     Select,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -230,6 +231,23 @@ async def page(
         query = query.where(Message.seq < after_seq if descending else Message.seq > after_seq)
     order = Message.seq.desc() if descending else Message.seq.asc()
     rows = (await session.execute(query.order_by(order).limit(limit))).mappings().all()
+    return await _with_parts(session, rows)
+
+
+async def records(
+    session: AsyncSession, seqs: Sequence[int]
+) -> list[tuple[MessageRecord, list[File]]]:
+    """The messages with these seqs (in seq order) as records, with their attachments' files."""
+    if not seqs:
+        return []
+    query = select(_MESSAGES).where(Message.seq.in_(list(seqs))).order_by(Message.seq)
+    return await _with_parts(session, (await session.execute(query)).mappings().all())
+
+
+async def _with_parts(
+    session: AsyncSession, rows: Sequence[Any]
+) -> list[tuple[MessageRecord, list[File]]]:
+    """Records for message rows, with recipients, attachment ids and files (2-3 queries)."""
     if not rows:
         return []
     seqs = [row["seq"] for row in rows]
@@ -283,6 +301,66 @@ _RECORD_COLUMNS = (
     "sent_at",
     "read_at",
 )
+
+
+@dataclass
+class RecipientState:
+    message_seq: int
+    position: int
+    address: str
+    delivered_at: datetime | None
+
+
+async def outgoing_states(
+    session: AsyncSession, ids: Iterable[str]
+) -> list[tuple[int, str, str, list[RecipientState]]]:
+    """``(seq, id, status, recipients)`` of our outgoing messages with these ids; two queries."""
+    wanted = list(ids)
+    if not wanted:
+        return []
+    rows = (
+        await session.execute(
+            select(Message.seq, Message.id, Message.status).where(
+                Message.id.in_(wanted), Message.direction == "outgoing"
+            )
+        )
+    ).all()
+    recipients: dict[int, list[RecipientState]] = {seq: [] for seq, _, _ in rows}
+    if recipients:
+        for seq, position, address, delivered_at in await session.execute(
+            select(
+                _RECIPIENTS.c.message_seq,
+                _RECIPIENTS.c.position,
+                _RECIPIENTS.c.address,
+                _RECIPIENTS.c.delivered_at,
+            ).where(_RECIPIENTS.c.message_seq.in_(list(recipients)))
+        ):
+            recipients[seq].append(RecipientState(seq, position, address, delivered_at))
+    return [(seq, message_id, status, recipients[seq]) for seq, message_id, status in rows]
+
+
+async def set_delivered(session: AsyncSession, delivered: Sequence[RecipientState]) -> None:
+    """Store ``delivered_at`` of these recipients; one executemany."""
+    if delivered:
+        await session.execute(
+            update(_RECIPIENTS)
+            .where(
+                _RECIPIENTS.c.message_seq == bindparam("seq"),
+                _RECIPIENTS.c.position == bindparam("pos"),
+            )
+            .values(delivered_at=bindparam("at")),
+            [{"seq": r.message_seq, "pos": r.position, "at": r.delivered_at} for r in delivered],
+        )
+
+
+async def mark_delivered(session: AsyncSession, seqs: Sequence[int], at: datetime) -> None:
+    """queued or sent -> delivered (a queued one gets ``sent_at`` too); one statement."""
+    if seqs:
+        await session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.seq.in_(list(seqs)), _MESSAGES.c.status.in_(("queued", "sent")))
+            .values(status="delivered", sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
+        )
 
 
 async def finish_queued_many(
