@@ -148,3 +148,31 @@ async def test_concurrent_first_sends_to_a_new_peer(alice: Api, bob: Api) -> Non
     assert [status for status, _ in answers] == [201] * 16
     # a delivery receipt may beat the recording of "sent": the answer shows the newer state
     assert {body["status"] for _, body in answers} <= {"sent", "delivered"}
+
+
+async def test_each_sent_message_gets_one_sent_and_one_delivered_event(
+    alice: Api, bob: Api
+) -> None:
+    """Whether the delivery receipt or the recording of 'sent' comes first, the feed shows
+    message.sent then message.delivered, once each."""
+    import asyncio
+
+    from storage.repositories import events as events_repo
+
+    answers = await asyncio.gather(
+        *(alice.send(recipients=[bob.address], content={"n": i}) for i in range(30))
+    )
+    ids = {body["id"] for _, body in answers}
+
+    async def all_delivered() -> bool:
+        _, page = await alice.json(
+            "GET", "/api/v1/messages", params={"status": "delivered", "limit": "100"}
+        )
+        return {m["id"] for m in page["items"]} >= ids
+
+    await eventually(all_delivered, "all 30 delivered")
+    async with alice.runtime.sessions() as session:
+        events = await events_repo.after(session, 0, 1000)
+    for message_id in ids:
+        kinds = [e.type for e in events if e.message_id == message_id]
+        assert kinds == ["message.sent", "message.delivered"], (message_id, kinds)
