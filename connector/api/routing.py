@@ -77,9 +77,6 @@ class RouteTable:
     def delete(self, path: str, **kw: object) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **kw)  # type: ignore[arg-type]
 
-    def patch(self, path: str, **kw: object) -> Callable[[Handler], Handler]:
-        return self.route("PATCH", path, **kw)  # type: ignore[arg-type]
-
     def add_to(self, app: web.Application) -> None:
         for spec in self.routes:
             app.router.add_route(spec.method, spec.path, spec.handler)

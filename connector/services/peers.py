@@ -30,9 +30,6 @@ class PeerDirectory:
         self._platform = platform
         self._cache: dict[str, PeerKeys] = {}
 
-    def remember(self, peer: PeerKeys) -> None:
-        self._cache[peer.address] = peer
-
     async def resolve(self, addresses: list[str]) -> dict[str, PeerKeys]:
         """Keys for every address; :class:`RecipientNotFound` names the unknown ones."""
         found = {a: self._cache[a] for a in addresses if a in self._cache}
