@@ -23,6 +23,7 @@ from connector.services.api_keys import ApiKeyService
 from connector.services.events import EventFeed, EventNotifier, settle_for
 from connector.services.files import FileService
 from connector.services.housekeeping import Housekeeping
+from connector.services.load import SendLoad
 from connector.services.messages import MessageService
 from connector.services.outbox import OutboxService
 from connector.services.peers import PeerDirectory
@@ -125,7 +126,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         writes = WriteBatcher(sessions)
         sealer = Sealer(keys, peers, files)
         statuses = StatusRecorder(sessions)
-        outbox = OutboxService(sessions, writes, statuses, platform, sealer)
+        load = SendLoad()
+        outbox = OutboxService(sessions, writes, statuses, platform, sealer, load=load)
         messages = MessageService(
             sessions,
             statuses,
@@ -135,6 +137,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             default_time_to_live=settings.messages.default_time_to_live,
             request_timeout=settings.platform.request_timeout,
             wake_outbox=outbox.wake,
+            load=load,
         )
         sync = SyncService(
             sessions,

@@ -5,6 +5,10 @@ the outbox), then tried at once; whatever the platform answers is recorded with 
 second transaction. If the process dies in between, the outbox job sends the same envelope again
 (same id, so the platform does not duplicate it). A send with an ``Idempotency-Key`` stores the
 key in the accepting transaction too (see ``connector.services.idempotency``).
+
+With ``Prefer: respond-async`` nobody waits for the platform, so the request only checks the
+recipients and stores the message; the outbox seals and sends it, which keeps the expensive
+part (two X25519 agreements and a signature per message) off the path that answers 202.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from connector.platform.client import PlatformClient
 from connector.schemas import SendMessageRequest
 from connector.services import cursors
 from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
+from connector.services.load import SendLoad
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import Coalescer
@@ -99,6 +104,7 @@ class MessageService:
         request_timeout: float,
         wake_outbox: Callable[[], None],
         idempotency: IdempotencyKeys | None = None,
+        load: SendLoad | None = None,
     ) -> None:
         self._sessions = sessions
         self._accepts: Coalescer[_Acceptance, None] = Coalescer(sessions, _accept_many)
@@ -109,6 +115,7 @@ class MessageService:
         self._wake_outbox = wake_outbox
         self._default_ttl = default_time_to_live
         self._request_timeout = request_timeout
+        self._load = load or SendLoad()
         # From acceptance to answer a send takes at most the platform timeout and two writes.
         self._idempotency = idempotency or IdempotencyKeys(
             sessions, in_flight_for=request_timeout + 30
@@ -130,6 +137,15 @@ class MessageService:
         With ``idempotency``, a repeat of an earlier request answers as that one did and
         creates nothing; 409 while it is in flight, 422 if the key came with another body.
         """
+        with self._load.sending():
+            return await self._send_once(request, respond_async, idempotency)
+
+    async def _send_once(
+        self,
+        request: SendMessageRequest,
+        respond_async: bool,
+        idempotency: IdempotencyRequest | None,
+    ) -> SendResult:
         if idempotency is None:
             return await self._send(request, respond_async, None)
         async with self._idempotency.claim(idempotency):
@@ -164,11 +180,15 @@ class MessageService:
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
         )
-        envelope: dict[str, Any] | None
+        envelope: dict[str, Any] | None = None
         try:
-            envelope = await self._sealer.seal(draft)
+            if respond_async:
+                # Nobody waits for the envelope: the outbox seals it, off the request's path.
+                await self._sealer.check_recipients(draft.recipients)
+            else:
+                envelope = await self._sealer.seal(draft)
         except PlatformUnavailable:
-            envelope = None
+            pass  # keys unknown for now: accepted, and the outbox seals it once they are
         try_now = envelope is not None and not respond_async
         # The first attempt is this request's own, unless it cannot make one.
         first_attempt = now + timedelta(seconds=self._request_timeout + 1) if try_now else now

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,13 +22,15 @@ from connector.clock import utcnow
 from connector.errors import PlatformUnavailable, RecipientNotFound
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
+from connector.services.load import SendLoad
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
 from storage.engine import Sessions
-from storage.models import OutboxEntry
+from storage.models import File
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
+from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def next_delay(attempts: int, *, base: float = _BASE_DELAY, cap: float = _MAX_DE
 
 @dataclass(frozen=True)
 class _Outcome:
-    status: str  # sent | failed | retry
+    status: str  # sent | failed | retry | gone
     error: str | None = None
 
 
@@ -55,16 +58,20 @@ class OutboxService:
         platform: PlatformClient,
         sealer: Sealer,
         *,
+        load: SendLoad | None = None,
         batch_size: int = 200,
         concurrency: int = 16,
+        busy_concurrency: int = 8,
     ) -> None:
         self._sessions = sessions
         self._writes = writes
         self._statuses = statuses
         self._platform = platform
         self._sealer = sealer
+        self._load = load
         self._batch_size = batch_size
-        self._concurrency = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._busy_concurrency = busy_concurrency
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -74,69 +81,82 @@ class OutboxService:
     async def run_forever_step(self, idle: float = 1.0) -> None:
         """One scheduler-loop step: send what is due, then sleep until woken or ``idle``."""
         self._wakeup.clear()
-        if await self.run_due() >= self._batch_size:
+        if await self.run_due():
             return  # more may be due right away
         try:
             await asyncio.wait_for(self._wakeup.wait(), idle)
         except TimeoutError:
             pass
 
-    async def run_due(self) -> int:
-        """Try every due entry once (several at a time); returns how many were tried."""
-        now = utcnow()
-        async with self._sessions() as session:
-            entries = await outbox_repo.due(session, now, self._batch_size)
-            messages = await messages_repo.get_by_seq(session, [e.message_seq for e in entries])
-        by_seq = {m.seq: m for m in messages}
-        await asyncio.gather(*(self._attempt(e, by_seq.get(e.message_seq)) for e in entries))
-        return len(entries)
+    async def run_due(self) -> bool:
+        """Try due entries once, several at a time; True when more may be due already.
 
-    async def _attempt(self, entry: OutboxEntry, message: Any) -> None:
-        async with self._concurrency:
-            outcome = await self._send(entry, message)
-        now = utcnow()
-        status, error = outcome.status, outcome.error
-        if message is not None and message.status == "queued" and status == "retry":
-            if message.expires_at and message.expires_at <= now:
-                status, error = "expired", f"time to live ran out; last error: {error}"
-        if message is None or message.status != "queued":
-            await self._writes.run(lambda session: outbox_repo.remove(session, entry.message_seq))
-        elif status == "retry":
-            await self._writes.run(lambda session: self._reschedule(session, entry, outcome, now))
+        While API requests keep arriving, a few at a time and in small batches (see
+        ``connector.services.load``); otherwise ``concurrency`` at a time, ``batch_size`` a batch.
+        """
+        started = time.perf_counter()
+        if self._load is not None and self._load.crowded:
+            width, limit = self._busy_concurrency, self._busy_concurrency * 8
         else:
-            await self._statuses.finish(message, status, error)
-            log.info("outbox: %s is %s", message.id, status)
+            width, limit = self._concurrency, self._batch_size
+        async with self._sessions() as session:
+            entries = await outbox_repo.due(session, utcnow(), limit)
+            found = await messages_repo.records(session, [e.message_seq for e in entries])
+        messages = {record.seq: (record, files) for record, files in found}
+        queued = [e for e in entries if e.message_seq in messages and _is_queued(messages, e)]
+        gone = [e.message_seq for e in entries if e not in queued]
+        envelopes, outcomes = await self._envelopes(queued, messages)
+        slots = asyncio.Semaphore(width)
 
-    @staticmethod
-    async def _reschedule(
-        session: AsyncSession, entry: OutboxEntry, outcome: _Outcome, now: datetime
-    ) -> None:
-        row = await session.get(OutboxEntry, entry.message_seq)
-        if row is not None:
-            row.attempts += 1
-            row.last_error = outcome.error
-            row.next_attempt_at = now + timedelta(seconds=next_delay(row.attempts))
+        async def attempt(entry: outbox_repo.DueEntry) -> tuple[outbox_repo.DueEntry, _Outcome]:
+            if entry.message_seq in outcomes:
+                return entry, outcomes[entry.message_seq]
+            async with slots:
+                return entry, await self._send(envelopes[entry.message_seq])
 
-    async def _send(self, entry: OutboxEntry, message: Any) -> _Outcome:
-        if message is None or message.status != "queued":
-            return _Outcome("failed", "the message is gone or no longer queued")
-        envelope = entry.envelope
-        if envelope is None:
+        tried = await asyncio.gather(*(attempt(entry) for entry in queued))
+        await self._record(tried, messages, gone)
+        if self._load is not None:
+            await self._load.give_way(time.perf_counter() - started)
+        return len(entries) >= limit
+
+    async def _envelopes(
+        self, entries: list[outbox_repo.DueEntry], messages: dict[Any, _Found]
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, _Outcome]]:
+        """The envelope of each entry, sealing (and storing) those accepted without one.
+
+        Stored before anything is sent: a retry after a crash must send these very bytes (a
+        fresh seal has a new content key, and the platform would refuse the same id with
+        another body). If another attempt stored one first, that one is sent.
+        """
+        envelopes = {e.message_seq: e.envelope for e in entries if e.envelope is not None}
+        outcomes: dict[int, _Outcome] = {}
+        sealed: dict[int, dict[str, Any]] = {}
+        for entry in entries:
+            if entry.envelope is not None:
+                continue
+            message, files = messages[entry.message_seq]
             try:
-                files = [attachment.file for attachment in message.attachments]
-                sealed = await self._sealer.seal(Draft.of(message, files))
+                sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message, files))
             except RecipientNotFound as exc:
-                return _Outcome("failed", f"recipient not found: {exc.detail}")
+                outcomes[entry.message_seq] = _Outcome(
+                    "failed", f"recipient not found: {exc.detail}"
+                )
             except PlatformUnavailable as exc:
-                return _Outcome("retry", exc.detail)
-            # Stored before it is sent: a retry after a crash must send these very bytes (a
-            # fresh seal has a new content key, and the platform would refuse the same id
-            # with another body). If another attempt stored one first, that one is sent.
-            envelope = await self._writes.run(
-                lambda session: outbox_repo.keep_envelope(session, entry.message_seq, sealed)
+                outcomes[entry.message_seq] = _Outcome("retry", exc.detail)
+            await asyncio.sleep(0)  # one seal at a time, so that requests are served between
+        if sealed:
+            stored = await self._writes.run(
+                lambda session: outbox_repo.keep_envelopes(session, sealed)
             )
-            if envelope is None:
-                return _Outcome("failed", "the message is gone or no longer queued")
+            for seq in sealed:
+                if seq in stored:
+                    envelopes[seq] = stored[seq]
+                else:
+                    outcomes[seq] = _Outcome("gone")
+        return envelopes, outcomes
+
+    async def _send(self, envelope: dict[str, Any]) -> _Outcome:
         try:
             await self._platform.send_message(envelope)
         except platform_errors.RecipientNotFound as exc:
@@ -146,3 +166,49 @@ class OutboxService:
         except platform_errors.PlatformRejected as exc:
             return _Outcome("failed", f"platform refused the message: {exc}")
         return _Outcome("sent")
+
+    async def _record(
+        self,
+        tried: list[tuple[outbox_repo.DueEntry, _Outcome]],
+        messages: dict[Any, _Found],
+        gone: list[int],
+    ) -> None:
+        """Final outcomes with their events, retries rescheduled: a few writes for the batch."""
+        now = utcnow()
+        retries: list[outbox_repo.Retry] = []
+        finished: list[tuple[MessageRecord, list[File], str, str | None]] = []
+        for entry, outcome in tried:
+            message, files = messages[entry.message_seq]
+            status, error = outcome.status, outcome.error
+            if status == "gone":
+                gone.append(entry.message_seq)
+                continue
+            if status == "retry" and message.expires_at and message.expires_at <= now:
+                status, error = "expired", f"time to live ran out; last error: {error}"
+            if status == "retry":
+                at = now + timedelta(seconds=next_delay(entry.attempts + 1))
+                retries.append(outbox_repo.Retry(entry.message_seq, error, at))
+            else:
+                finished.append((message, files, status, error))
+        if gone or retries:
+
+            async def write(session: AsyncSession) -> None:
+                await outbox_repo.remove_many(session, gone)
+                await outbox_repo.reschedule_many(session, retries)
+
+            await self._writes.run(write)
+        await asyncio.gather(
+            *(
+                self._statuses.finish(message, status, error, files)
+                for message, files, status, error in finished
+            )
+        )
+        for message, _, status, _ in finished:
+            log.info("outbox: %s is %s", message.id, status)
+
+
+_Found = tuple[MessageRecord, list[File]]
+
+
+def _is_queued(messages: dict[Any, _Found], entry: outbox_repo.DueEntry) -> bool:
+    return messages[entry.message_seq][0].status == "queued"

@@ -19,6 +19,7 @@ from connector.services.body import AttachmentDescriptor, MessageBody
 from connector.services.files import FileService
 from connector.services.peers import PeerDirectory
 from storage.models import File, Message
+from storage.repositories.messages import MessageRecord
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Draft:
     expires_at: datetime
 
     @classmethod
-    def of(cls, message: Message, attachments: list[File]) -> Draft:
+    def of(cls, message: Message | MessageRecord, attachments: list[File]) -> Draft:
         assert message.expires_at is not None
         return cls(
             message_id=message.id,
@@ -56,6 +57,13 @@ class Sealer:
         self._keys = keys
         self._peers = peers
         self._files = files
+
+    async def check_recipients(self, addresses: list[str]) -> None:
+        """Raises RecipientNotFound (or PlatformUnavailable) as :meth:`seal` would, seals nothing.
+
+        For sends sealed later by the outbox: an unknown recipient is still refused at once.
+        """
+        await self._peers.resolve(addresses)
 
     async def seal(self, draft: Draft) -> dict[str, Any]:
         """The signed envelope; raises RecipientNotFound or PlatformUnavailable from the lookup."""

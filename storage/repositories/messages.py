@@ -143,10 +143,6 @@ async def get(session: AsyncSession, message_id: str) -> Message | None:
     return rows.first()
 
 
-async def get_by_seq(session: AsyncSession, seqs: Iterable[int]) -> list[Message]:
-    return list(await session.scalars(_loaded().where(Message.seq.in_(list(seqs)))))
-
-
 async def existing_ids(session: AsyncSession, ids: Iterable[str], direction: str) -> set[str]:
     wanted = list(ids)
     if not wanted:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import OutboxEntry
@@ -13,18 +14,29 @@ from storage.models import OutboxEntry
 _OUTBOX: Table = OutboxEntry.__table__  # type: ignore[assignment]
 
 
-async def due(session: AsyncSession, now: datetime, limit: int) -> list[OutboxEntry]:
+@dataclass(frozen=True)
+class DueEntry:
+    message_seq: int
+    envelope: dict[str, Any] | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    message_seq: int
+    error: str | None
+    next_attempt_at: datetime
+
+
+async def due(session: AsyncSession, now: datetime, limit: int) -> list[DueEntry]:
+    """Up to ``limit`` entries whose next attempt is due, the longest-waiting first."""
     query = (
-        select(OutboxEntry)
-        .where(OutboxEntry.next_attempt_at <= now)
-        .order_by(OutboxEntry.next_attempt_at)
+        select(_OUTBOX.c.message_seq, _OUTBOX.c.envelope, _OUTBOX.c.attempts)
+        .where(_OUTBOX.c.next_attempt_at <= now)
+        .order_by(_OUTBOX.c.next_attempt_at)
         .limit(limit)
     )
-    return list(await session.scalars(query))
-
-
-async def remove(session: AsyncSession, message_seq: int) -> None:
-    await session.execute(delete(OutboxEntry).where(OutboxEntry.message_seq == message_seq))
+    return [DueEntry(*row) for row in await session.execute(query)]
 
 
 async def remove_many(session: AsyncSession, message_seqs: list[int]) -> None:
@@ -32,20 +44,42 @@ async def remove_many(session: AsyncSession, message_seqs: list[int]) -> None:
         await session.execute(delete(OutboxEntry).where(OutboxEntry.message_seq.in_(message_seqs)))
 
 
-async def keep_envelope(
-    session: AsyncSession, message_seq: int, envelope: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Store ``envelope`` unless the entry has one already; the stored one (None: no entry)."""
+async def keep_envelopes(
+    session: AsyncSession, envelopes: dict[int, dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """Store each envelope unless its entry has one already; the stored ones, by seq.
+
+    An entry that is gone is missing from the answer.
+    """
+    if not envelopes:
+        return {}
     await session.execute(
-        update(OutboxEntry)
-        .where(OutboxEntry.message_seq == message_seq, OutboxEntry.envelope.is_(None))
-        .values(envelope=envelope)
-        .execution_options(synchronize_session=False)
+        update(_OUTBOX)
+        .where(_OUTBOX.c.message_seq == bindparam("seq"), _OUTBOX.c.envelope.is_(None))
+        .values(envelope=bindparam("sealed")),
+        [{"seq": seq, "sealed": envelope} for seq, envelope in envelopes.items()],
     )
-    stored: dict[str, Any] | None = await session.scalar(
-        select(OutboxEntry.envelope).where(OutboxEntry.message_seq == message_seq)
+    stored = await session.execute(
+        select(_OUTBOX.c.message_seq, _OUTBOX.c.envelope).where(
+            _OUTBOX.c.message_seq.in_(list(envelopes))
+        )
     )
-    return stored
+    return {seq: envelope for seq, envelope in stored if envelope is not None}
+
+
+async def reschedule_many(session: AsyncSession, retries: list[Retry]) -> None:
+    """One more attempt counted for each, with its error and next time; one statement."""
+    if retries:
+        await session.execute(
+            update(_OUTBOX)
+            .where(_OUTBOX.c.message_seq == bindparam("seq"))
+            .values(
+                attempts=_OUTBOX.c.attempts + 1,
+                last_error=bindparam("error"),
+                next_attempt_at=bindparam("at"),
+            ),
+            [{"seq": r.message_seq, "error": r.error, "at": r.next_attempt_at} for r in retries],
+        )
 
 
 async def add_many(
