@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from typing import Any
@@ -81,3 +82,36 @@ async def test_health_follows_the_database(
     finally:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await admin.close()
+
+
+async def test_respond_async_sends_sealed_by_the_outbox_with_postgres(
+    connector_factory: ConnectorFactory, postgres_url: str
+) -> None:
+    """The outbox's bulk writes (envelopes kept, statuses, events) on PostgreSQL."""
+    alice = await connector_factory("alice-pg", database={"url": postgres_url})
+    bob = await connector_factory("bob-sqlite")
+    answers = await asyncio.gather(
+        *(
+            alice.json(
+                "POST",
+                "/api/v1/messages",
+                json={"recipients": [bob.address], "content": {"n": n}},
+                headers={"Prefer": "respond-async"},
+            )
+            for n in range(40)
+        )
+    )
+    assert {status for status, _ in answers} == {202}
+    ids = {body["id"] for _, body in answers}
+
+    async def all_delivered() -> bool:
+        _, page = await alice.json(
+            "GET", "/api/v1/messages", params={"direction": "outgoing", "limit": "100"}
+        )
+        return {m["id"] for m in page["items"] if m["status"] == "delivered"} == ids
+
+    await eventually(all_delivered, "40 respond-async sends delivered", within=60)
+    _, page = await bob.json("GET", "/api/v1/messages", params={"limit": "100"})
+    assert sorted(m["content"]["n"] for m in page["items"]) == list(range(40))
+    _, events = await alice.json("GET", "/api/v1/events", params={"type": "message.sent"})
+    assert {e["data"]["id"] for e in events["items"]} == ids
