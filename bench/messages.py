@@ -14,10 +14,18 @@ latency can be negative; "latency from request start" (receivedAt - request star
 as an upper bound. While A is the bottleneck, B ingests as fast as A sends; ``--backlog`` pauses B
 (SIGSTOP) during the send phase and resumes it afterwards, so the ingest rate is B's own.
 
+``--rate R`` is an open loop instead: R respond-async sends per second for ``--seconds``, each
+started on schedule whatever the answers, while A's ``connector_outbox_pending`` (GET /metrics)
+is sampled every 0.5 s. A closed-loop burst is accepted faster than A's outbox delivers it; at a
+steady rate the outbox should keep up: at most 2 seconds' worth of messages pending when the
+send phase ends, then drained and all at B soon after.
+
     python bench/messages.py                   # 10,000 messages, 32 senders
     python bench/messages.py --backlog         # ... B paused while sending: backlog ingest rate
     python bench/messages.py --count 2000 --concurrency 8
     python bench/messages.py --quick           # 300 messages, a few seconds
+    python bench/messages.py --rate 400 --seconds 10   # steady respond-async load:
+                                                       # does the outbox keep up?
     python bench/messages.py --count 2000 --profile /tmp/prof   # connectors under cProfile
 """
 
@@ -25,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import math
 import os
 import pstats
 import sys
@@ -41,6 +51,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
+    Backbone,
     BenchError,
     Cluster,
     Connector,
@@ -99,6 +110,48 @@ def iso_to_ns(value: str) -> int:
 
 # --------------------------------------------------------------------------- sending
 
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+def send_headers(a: Connector, prefer_async: bool) -> dict[str, str]:
+    headers = {**a.headers, "Content-Type": "application/json"}
+    if prefer_async:
+        headers["Prefer"] = "respond-async"
+    return headers
+
+
+def message_body(recipient: str, run_id: str, kind: str, seq: int, worker: int) -> bytes:
+    return json.dumps(
+        {
+            "recipients": [recipient],
+            "content": {"bench": run_id, "kind": kind, "seq": seq, "worker": worker},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+async def post_message(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, seq: int
+) -> Sent:
+    """One POST /api/v1/messages; a transport error or another status is a Sent with ``error``."""
+    start = time.time_ns()
+    try:
+        async with session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT) as resp:
+            raw = await resp.read()
+            answer = time.time_ns()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return Sent(seq, 0, start, time.time_ns(), error=f"{type(exc).__name__}: {exc}")
+    sent = Sent(seq, status, start, answer)
+    if status in (201, 202):
+        try:
+            sent.message_id = str(json.loads(raw)["id"])
+        except (ValueError, KeyError, TypeError):
+            sent.error = f"{status} without a message id: {raw[:300]!r}"
+    else:
+        sent.error = f"{status}: {raw[:500].decode(errors='replace')}"
+    return sent
+
 
 async def send_all(
     session: aiohttp.ClientSession,
@@ -114,51 +167,141 @@ async def send_all(
 ) -> SendPhase:
     """POST one message per seq from ``concurrency`` tasks; stop at ``deadline`` (monotonic)."""
     url = f"{a.url}/api/v1/messages"
-    headers = {**a.headers, "Content-Type": "application/json"}
-    if prefer_async:
-        headers["Prefer"] = "respond-async"
+    headers = send_headers(a, prefer_async)
     todo = iter(seqs)
     results: list[Sent] = []
-    request_timeout = aiohttp.ClientTimeout(total=60)
 
     async def sender(worker: int) -> None:
         for seq in todo:
             if time.monotonic() > deadline:
                 return
-            body = json.dumps(
-                {
-                    "recipients": [recipient],
-                    "content": {"bench": run_id, "kind": kind, "seq": seq, "worker": worker},
-                },
-                separators=(",", ":"),
-            ).encode()
-            start = time.time_ns()
-            try:
-                async with session.post(
-                    url, data=body, headers=headers, timeout=request_timeout
-                ) as resp:
-                    raw = await resp.read()
-                    answer = time.time_ns()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                results.append(
-                    Sent(seq, 0, start, time.time_ns(), error=f"{type(exc).__name__}: {exc}")
-                )
-                continue
-            sent = Sent(seq, status, start, answer)
-            if status in (201, 202):
-                try:
-                    sent.message_id = str(json.loads(raw)["id"])
-                except (ValueError, KeyError, TypeError):
-                    sent.error = f"{status} without a message id: {raw[:300]!r}"
-            else:
-                sent.error = f"{status}: {raw[:500].decode(errors='replace')}"
-            results.append(sent)
+            body = message_body(recipient, run_id, kind, seq, worker)
+            results.append(await post_message(session, url, headers, body, seq))
 
     start_ns = time.time_ns()
     await asyncio.gather(*(sender(i) for i in range(concurrency)))
     end_ns = max((r.answer_ns for r in results), default=time.time_ns())
     return SendPhase(results, start_ns, end_ns)
+
+
+@dataclass
+class RatePhase(SendPhase):
+    rate: float = 0.0
+    schedule_seconds: float = 0.0  # first to last scheduled start
+    start_lag_ns: list[int] | None = None  # how late each request started vs its schedule
+    pending: list[tuple[float, int]] | None = None  # (seconds since start, outbox pending)
+
+
+async def send_at_rate(
+    session: aiohttp.ClientSession,
+    a: Connector,
+    recipient: str,
+    run_id: str,
+    rate: float,
+    seconds: float,
+    *,
+    kind: str,
+    metrics_session: aiohttp.ClientSession,
+    sample_every: float = 0.5,
+) -> RatePhase:
+    """Open loop: start one respond-async POST every 1/``rate`` s for ``seconds``, each its own
+    task, whatever the answers; sample A's outbox every ``sample_every`` s until the last answer.
+    """
+    url = f"{a.url}/api/v1/messages"
+    headers = send_headers(a, prefer_async=True)
+    count = max(1, round(rate * seconds))
+    results: list[Sent] = []
+    lags: list[int] = []
+    samples: list[tuple[float, int]] = []
+    loop = asyncio.get_running_loop()
+
+    async def one(seq: int, due_ns: int) -> None:
+        lags.append(time.time_ns() - due_ns)
+        body = message_body(recipient, run_id, kind, seq, 0)
+        results.append(await post_message(session, url, headers, body, seq))
+
+    async def sampler(t0: float) -> None:
+        k = 0
+        while True:
+            samples.append((loop.time() - t0, await outbox_pending(metrics_session, a)))
+            k += 1
+            await asyncio.sleep(max(0.0, t0 + k * sample_every - loop.time()))
+
+    tasks: list[asyncio.Task[None]] = []
+    t0 = loop.time()
+    start_ns = time.time_ns()
+    sampling = asyncio.create_task(sampler(t0))
+    try:
+        for seq in range(count):
+            offset = seq / rate
+            delay = t0 + offset - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(seq, start_ns + int(offset * 1e9))))
+            if sampling.done():  # a failed /metrics read: stop now, with its error
+                sampling.result()
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
+    end_ns = max((r.answer_ns for r in results), default=time.time_ns())
+    return RatePhase(
+        results,
+        start_ns,
+        end_ns,
+        rate=rate,
+        schedule_seconds=(count - 1) / rate,
+        start_lag_ns=sorted(lags),
+        pending=samples,
+    )
+
+
+async def outbox_pending(session: aiohttp.ClientSession, a: Connector) -> int:
+    """``connector_outbox_pending`` from A's GET /metrics."""
+    async with session.get(
+        f"{a.url}/metrics", headers=a.headers, timeout=aiohttp.ClientTimeout(total=30)
+    ) as resp:
+        text = await resp.text()
+        if resp.status != 200:
+            raise BenchError(f"GET /metrics on {a.proc.name} answered {resp.status}: {text[:500]}")
+    for line in text.splitlines():
+        if line.startswith("connector_outbox_pending "):
+            return int(float(line.split()[-1]))
+    raise BenchError(f"no connector_outbox_pending in {a.proc.name}'s /metrics:\n{text[:1000]}")
+
+
+async def wait_outbox_empty(
+    session: aiohttp.ClientSession,
+    a: Connector,
+    cluster: Cluster,
+    *,
+    poll: float,
+    stall_timeout: float,
+    total_timeout: float,
+) -> tuple[int, int]:
+    """Poll A's outbox until it is empty (or stops shrinking for ``stall_timeout``).
+
+    Returns (pending at the end, time.time_ns() of that reading).
+    """
+    start = last_progress = time.monotonic()
+    lowest = None
+    while True:
+        cluster.check_alive()
+        pending = await outbox_pending(session, a)
+        seen_ns = time.time_ns()
+        now = time.monotonic()
+        if pending == 0:
+            return 0, seen_ns
+        if lowest is None or pending < lowest:
+            lowest, last_progress = pending, now
+        if now - last_progress > stall_timeout or now - start > total_timeout:
+            log(f"giving up waiting for A's outbox: {pending} pending")
+            return pending, seen_ns
+        await asyncio.sleep(poll)
 
 
 # --------------------------------------------------------------------------- baseline
@@ -313,6 +456,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prefer-async", action="store_true", help="send with 'Prefer: respond-async' (202s)"
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="open loop: start R respond-async sends per second for --seconds, whatever the "
+        "answers, and watch A's outbox (implies --prefer-async; --count is not used)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="duration of the --rate send phase (10)",
+    )
+    parser.add_argument(
         "--backlog",
         action="store_true",
         help="pause B (SIGSTOP) while sending, then resume it: ingest rate of a backlog",
@@ -337,7 +495,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup = min(args.warmup, 10)
     if args.count <= 0 or args.concurrency <= 0 or args.warmup < 0:
         parser.error("--count and --concurrency must be positive, --warmup not negative")
+    if args.rate is not None:
+        if args.rate <= 0 or args.seconds <= 0:
+            parser.error("--rate and --seconds must be positive")
+        if args.backlog:
+            parser.error("--backlog does not go with --rate")
+        args.prefer_async = True
     return args
+
+
+async def start_and_warm_up(
+    session: aiohttp.ClientSession, cluster: Cluster, args: argparse.Namespace, run_id: str
+) -> tuple[Backbone, Connector, Connector, str, int, list[Sent]]:
+    """Backbone, connectors A and B, then ``--warmup`` untimed sends A -> B, all awaited at B.
+
+    Returns (backbone, A, B, B's address, B's total received after the warm-up, warm-up errors).
+    """
+    backbone = cluster.start_backbone()
+    await backbone.wait_ready(session)
+    a = cluster.start_connector("a", backbone.url, long_poll=True)
+    b = cluster.start_connector("b", backbone.url, long_poll=True)
+    await a.wait_ready(session)
+    await b.wait_ready(session)
+    address_a = await a.address(session)
+    address_b = await b.address(session)
+    log(f"A = {address_a}, B = {address_b}, run {run_id}")
+
+    baseline = 0
+    warm_errors: list[Sent] = []
+    if args.warmup:
+        log(f"warm-up: {args.warmup} messages")
+        warm = await send_all(
+            session,
+            a,
+            address_b,
+            run_id,
+            range(args.warmup),
+            args.concurrency,
+            time.monotonic() + 120,
+            kind="warmup",
+            prefer_async=args.prefer_async,
+        )
+        warm_errors = [r for r in warm.results if r.status not in (201, 202)]
+        warm_accepted = len(warm.results) - len(warm_errors)
+        if warm_errors:
+            cluster.check_alive()
+            log(
+                f"WARNING warm-up: {len(warm_errors)} of {args.warmup} sends failed, "
+                f"first: {warm_errors[0].error}\nconnector A output:\n"
+                f"{indent(a.proc.tail(60))}"
+            )
+        if not warm_accepted:
+            raise BenchError("warm-up: every send failed (see above)")
+        ok, got, _ = await wait_for_ingest(
+            session,
+            b,
+            cluster,
+            baseline=0,
+            expected=warm_accepted,
+            run_id=run_id,
+            kind="warmup",
+            poll=0.2,
+            stall_timeout=60,
+            total_timeout=120,
+        )
+        if not ok:
+            raise BenchError(
+                f"warm-up: B received only {got} of {warm_accepted} messages in time\n"
+                f"connector B output:\n{b.proc.tail(40)}\n"
+                f"connector A output:\n{a.proc.tail(20)}"
+            )
+        baseline = (await total_received(session, b)) or 0
+    return backbone, a, b, address_b, baseline, warm_errors
 
 
 def print_profiles(directory: Path, top: int = 25) -> None:
@@ -359,67 +588,17 @@ def ms(ns: float) -> str:
 async def main(args: argparse.Namespace) -> int:
     info = machine_info()
     print(header_line(info), flush=True)
+    if args.rate is not None:
+        return await main_rate(args, info)
     run_id = os.urandom(6).hex()
     n = args.count
     send_budget = max(120.0, n / 20)  # the send phase stops at >= 20 messages/s
     cluster = Cluster.create("bench-messages-", keep=args.keep, profile_dir=args.profile)
     try:
         async with client_session(limit=args.concurrency + 8) as session:
-            backbone = cluster.start_backbone()
-            await backbone.wait_ready(session)
-            a = cluster.start_connector("a", backbone.url, long_poll=True)
-            b = cluster.start_connector("b", backbone.url, long_poll=True)
-            await a.wait_ready(session)
-            await b.wait_ready(session)
-            address_a = await a.address(session)
-            address_b = await b.address(session)
-            log(f"A = {address_a}, B = {address_b}, run {run_id}")
-
-            baseline = 0
-            warm_errors: list[Sent] = []
-            if args.warmup:
-                log(f"warm-up: {args.warmup} messages")
-                warm = await send_all(
-                    session,
-                    a,
-                    address_b,
-                    run_id,
-                    range(args.warmup),
-                    args.concurrency,
-                    time.monotonic() + 120,
-                    kind="warmup",
-                    prefer_async=args.prefer_async,
-                )
-                warm_errors = [r for r in warm.results if r.status not in (201, 202)]
-                warm_accepted = len(warm.results) - len(warm_errors)
-                if warm_errors:
-                    cluster.check_alive()
-                    log(
-                        f"WARNING warm-up: {len(warm_errors)} of {args.warmup} sends failed, "
-                        f"first: {warm_errors[0].error}\nconnector A output:\n"
-                        f"{indent(a.proc.tail(60))}"
-                    )
-                if not warm_accepted:
-                    raise BenchError("warm-up: every send failed (see above)")
-                ok, got, _ = await wait_for_ingest(
-                    session,
-                    b,
-                    cluster,
-                    baseline=0,
-                    expected=warm_accepted,
-                    run_id=run_id,
-                    kind="warmup",
-                    poll=0.2,
-                    stall_timeout=60,
-                    total_timeout=120,
-                )
-                if not ok:
-                    raise BenchError(
-                        f"warm-up: B received only {got} of {warm_accepted} messages in time\n"
-                        f"connector B output:\n{b.proc.tail(40)}\n"
-                        f"connector A output:\n{a.proc.tail(20)}"
-                    )
-                baseline = (await total_received(session, b)) or 0
+            backbone, a, b, address_b, baseline, warm_errors = await start_and_warm_up(
+                session, cluster, args, run_id
+            )
 
             samplers = {
                 "A": RssSampler(a.proc.pid, interval=0.1),
@@ -684,6 +863,249 @@ async def main(args: argparse.Namespace) -> int:
     if not rows_ok:
         return 1
     return 1 if args.strict and not all(met.values()) else 0
+
+
+def _num(value: float, digits: int) -> float | None:
+    """Rounded for the JSON line; NaN (not measured) becomes null."""
+    return None if math.isnan(value) else round(value, digits)
+
+
+async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
+    """``--rate``: open-loop respond-async sends at a steady rate; does A's outbox keep up?"""
+    run_id = os.urandom(6).hex()
+    rate, seconds = float(args.rate), float(args.seconds)
+    n = max(1, round(rate * seconds))
+    kind = "rate"
+    cluster = Cluster.create("bench-messages-", keep=args.keep, profile_dir=args.profile)
+    try:
+        # An open loop does not wait for answers: leave room for about a second of requests in
+        # flight, so that a slow answer queues at the connector rather than in this client.
+        async with (
+            client_session(limit=max(args.concurrency, int(rate)) + 8) as session,
+            client_session(limit=4) as metrics_session,
+        ):
+            backbone, a, b, address_b, baseline, warm_errors = await start_and_warm_up(
+                session, cluster, args, run_id
+            )
+            samplers = {
+                "A": RssSampler(a.proc.pid, interval=0.1),
+                "B": RssSampler(b.proc.pid, interval=0.1),
+            }
+            for sampler in samplers.values():
+                sampler.start()
+            cpu = CpuMeter(
+                {
+                    "connector A": a.proc.pid,
+                    "connector B": b.proc.pid,
+                    "backbone": backbone.proc.pid,
+                }
+            )
+            cpu.start()
+            log(
+                f"open loop: {n} messages A -> B at {rate:g}/s for {seconds:g} s "
+                "(Prefer: respond-async), A's outbox sampled every 0.5 s"
+            )
+            phase = await send_at_rate(
+                session,
+                a,
+                address_b,
+                run_id,
+                rate,
+                seconds,
+                kind=kind,
+                metrics_session=metrics_session,
+            )
+            pending_at_end = await outbox_pending(metrics_session, a)
+            statuses = phase.by_status()
+            accepted = statuses[201] + statuses[202]
+            log(
+                f"send phase done in {phase.seconds:.2f} s: {dict(statuses)}; "
+                f"outbox pending {pending_at_end}"
+            )
+            cluster.check_alive()
+            (outbox_left, empty_ns), (complete, _arrived, waited) = await asyncio.gather(
+                wait_outbox_empty(
+                    metrics_session,
+                    a,
+                    cluster,
+                    poll=0.05,
+                    stall_timeout=args.stall_timeout,
+                    total_timeout=max(300.0, n / 20),
+                ),
+                wait_for_ingest(
+                    session,
+                    b,
+                    cluster,
+                    baseline=baseline,
+                    expected=accepted,
+                    run_id=run_id,
+                    kind=kind,
+                    poll=args.poll,
+                    stall_timeout=args.stall_timeout,
+                    total_timeout=max(300.0, n / 20),
+                ),
+            )
+            wall = (time.time_ns() - phase.start_ns) / 1e9
+            cpu.stop()
+            for sampler in samplers.values():
+                await sampler.stop()
+            sync_status = await b.get_json(session, "/api/v1/account/sync")
+            incoming = await list_incoming(session, b, max_pages=n // 1000 + 50)
+            cluster.check_alive()
+    except BaseException:
+        cluster.keep = True  # keep the logs of a failed run
+        raise
+    finally:
+        cluster.close()
+        if args.profile:
+            print_profiles(args.profile)
+
+    # ------------------------------------------------------------------ analysis
+    accepted_seqs = {r.seq for r in phase.results if r.status in (201, 202)}
+    received_ns: dict[int, int] = {}
+    duplicates = 0
+    for item in ours(incoming, run_id, kind):
+        seq = item["content"].get("seq")
+        if not isinstance(seq, int):
+            continue
+        if seq in received_ns:
+            duplicates += 1
+            continue
+        raw = item.get("receivedAt")
+        try:
+            received_ns[seq] = iso_to_ns(raw) if isinstance(raw, str) else -1
+        except ValueError:
+            received_ns[seq] = -1
+    missing = sorted(accepted_seqs - received_ns.keys())
+    unexpected = len(received_ns.keys() - accepted_seqs)  # arrived, but its send got no 201/202
+    all_delivered = not missing and not unexpected and not duplicates
+    arrivals = [ns for ns in received_ns.values() if ns >= 0]
+    to_all_received = (
+        (max(arrivals) - phase.end_ns) / 1e9 if arrivals and complete and not missing else math.nan
+    )
+    drain = (empty_ns - phase.end_ns) / 1e9 if outbox_left == 0 else math.nan
+
+    errors = [r for r in phase.results if r.status not in (201, 202)]
+    error_kinds = Counter((r.error or "")[:160] for r in errors)
+    latencies = sorted(r.answer_ns - r.start_ns for r in phase.results if r.status in (201, 202))
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    lags = phase.start_lag_ns or []
+    samples = [pending for _, pending in phase.pending or []]
+    pending_max = max([*samples, pending_at_end])
+    kept_up = pending_at_end <= rate * 2
+    accepted_rate = accepted / phase.seconds if phase.seconds > 0 else math.nan
+    total_received_b = sync_status.get("totalReceived", sync_status.get("total_received"))
+
+    rows = [
+        Row("warm-up sends (untimed) / errors", f"{args.warmup} / {len(warm_errors)}"),
+        Row(
+            "offered rate (open loop, Prefer: respond-async)",
+            f"{rate:,.0f} /s: {len(phase.results):,} requests over {seconds:g} s",
+        ),
+        Row(
+            "bench client: request start behind schedule p99 / max",
+            f"{ms(percentile(lags, 99))} / {ms(lags[-1] if lags else math.nan)}",
+        ),
+        Row("send phase (first request .. last answer)", f"{phase.seconds:.2f} s"),
+        Row(
+            "answers 202 queued / 201 sent / errors",
+            f"{statuses[202]:,} / {statuses[201]:,} / {len(errors):,}",
+        ),
+        Row("accepted rate (201+202 answers / send phase)", f"{accepted_rate:,.0f} /s"),
+        Row("202 answer latency p50", ms(p50)),
+        Row("202 answer latency p99", ms(p99)),
+        Row("outbox pending: max during send phase", f"{pending_max:,}"),
+        Row("outbox pending: at end of send phase (last answer)", f"{pending_at_end:,}"),
+        Row(
+            "outbox kept up (pending at end <= 2 s of messages)",
+            "yes" if kept_up else "no",
+            f"<= {rate * 2:,.0f}",
+            check(kept_up),
+        ),
+        Row(
+            "received at B (this run)",
+            f"{len(received_ns):,} of {accepted:,} accepted"
+            + ("" if complete else f" (gave up after {waited:.0f} s)"),
+        ),
+        Row("B total_received (incl. warm-up)", f"{total_received_b}"),
+        Row(
+            "missing / duplicates / not accepted",
+            f"{len(missing):,} / {duplicates:,} / {unexpected:,}",
+        ),
+        Row(
+            "all delivered (received at B == accepted, no duplicates)",
+            "yes" if all_delivered else "no",
+            "yes",
+            check(all_delivered),
+        ),
+        Row(
+            "outbox empty after last answer",
+            f"{drain:.2f} s" if outbox_left == 0 else f"no: {outbox_left:,} still pending",
+        ),
+        Row("all received at B after last answer (receivedAt)", f"{to_all_received:.2f} s"),
+        *cpu.rows(wall),
+        *(
+            Row(
+                f"connector {name} peak RSS growth",
+                f"{s.growth_mib:.1f} MiB (from {s.rss_before_kib / 1024:.0f} MiB)",
+            )
+            for name, s in samplers.items()
+        ),
+    ]
+    print_table(
+        f"bench/messages.py — open loop {rate:g} messages/s for {seconds:g} s A -> B, "
+        f"Prefer: respond-async (wall {wall:.1f} s incl. draining)",
+        rows,
+    )
+    print(
+        "outbox pending every 0.5 s of the send phase: "
+        + " ".join(str(p) for p in samples)
+        + f" | at the last answer: {pending_at_end}"
+    )
+    if warm_errors:
+        print("warm-up send errors:")
+        for text, count in Counter((r.error or "")[:160] for r in warm_errors).most_common(5):
+            print(f"  {count:>6} x {text}")
+    if error_kinds:
+        print("send errors (most common first):")
+        for text, count in error_kinds.most_common(5):
+            print(f"  {count:>6} x {text}")
+    if missing:
+        print(f"missing seqs (first 20): {missing[:20]}")
+    if sync_status.get("lastError"):
+        print(f"B sync lastError: {sync_status.get('lastError')}")
+
+    print_summary(
+        {
+            "bench": "messages",
+            "mode": "rate",
+            **{k: info[k] for k in ("date", "host", "cpu", "cores", "python", "commit")},
+            "rate": rate,
+            "seconds": seconds,
+            "offered": len(phase.results),
+            "accepted": accepted,
+            "errors": len(errors),
+            "warmupErrors": len(warm_errors),
+            "sendSeconds": round(phase.seconds, 3),
+            "acceptedPerS": _num(accepted_rate, 1),
+            "p50Ms": _num(p50 / 1e6, 2),
+            "p99Ms": _num(p99 / 1e6, 2),
+            "pendingMax": pending_max,
+            "pendingAtEnd": pending_at_end,
+            "pendingSamples": samples,
+            "keptUp": kept_up,
+            "receivedAtB": len(received_ns),
+            "missing": len(missing),
+            "duplicates": duplicates,
+            "allDelivered": all_delivered,
+            "drainSeconds": _num(drain, 3),
+            "allReceivedSeconds": _num(to_all_received, 3),
+            "cpuSeconds": {k: round(v, 2) for k, v in cpu.used.items()},
+        }
+    )
+    if not all_delivered or errors:
+        return 1
+    return 1 if args.strict and not kept_up else 0
 
 
 if __name__ == "__main__":
