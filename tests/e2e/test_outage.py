@@ -92,7 +92,7 @@ async def test_outage_queues_then_delivers_each_once(
 
         await platform.stop()
         answers = await asyncio.gather(
-            *(alice.send(recipients=[bob.address], content={"n": i}) for i in range(20))
+            *(alice.send(recipients=[bob.address], content={"n": i}) for i in range(100))
         )
         assert {status for status, _ in answers} == {202}
         assert {body["status"] for _, body in answers} == {"queued"}
@@ -105,11 +105,12 @@ async def test_outage_queues_then_delivers_each_once(
 
         async def all_arrived() -> list[dict[str, Any]] | None:
             items = await _incoming(bob)
-            return items if len(items) >= 21 else None
+            return items if len(items) >= 101 else None
 
-        items = await eventually(all_arrived, "all 20 queued messages at bob", within=60)
+        items = await eventually(all_arrived, "all 100 queued messages at bob", within=60)
+        assert len(items) == 101
         numbers = sorted(m["content"]["n"] for m in items if "n" in m["content"])
-        assert numbers == list(range(20))  # each exactly once
+        assert numbers == list(range(100))  # each exactly once
 
         async def all_sent() -> bool:
             _, body = await alice.json(
