@@ -74,6 +74,7 @@ from _harness import (
 TARGET_SEND_RATE = 500.0
 TARGET_INGEST_RATE = 3000.0
 TARGET_P50_MS = 100.0
+TARGET_ACCEPT_RATE = 1500.0  # Prefer: respond-async, 32 concurrent clients
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -306,10 +307,16 @@ async def wait_outbox_empty(
 
 # --------------------------------------------------------------------------- baseline
 
-# The least any server can do for a send: parse the JSON body and answer 202 with JSON.
+# The least any server can do for a send: parse the JSON body and answer 202 with JSON. On
+# uvloop when it is installed, as the connector runs, so that the ratio compares like with like.
 _BARE_SERVER = """
-import sys
+import asyncio, sys
 from aiohttp import web
+try:
+    import uvloop
+    loop = uvloop.new_event_loop()
+except ImportError:
+    loop = asyncio.new_event_loop()
 
 async def accept(request):
     body = await request.json()
@@ -317,7 +324,7 @@ async def accept(request):
 
 app = web.Application()
 app.router.add_post("/api/v1/messages", accept)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, loop=loop)
 """
 
 
@@ -741,10 +748,21 @@ async def main(args: argparse.Namespace) -> int:
         Row(
             "send rate (201 answers/s)",
             f"{send_rate:,.0f} /s",
-            f">= {TARGET_SEND_RATE:,.0f} /s",
-            check(send_rate >= TARGET_SEND_RATE),
+            *(
+                ("n/a: respond-async", "")
+                if args.prefer_async
+                else (f">= {TARGET_SEND_RATE:,.0f} /s", check(send_rate >= TARGET_SEND_RATE))
+            ),
         ),
-        Row("all answers/s", f"{answer_rate:,.0f} /s"),
+        Row(
+            "all answers/s" + (" (respond-async accepted/s)" if args.prefer_async else ""),
+            f"{answer_rate:,.0f} /s",
+            *(
+                (f">= {TARGET_ACCEPT_RATE:,.0f} /s", check(answer_rate >= TARGET_ACCEPT_RATE))
+                if args.prefer_async
+                else ()
+            ),
+        ),
         *(
             [
                 Row("bare aiohttp JSON POST handler (same run)", f"{bare_rate:,.0f} /s"),
@@ -768,8 +786,14 @@ async def main(args: argparse.Namespace) -> int:
         Row(
             "ingest rate (n / span)",
             f"{ingest_rate:,.0f} /s",
-            f">= {TARGET_INGEST_RATE:,.0f} /s",
-            check(ingest_rate >= TARGET_INGEST_RATE),
+            *(
+                ("n/a: respond-async", "")
+                if args.prefer_async
+                else (
+                    f">= {TARGET_INGEST_RATE:,.0f} /s",
+                    check(ingest_rate >= TARGET_INGEST_RATE),
+                )
+            ),
         ),
         Row("last arrival after last send answer", f"{lag_after_last_answer:.2f} s"),
         *(
@@ -784,8 +808,14 @@ async def main(args: argparse.Namespace) -> int:
         Row(
             "latency p50 (receivedAt - answer)",
             ms(p50),
-            f"<= {TARGET_P50_MS:.0f} ms" if resumed_ns is None else "n/a: backlog mode",
-            check(bool(latencies) and p50 <= TARGET_P50_MS * 1e6) if resumed_ns is None else "",
+            *(
+                (
+                    f"<= {TARGET_P50_MS:.0f} ms",
+                    check(bool(latencies) and p50 <= TARGET_P50_MS * 1e6),
+                )
+                if resumed_ns is None and not args.prefer_async
+                else ("n/a: " + ("respond-async" if args.prefer_async else "backlog mode"), "")
+            ),
         ),
         Row("latency p90", ms(percentile(latencies, 90))),
         Row("latency p99", ms(percentile(latencies, 99))),
@@ -824,11 +854,15 @@ async def main(args: argparse.Namespace) -> int:
     if sync_status.get("lastError"):
         print(f"B sync lastError: {sync_status.get('lastError')}")
 
-    met = {
-        "sendRate": send_rate >= TARGET_SEND_RATE,
-        "ingestRate": ingest_rate >= TARGET_INGEST_RATE,
-        "p50": bool(latencies) and p50 <= TARGET_P50_MS * 1e6,
-    }
+    met = (
+        {"acceptedRate": answer_rate >= TARGET_ACCEPT_RATE}
+        if args.prefer_async
+        else {
+            "sendRate": send_rate >= TARGET_SEND_RATE,
+            "ingestRate": ingest_rate >= TARGET_INGEST_RATE,
+            "p50": bool(latencies) and p50 <= TARGET_P50_MS * 1e6,
+        }
+    )
     rows_ok = not missing and not duplicates and not errors and not not_received_status
     print_summary(
         {
