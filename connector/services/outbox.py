@@ -1,9 +1,16 @@
 """Send what was accepted: retries with exponential backoff and full jitter, until the TTL.
 
-The envelope is sealed once (at acceptance, or here on the first attempt when the recipients'
-keys were not known yet) and stored, so every retry sends the same bytes under the same id and
-the platform recognises a repeat. A message whose time to live runs out becomes ``expired``
-with a ``message.failed`` event; a permanent refusal (unknown recipient) becomes ``failed``.
+The envelope is sealed once and stored, so every retry sends the same bytes under the same id
+and the platform recognises a repeat: at acceptance for a send that tries the platform at once,
+here on the first attempt for a ``Prefer: respond-async`` send or one accepted while the
+recipients' keys could not be looked up. A message whose time to live runs out becomes
+``expired`` with a ``message.failed`` event; a permanent refusal (unknown recipient) becomes
+``failed``.
+
+Work goes in batches: one read of the due entries with their messages, the new envelopes kept
+in one transaction, sends several at a time, then the outcomes in a few bulk writes. While sends
+crowd into the API, batches are small and the outbox gives way after each one
+(``connector.services.load``).
 """
 
 from __future__ import annotations
