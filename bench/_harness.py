@@ -21,11 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import IO, Any
 
 import aiohttp
 
@@ -164,6 +166,25 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(json.dumps(summary, separators=(",", ":"), sort_keys=False, default=str))
 
 
+SUMMARY_MACHINE_KEYS = ("date", "host", "cpu", "cores", "python", "commit")
+
+
+def summary_head(bench: str, info: dict[str, Any], **first: Any) -> dict[str, Any]:
+    """The fields every JSON summary line starts with: the bench's name, then ``first`` (in
+    order), then the machine fields of ``info`` (from :func:`machine_info`)."""
+    return {"bench": bench, **first, **{key: info[key] for key in SUMMARY_MACHINE_KEYS}}
+
+
+def json_number(value: float, digits: int) -> float | None:
+    """``value`` rounded for the JSON line; NaN (not measured) becomes null."""
+    return None if math.isnan(value) else round(value, digits)
+
+
+def format_ms(ns: float) -> str:
+    """Nanoseconds as milliseconds for a table cell: ``1,234.5 ms``."""
+    return f"{ns / 1e6:,.1f} ms"
+
+
 def log(message: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
@@ -194,6 +215,8 @@ class Proc:
     argv: list[str]
     log_path: Path
     popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables added to this process's environment by :meth:`start` (kept for :meth:`restart`)."""
 
     @property
     def pid(self) -> int:
@@ -202,16 +225,51 @@ class Proc:
 
     def start(self, env: dict[str, str] | None = None) -> None:
         log(f"start {self.name}: {' '.join(self.argv)}")
+        self.env = dict(env or {})
         with self.log_path.open("wb") as out:
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(self.log_path.parent),
-                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # our Ctrl-C does not hit it; we stop it ourselves
-            )
+            self._spawn(out)
+
+    def _spawn(self, out: IO[bytes]) -> None:
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.log_path.parent),
+            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # our Ctrl-C does not hit it; we stop it ourselves
+        )
+
+    def kill9(self) -> float:
+        """SIGKILL the process (no shutdown code runs) and reap it.
+
+        Returns time.monotonic() just before the signal.
+        """
+        popen = self.popen
+        if popen is None or popen.poll() is not None:
+            raise BenchError(f"{self.name} is not running before the kill")
+        killed_at = time.monotonic()
+        popen.send_signal(signal.SIGKILL)
+        try:
+            popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{self.name} (pid {popen.pid}) survived SIGKILL for 10 s") from None
+        return killed_at
+
+    def restart(self, banner: str) -> float:
+        """Start the process again as :meth:`start` did (same command line, environment, cwd),
+        but append to its log, after a ``===== bench: <banner> =====`` line, instead of
+        truncating it (which would lose the output of the earlier runs).
+
+        Logs nothing, so that it can sit in a timed path. Returns time.monotonic() just before
+        the spawn.
+        """
+        with self.log_path.open("ab") as out:
+            out.write(f"\n===== bench: {banner} =====\n".encode())
+            out.flush()
+            started_at = time.monotonic()
+            self._spawn(out)
+        return started_at
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -271,7 +329,11 @@ def indent(text: str, prefix: str = "    | ") -> str:
 
 @dataclass
 class Cluster:
-    """A temp dir and the product processes started in it; ``close()`` stops them all."""
+    """A temp dir and the product processes started in it; ``close()`` stops them all.
+
+    As a context manager (``with Cluster.create(...) as cluster:``) it closes on the way out
+    and keeps the temp dir with the logs when the block raised (or was cancelled).
+    """
 
     root: Path
     keep: bool = False
@@ -282,6 +344,19 @@ class Cluster:
     @classmethod
     def create(cls, prefix: str, keep: bool = False, profile_dir: Path | None = None) -> Cluster:
         return cls(Path(tempfile.mkdtemp(prefix=prefix)), keep=keep, profile_dir=profile_dir)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.keep = True  # keep the logs of a failed run
+        self.close()
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -427,6 +502,67 @@ class Connector:
         identity = await self.get_json(session, "/api/v1/account/identity")
         return str(identity["address"])
 
+    async def total_received(self, session: aiohttp.ClientSession) -> int | None:
+        """The sync status's count of messages received so far (None if it has none)."""
+        status = await self.get_json(session, "/api/v1/account/sync")
+        for key in ("totalReceived", "total_received"):
+            if isinstance(status.get(key), int):
+                return int(status[key])
+        return None
+
+    async def incoming_messages(
+        self, session: aiohttp.ClientSession, max_pages: int
+    ) -> list[dict[str, Any]]:
+        """Every incoming message (GET /api/v1/messages?direction=incoming), pages of 1000
+        following ``nextCursor``; more than ``max_pages`` pages is an error (a cursor loop)."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            params = {"direction": "incoming", "limit": "1000"}
+            if cursor:
+                params["cursor"] = cursor
+            page = await self.get_json(session, "/api/v1/messages", time_limit=120, **params)
+            items.extend(page.get("items", []))
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return items
+        raise BenchError(f"GET /api/v1/messages did not end after {max_pages} pages (cursor loop?)")
+
+
+@dataclass
+class TwoConnectors:
+    """A backbone and connectors A and B on it, all answering /health, with their addresses."""
+
+    backbone: Backbone
+    a: Connector
+    b: Connector
+    address_a: str
+    address_b: str
+
+    def cpu_meter(self) -> CpuMeter:
+        """A (not yet started) CPU meter over connector A, connector B and the backbone."""
+        return CpuMeter(
+            {
+                "connector A": self.a.proc.pid,
+                "connector B": self.b.proc.pid,
+                "backbone": self.backbone.proc.pid,
+            }
+        )
+
+
+async def start_two_connectors(session: aiohttp.ClientSession, cluster: Cluster) -> TwoConnectors:
+    """Start a backbone in ``cluster`` and, once it is healthy, connectors A and B on it (both
+    keeping a long-poll open); wait until both are healthy and read their addresses."""
+    backbone = cluster.start_backbone()
+    await backbone.wait_ready(session)
+    a = cluster.start_connector("a", backbone.url, long_poll=True)
+    b = cluster.start_connector("b", backbone.url, long_poll=True)
+    await a.wait_ready(session)
+    await b.wait_ready(session)
+    address_a = await a.address(session)
+    address_b = await b.address(session)
+    return TwoConnectors(backbone, a, b, address_a, address_b)
+
 
 async def wait_http_ok(
     session: aiohttp.ClientSession, proc: Proc, urls: Sequence[str], time_limit: float
@@ -452,6 +588,97 @@ async def wait_http_ok(
         f"{proc.name} did not answer 200 on {urls[0]} within {time_limit:.0f} s "
         f"(last: {last}); last output ({proc.log_path}):\n{indent(proc.tail())}"
     )
+
+
+# --------------------------------------------------------------------------- sending messages
+
+
+@dataclass
+class Sent:
+    """One POST /api/v1/messages as the client saw it."""
+
+    seq: int
+    status: int  # HTTP status, 0 for a transport error
+    start_ns: int  # the clock at the start of the POST
+    answer_ns: int  # the clock when the whole answer had arrived (or the transport failed)
+    kind: str = ""
+    message_id: str | None = None
+    error: str | None = None
+
+
+def message_headers(api_headers: Mapping[str, str], prefer_async: bool = False) -> dict[str, str]:
+    """A connector's API key headers plus a JSON content type (and ``Prefer: respond-async``)."""
+    headers = {**api_headers, "Content-Type": "application/json"}
+    if prefer_async:
+        headers["Prefer"] = "respond-async"
+    return headers
+
+
+def message_body(
+    recipient: str, run_id: str, kind: str, seq: int, worker: int | None = None
+) -> bytes:
+    """A small JSON message whose content names the run, the kind of send and its number."""
+    content: dict[str, Any] = {"bench": run_id, "kind": kind, "seq": seq}
+    if worker is not None:
+        content["worker"] = worker
+    return json.dumps(
+        {"recipients": [recipient], "content": content}, separators=(",", ":")
+    ).encode()
+
+
+SEND_TIMEOUT = aiohttp.ClientTimeout(total=60)
+
+
+async def post_message(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    seq: int,
+    *,
+    kind: str = "",
+    clock: Callable[[], int] = time.time_ns,
+    accepted: Sequence[int] = (201, 202),
+) -> Sent:
+    """One POST of ``body`` to ``url`` (a connector's /api/v1/messages), timed with ``clock``.
+
+    An ``accepted`` status with a message id in the answer is a Sent with ``message_id``; any
+    other status, an accepted one without an id, or a transport error (status 0) is a Sent with
+    ``error``.
+    """
+    start = clock()
+    try:
+        async with session.post(url, data=body, headers=headers, timeout=SEND_TIMEOUT) as resp:
+            raw = await resp.read()
+            answer = clock()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        return Sent(seq, 0, start, clock(), kind, error=f"{type(exc).__name__}: {exc}")
+    sent = Sent(seq, status, start, answer, kind)
+    if status in accepted:
+        try:
+            sent.message_id = str(json.loads(raw)["id"])
+        except (ValueError, KeyError, TypeError):
+            sent.error = f"{status} without a message id: {raw[:300]!r}"
+    else:
+        sent.error = f"{status}: {raw[:500].decode(errors='replace')}"
+    return sent
+
+
+def print_common_errors(heading: str, failed: Iterable[Sent], top: int = 5) -> None:
+    """``heading:`` and the ``top`` most common error texts of ``failed``; nothing if none."""
+    kinds = Counter((sent.error or "")[:160] for sent in failed)
+    if not kinds:
+        return
+    print(f"{heading}:")
+    for text, count in kinds.most_common(top):
+        print(f"  {count:>6} x {text}")
+
+
+def print_send_errors(errors: Iterable[Sent], warm_errors: Iterable[Sent] = ()) -> None:
+    """Below a table: the most common errors of the warm-up sends, then of the timed sends."""
+    print_common_errors("warm-up send errors", warm_errors)
+    print_common_errors("send errors (most common first)", errors)
 
 
 # --------------------------------------------------------------------------- memory
@@ -578,6 +805,10 @@ class CpuMeter:
         }
         self.system = {name: now[name][1] - self._start[name][1] for name in now}
         return self.used
+
+    def summary(self) -> dict[str, float]:
+        """CPU seconds per process, rounded for the JSON line."""
+        return {name: round(sec, 2) for name, sec in self.used.items()}
 
     def rows(self, wall: float) -> list[Row]:
         return [

@@ -46,71 +46,34 @@ from _harness import (
     BenchError,
     Cluster,
     Connector,
-    CpuMeter,
     Row,
+    Sent,
     check,
     client_session,
+    format_ms,
     header_line,
+    json_number,
     log,
     machine_info,
+    message_body,
+    message_headers,
     percentile,
+    post_message,
+    print_send_errors,
     print_summary,
     print_table,
     run_main,
+    start_two_connectors,
+    summary_head,
 )
 
 TARGET_P50_MS = 50.0
 TARGET_P99_MS = 250.0
 EVENT_TYPE = "message.received"
 FEED_WAIT = 30.0  # seconds a feed request may wait (the API allows up to 60)
-SEND_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 # --------------------------------------------------------------------------- sending
-
-
-@dataclass
-class Sent:
-    seq: int
-    status: int  # HTTP status, 0 for a transport error
-    start_ns: int  # perf_counter_ns at the start of the POST
-    answer_ns: int  # perf_counter_ns when the whole answer had arrived
-    message_id: str | None = None
-    error: str | None = None
-
-
-def message_body(recipient: str, run_id: str, kind: str, seq: int, worker: int) -> bytes:
-    return json.dumps(
-        {
-            "recipients": [recipient],
-            "content": {"bench": run_id, "kind": kind, "seq": seq, "worker": worker},
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-async def post_message(session: aiohttp.ClientSession, a: Connector, body: bytes, seq: int) -> Sent:
-    """One POST /api/v1/messages; anything but a 201 with an id is a Sent with ``error``."""
-    headers = {**a.headers, "Content-Type": "application/json"}
-    start = time.perf_counter_ns()
-    try:
-        async with session.post(
-            f"{a.url}/api/v1/messages", data=body, headers=headers, timeout=SEND_TIMEOUT
-        ) as resp:
-            raw = await resp.read()
-            answer = time.perf_counter_ns()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return Sent(seq, 0, start, time.perf_counter_ns(), error=f"{type(exc).__name__}: {exc}")
-    sent = Sent(seq, status, start, answer)
-    if status == 201:
-        try:
-            sent.message_id = str(json.loads(raw)["id"])
-        except (ValueError, KeyError, TypeError):
-            sent.error = f"201 without a message id: {raw[:300]!r}"
-    else:
-        sent.error = f"{status}: {raw[:500].decode(errors='replace')}"
-    return sent
 
 
 async def send_paced(
@@ -123,14 +86,23 @@ async def send_paced(
     concurrency: int,
     interval: float,
 ) -> list[Sent]:
-    """``count`` messages from ``concurrency`` tasks, each pausing ``interval`` s after a send."""
+    """``count`` messages from ``concurrency`` tasks, each pausing ``interval`` s after a send.
+
+    The Sent times are ``perf_counter_ns``, as the feed consumer's; anything but a 201 with an
+    id is a Sent with ``error``.
+    """
+    url = f"{a.url}/api/v1/messages"
+    headers = message_headers(a.headers)
     todo = iter(range(count))
     results: list[Sent] = []
 
     async def sender(worker: int) -> None:
         for seq in todo:
             body = message_body(recipient, run_id, kind, seq, worker)
-            results.append(await post_message(session, a, body, seq))
+            sent = await post_message(
+                session, url, headers, body, seq, clock=time.perf_counter_ns, accepted=(201,)
+            )
+            results.append(sent)
             if interval > 0:
                 await asyncio.sleep(interval)
 
@@ -337,104 +309,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def ms(ns: float) -> str:
-    return f"{ns / 1e6:,.1f} ms"
-
-
-def _num(value: float, digits: int) -> float | None:
-    """Rounded for the JSON line; NaN (not measured) becomes null."""
-    return None if math.isnan(value) else round(value, digits)
-
-
 async def main(args: argparse.Namespace) -> int:
     info = machine_info()
     print(header_line(info), flush=True)
     run_id = os.urandom(6).hex()
     n = args.count
-    cluster = Cluster.create("bench-events-", keep=args.keep)
     follow: asyncio.Task[None] | None = None
-    try:
-        # The feed consumer has its own session, so its long-poll never waits for a free
-        # connection behind the senders (and the other way round).
-        async with (
-            client_session(limit=args.concurrency + 8) as session,
-            client_session(limit=4) as feed_session,
-        ):
-            backbone = cluster.start_backbone()
-            await backbone.wait_ready(session)
-            a = cluster.start_connector("a", backbone.url, long_poll=True)
-            b = cluster.start_connector("b", backbone.url, long_poll=True)
-            await a.wait_ready(session)
-            await b.wait_ready(session)
-            address_a = await a.address(session)
-            address_b = await b.address(session)
-            log(f"A = {address_a}, B = {address_b}, run {run_id}")
+    with Cluster.create("bench-events-", keep=args.keep) as cluster:
+        try:
+            # The feed consumer has its own session, so its long-poll never waits for a free
+            # connection behind the senders (and the other way round).
+            async with (
+                client_session(limit=args.concurrency + 8) as session,
+                client_session(limit=4) as feed_session,
+            ):
+                pair = await start_two_connectors(session, cluster)
+                a, b, address_b = pair.a, pair.b, pair.address_b
+                log(f"A = {pair.address_a}, B = {address_b}, run {run_id}")
 
-            consumer = FeedConsumer(b, run_id)
-            skipped = await consumer.skip_to_end(feed_session)
-            log(f"B's feed: {skipped} events before the run; following from {consumer.cursor}")
-            follow = asyncio.create_task(consumer.follow(feed_session))
+                consumer = FeedConsumer(b, run_id)
+                skipped = await consumer.skip_to_end(feed_session)
+                log(f"B's feed: {skipped} events before the run; following from {consumer.cursor}")
+                follow = asyncio.create_task(consumer.follow(feed_session))
 
-            warm_errors: list[Sent] = []
-            if args.warmup:
-                log(f"warm-up: {args.warmup} messages, awaited on B's feed")
-                warm = await send_paced(
-                    session, a, address_b, run_id, "warmup", args.warmup, 1, args.interval
-                )
-                warm_errors = [r for r in warm if r.status != 201]
-                if len(warm_errors) == len(warm):
-                    raise BenchError(
-                        f"warm-up: every send failed, first: {warm_errors[0].error}\n"
-                        f"connector A output:\n{a.proc.tail(40)}"
+                warm_errors: list[Sent] = []
+                if args.warmup:
+                    log(f"warm-up: {args.warmup} messages, awaited on B's feed")
+                    warm = await send_paced(
+                        session, a, address_b, run_id, "warmup", args.warmup, 1, args.interval
                     )
-                ok, _ = await wait_for_events(
-                    consumer, follow, cluster, "warmup", len(warm) - len(warm_errors), 60
-                )
-                if not ok:
-                    raise BenchError(
-                        f"warm-up: B's feed showed only {consumer.count('warmup')} of "
-                        f"{len(warm) - len(warm_errors)} messages\n"
-                        f"connector B output:\n{b.proc.tail(40)}"
+                    warm_errors = [r for r in warm if r.status != 201]
+                    if len(warm_errors) == len(warm):
+                        raise BenchError(
+                            f"warm-up: every send failed, first: {warm_errors[0].error}\n"
+                            f"connector A output:\n{a.proc.tail(40)}"
+                        )
+                    ok, _ = await wait_for_events(
+                        consumer, follow, cluster, "warmup", len(warm) - len(warm_errors), 60
                     )
+                    if not ok:
+                        raise BenchError(
+                            f"warm-up: B's feed showed only {consumer.count('warmup')} of "
+                            f"{len(warm) - len(warm_errors)} messages\n"
+                            f"connector B output:\n{b.proc.tail(40)}"
+                        )
 
-            cpu = CpuMeter(
-                {
-                    "connector A": a.proc.pid,
-                    "connector B": b.proc.pid,
-                    "backbone": backbone.proc.pid,
-                }
-            )
-            cpu.start()
-            start_ns = time.perf_counter_ns()
-            log(
-                f"send {n} messages A -> B, {args.concurrency} sender(s), "
-                f"{args.interval * 1000:g} ms pause after each"
-            )
-            results = await send_paced(
-                session, a, address_b, run_id, "timed", n, args.concurrency, args.interval
-            )
-            send_seconds = (time.perf_counter_ns() - start_ns) / 1e9
-            accepted = sum(1 for r in results if r.status == 201)
-            log(f"send phase done in {send_seconds:.2f} s: {accepted} answered 201")
-            cluster.check_alive()
-            complete, waited = await wait_for_events(
-                consumer, follow, cluster, "timed", accepted, args.stall_timeout
-            )
-            wall = (time.perf_counter_ns() - start_ns) / 1e9
-            cpu.stop()
-            if args.linger > 0:
-                await asyncio.sleep(args.linger)  # late duplicates would show up here
-            if follow.done():
-                follow.result()
-            cluster.check_alive()
-    except BaseException:
-        cluster.keep = True  # keep the logs of a failed run
-        raise
-    finally:
-        if follow is not None:
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
-        cluster.close()
+                cpu = pair.cpu_meter()
+                cpu.start()
+                start_ns = time.perf_counter_ns()
+                log(
+                    f"send {n} messages A -> B, {args.concurrency} sender(s), "
+                    f"{args.interval * 1000:g} ms pause after each"
+                )
+                results = await send_paced(
+                    session, a, address_b, run_id, "timed", n, args.concurrency, args.interval
+                )
+                send_seconds = (time.perf_counter_ns() - start_ns) / 1e9
+                accepted = sum(1 for r in results if r.status == 201)
+                log(f"send phase done in {send_seconds:.2f} s: {accepted} answered 201")
+                cluster.check_alive()
+                complete, waited = await wait_for_events(
+                    consumer, follow, cluster, "timed", accepted, args.stall_timeout
+                )
+                wall = (time.perf_counter_ns() - start_ns) / 1e9
+                cpu.stop()
+                if args.linger > 0:
+                    await asyncio.sleep(args.linger)  # late duplicates would show up here
+                if follow.done():
+                    follow.result()
+                cluster.check_alive()
+        finally:
+            if follow is not None:
+                follow.cancel()
+                await asyncio.gather(follow, return_exceptions=True)
 
     # ------------------------------------------------------------------ analysis
     seen = consumer.seen.get("timed", {})
@@ -471,7 +418,6 @@ async def main(args: argparse.Namespace) -> int:
         and not not_received_status
         and not consumer.wrong_type
     )
-    error_kinds = Counter((r.error or "")[:160] for r in errors)
 
     rows = [
         Row("warm-up sends (untimed) / errors", f"{args.warmup} / {len(warm_errors)}"),
@@ -484,7 +430,8 @@ async def main(args: argparse.Namespace) -> int:
         Row("answers 201 / errors", f"{accepted:,} / {len(errors):,}"),
         Row(
             "send answer (POST -> 201) p50 / p99",
-            f"{ms(percentile(send_latencies, 50))} / {ms(percentile(send_latencies, 99))}",
+            f"{format_ms(percentile(send_latencies, 50))} / "
+            f"{format_ms(percentile(send_latencies, 99))}",
         ),
         Row(
             f"{EVENT_TYPE} events at B (this run)",
@@ -512,18 +459,18 @@ async def main(args: argparse.Namespace) -> int:
         ),
         Row(
             "latency p50 (feed answer at B - 201 at A)",
-            ms(p50),
+            format_ms(p50),
             f"<= {TARGET_P50_MS:.0f} ms",
             check(p50_ok),
         ),
-        Row("latency p90", ms(p90)),
-        Row("latency p99", ms(p99), f"<= {TARGET_P99_MS:.0f} ms", check(p99_ok)),
-        Row("latency max", ms(worst)),
-        Row("latency min", ms(best)),
+        Row("latency p90", format_ms(p90)),
+        Row("latency p99", format_ms(p99), f"<= {TARGET_P99_MS:.0f} ms", check(p99_ok)),
+        Row("latency max", format_ms(worst)),
+        Row("latency min", format_ms(best)),
         Row("events answered before the 201 (negative)", f"{negative:,}"),
         Row(
             "latency from request start p50 / p99",
-            f"{ms(percentile(from_start, 50))} / {ms(percentile(from_start, 99))}",
+            f"{format_ms(percentile(from_start, 50))} / {format_ms(percentile(from_start, 99))}",
         ),
         *cpu.rows(wall),
     ]
@@ -532,14 +479,7 @@ async def main(args: argparse.Namespace) -> int:
         f"{args.concurrency} sender(s) (wall {wall:.1f} s)",
         rows,
     )
-    if warm_errors:
-        print("warm-up send errors:")
-        for text, count in Counter((r.error or "")[:160] for r in warm_errors).most_common(5):
-            print(f"  {count:>6} x {text}")
-    if error_kinds:
-        print("send errors (most common first):")
-        for text, count in error_kinds.most_common(5):
-            print(f"  {count:>6} x {text}")
+    print_send_errors(errors, warm_errors)
     if missing:
         print(f"missing seqs (first 20): {missing[:20]}")
     if not_received_status:
@@ -548,8 +488,7 @@ async def main(args: argparse.Namespace) -> int:
     met = {"p50": p50_ok, "p99": p99_ok}
     print_summary(
         {
-            "bench": "events",
-            **{k: info[k] for k in ("date", "host", "cpu", "cores", "python", "commit")},
+            **summary_head("events", info),
             "count": n,
             "concurrency": args.concurrency,
             "intervalMs": round(args.interval * 1000, 3),
@@ -565,15 +504,15 @@ async def main(args: argparse.Namespace) -> int:
             "sameId": same_id,
             "feedAnswers": consumer.answers,
             "emptyFeedAnswers": consumer.empty_answers,
-            "p50Ms": _num(p50 / 1e6, 2),
-            "p90Ms": _num(p90 / 1e6, 2),
-            "p99Ms": _num(p99 / 1e6, 2),
-            "maxMs": _num(worst / 1e6, 2),
-            "minMs": _num(best / 1e6, 2),
+            "p50Ms": json_number(p50 / 1e6, 2),
+            "p90Ms": json_number(p90 / 1e6, 2),
+            "p99Ms": json_number(p99 / 1e6, 2),
+            "maxMs": json_number(worst / 1e6, 2),
+            "minMs": json_number(best / 1e6, 2),
             "negative": negative,
-            "fromStartP50Ms": _num(percentile(from_start, 50) / 1e6, 2),
-            "fromStartP99Ms": _num(percentile(from_start, 99) / 1e6, 2),
-            "cpuSeconds": {k: round(v, 2) for k, v in cpu.used.items()},
+            "fromStartP50Ms": json_number(percentile(from_start, 50) / 1e6, 2),
+            "fromStartP99Ms": json_number(percentile(from_start, 99) / 1e6, 2),
+            "cpuSeconds": cpu.summary(),
             "allDelivered": all_delivered,
             "targetsMet": met,
         }

@@ -49,6 +49,7 @@ from _harness import (
     print_table,
     proc_status_kib,
     run_main,
+    summary_head,
 )
 
 TARGET_UP_MBS = 200.0
@@ -306,6 +307,16 @@ def download_blocking(
     return 200, received, digest.hexdigest(), elapsed, content_length, b""
 
 
+def failed(conn: Connector, message: str) -> BenchError:
+    """A failed transfer: ``message`` and the connector's last output."""
+    return BenchError(f"{message}\nconnector output:\n{indent(conn.proc.tail(40))}")
+
+
+def answer_text(raw: bytes) -> str:
+    """The start of an error answer's body, for a message."""
+    return raw[:2000].decode(errors="replace")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -340,8 +351,7 @@ async def main(args: argparse.Namespace) -> int:
     log(f"raw crypto speed ({args.crypto_seconds:.1f} s each, 1 MiB buffers)")
     crypto = crypto_speed(args.crypto_seconds)
 
-    cluster = Cluster.create("bench-files-", keep=args.keep)
-    try:
+    with Cluster.create("bench-files-", keep=args.keep) as cluster:
         source = Source(size)
         async with client_session() as session:
             backbone = cluster.start_backbone()
@@ -370,15 +380,9 @@ async def main(args: argparse.Namespace) -> int:
                 )
             except (OSError, BenchError) as exc:
                 cluster.check_alive()
-                raise BenchError(
-                    f"upload failed: {exc!r}\nconnector output:\n{indent(conn.proc.tail(40))}"
-                ) from None
+                raise failed(conn, f"upload failed: {exc!r}") from None
             if status != 201:
-                raise BenchError(
-                    f"POST /api/v1/files answered {status}: "
-                    f"{raw[:2000].decode(errors='replace')}\n"
-                    f"connector output:\n{indent(conn.proc.tail(40))}"
-                )
+                raise failed(conn, f"POST /api/v1/files answered {status}: {answer_text(raw)}")
             file_json = json.loads(raw)
             cpu_up.stop()
             up_growth = sampler.mark_phase("upload")
@@ -391,14 +395,11 @@ async def main(args: argparse.Namespace) -> int:
                 )
             except (OSError, BenchError) as exc:
                 cluster.check_alive()
-                raise BenchError(
-                    f"download failed: {exc!r}\nconnector output:\n{indent(conn.proc.tail(40))}"
-                ) from None
+                raise failed(conn, f"download failed: {exc!r}") from None
             if status != 200:
-                raise BenchError(
-                    f"GET /api/v1/files/{file_id}/download answered {status}: "
-                    f"{raw[:2000].decode(errors='replace')}\n"
-                    f"connector output:\n{indent(conn.proc.tail(40))}"
+                raise failed(
+                    conn,
+                    f"GET /api/v1/files/{file_id}/download answered {status}: {answer_text(raw)}",
                 )
             cpu_down.stop()
             down_growth = sampler.mark_phase("download")
@@ -407,11 +408,6 @@ async def main(args: argparse.Namespace) -> int:
             cluster.check_alive()
             log(f"downloaded in {down_s:.2f} s")
             rss_after = proc_status_kib(conn.proc.pid, "VmRSS") or 0
-    except BaseException:
-        cluster.keep = True  # keep the logs of a failed run
-        raise
-    finally:
-        cluster.close()
 
     up_mbs = mb_per_s(size, up_s)
     down_mbs = mb_per_s(down_bytes, down_s)
@@ -488,8 +484,7 @@ async def main(args: argparse.Namespace) -> int:
     }
     print_summary(
         {
-            "bench": "files",
-            **{k: info[k] for k in ("date", "host", "cpu", "cores", "python", "commit")},
+            **summary_head("files", info),
             "sizeBytes": size,
             "uploadSeconds": round(up_s, 3),
             "uploadMBps": round(up_mbs, 1),
@@ -504,8 +499,8 @@ async def main(args: argparse.Namespace) -> int:
             "rssGrowthMiB": round(growth, 1),
             "rssGrowthUploadMiB": round(up_growth / 1024, 1),
             "rssGrowthDownloadMiB": round(down_growth / 1024, 1),
-            "cpuSecondsUpload": {k: round(v, 2) for k, v in cpu_up.used.items()},
-            "cpuSecondsDownload": {k: round(v, 2) for k, v in cpu_down.used.items()},
+            "cpuSecondsUpload": cpu_up.summary(),
+            "cpuSecondsDownload": cpu_down.summary(),
             "integrityOk": all(integrity.values()),
             "targetsMet": met,
         }

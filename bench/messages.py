@@ -35,13 +35,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import math
 import os
 import pstats
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,24 +51,33 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
-    Backbone,
     BenchError,
     Cluster,
     Connector,
     CpuMeter,
     Row,
     RssSampler,
+    Sent,
+    TwoConnectors,
     check,
     client_session,
+    format_ms,
     free_port,
     header_line,
     indent,
+    json_number,
     log,
     machine_info,
+    message_body,
+    message_headers,
     percentile,
+    post_message,
+    print_send_errors,
     print_summary,
     print_table,
     run_main,
+    start_two_connectors,
+    summary_head,
 )
 
 TARGET_SEND_RATE = 500.0
@@ -76,16 +85,6 @@ TARGET_INGEST_RATE = 3000.0
 TARGET_P50_MS = 100.0
 TARGET_ACCEPT_RATE = 1500.0  # Prefer: respond-async, 32 concurrent clients
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-@dataclass
-class Sent:
-    seq: int
-    status: int  # HTTP status, 0 for a transport error
-    start_ns: int
-    answer_ns: int
-    message_id: str | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -111,48 +110,6 @@ def iso_to_ns(value: str) -> int:
 
 # --------------------------------------------------------------------------- sending
 
-REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
-
-
-def send_headers(a: Connector, prefer_async: bool) -> dict[str, str]:
-    headers = {**a.headers, "Content-Type": "application/json"}
-    if prefer_async:
-        headers["Prefer"] = "respond-async"
-    return headers
-
-
-def message_body(recipient: str, run_id: str, kind: str, seq: int, worker: int) -> bytes:
-    return json.dumps(
-        {
-            "recipients": [recipient],
-            "content": {"bench": run_id, "kind": kind, "seq": seq, "worker": worker},
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-async def post_message(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, seq: int
-) -> Sent:
-    """One POST /api/v1/messages; a transport error or another status is a Sent with ``error``."""
-    start = time.time_ns()
-    try:
-        async with session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT) as resp:
-            raw = await resp.read()
-            answer = time.time_ns()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return Sent(seq, 0, start, time.time_ns(), error=f"{type(exc).__name__}: {exc}")
-    sent = Sent(seq, status, start, answer)
-    if status in (201, 202):
-        try:
-            sent.message_id = str(json.loads(raw)["id"])
-        except (ValueError, KeyError, TypeError):
-            sent.error = f"{status} without a message id: {raw[:300]!r}"
-    else:
-        sent.error = f"{status}: {raw[:500].decode(errors='replace')}"
-    return sent
-
 
 async def send_all(
     session: aiohttp.ClientSession,
@@ -168,7 +125,7 @@ async def send_all(
 ) -> SendPhase:
     """POST one message per seq from ``concurrency`` tasks; stop at ``deadline`` (monotonic)."""
     url = f"{a.url}/api/v1/messages"
-    headers = send_headers(a, prefer_async)
+    headers = message_headers(a.headers, prefer_async)
     todo = iter(seqs)
     results: list[Sent] = []
 
@@ -209,7 +166,7 @@ async def send_at_rate(
     task, whatever the answers; sample A's outbox every ``sample_every`` s until the last answer.
     """
     url = f"{a.url}/api/v1/messages"
-    headers = send_headers(a, prefer_async=True)
+    headers = message_headers(a.headers, prefer_async=True)
     count = max(1, round(rate * seconds))
     results: list[Sent] = []
     lags: list[int] = []
@@ -372,32 +329,6 @@ async def bare_aiohttp_rate(
 # --------------------------------------------------------------------------- receiving
 
 
-async def total_received(session: aiohttp.ClientSession, b: Connector) -> int | None:
-    status = await b.get_json(session, "/api/v1/account/sync")
-    for key in ("totalReceived", "total_received"):
-        if isinstance(status.get(key), int):
-            return int(status[key])
-    return None
-
-
-async def list_incoming(
-    session: aiohttp.ClientSession, b: Connector, max_pages: int
-) -> list[dict[str, Any]]:
-    """Every incoming message at B (pages of 1000, bounded)."""
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(max_pages):
-        params = {"direction": "incoming", "limit": "1000"}
-        if cursor:
-            params["cursor"] = cursor
-        page = await b.get_json(session, "/api/v1/messages", time_limit=120, **params)
-        items.extend(page.get("items", []))
-        cursor = page.get("nextCursor")
-        if not cursor:
-            return items
-    raise BenchError(f"GET /api/v1/messages did not end after {max_pages} pages (cursor loop?)")
-
-
 def ours(items: list[dict[str, Any]], run_id: str, kind: str) -> list[dict[str, Any]]:
     out = []
     for item in items:
@@ -406,6 +337,36 @@ def ours(items: list[dict[str, Any]], run_id: str, kind: str) -> list[dict[str, 
             if content.get("kind") == kind:
                 out.append(item)
     return out
+
+
+@dataclass
+class Arrivals:
+    """This run's messages of one kind at B, by seq (the first copy of each)."""
+
+    items: dict[int, dict[str, Any]]
+    received_ns: dict[int, int]  # B's receivedAt, ns since the epoch; -1 when unreadable
+    duplicates: int  # further copies of a seq
+
+
+def read_arrivals(incoming: list[dict[str, Any]], run_id: str, kind: str) -> Arrivals:
+    """Sort B's incoming messages of this run and ``kind`` by seq."""
+    items: dict[int, dict[str, Any]] = {}
+    received_ns: dict[int, int] = {}
+    duplicates = 0
+    for item in ours(incoming, run_id, kind):
+        seq = item["content"].get("seq")
+        if not isinstance(seq, int):
+            continue
+        if seq in items:
+            duplicates += 1
+            continue
+        items[seq] = item
+        raw = item.get("receivedAt")
+        try:
+            received_ns[seq] = iso_to_ns(raw) if isinstance(raw, str) else -1
+        except ValueError:
+            received_ns[seq] = -1
+    return Arrivals(items, received_ns, duplicates)
 
 
 async def wait_for_ingest(
@@ -432,11 +393,11 @@ async def wait_for_ingest(
     count = 0
     while True:
         cluster.check_alive()
-        total = await total_received(session, b)
+        total = await b.total_received(session)
         if total is not None:
             count = total - baseline
         else:
-            count = len(ours(await list_incoming(session, b, max_pages), run_id, kind))
+            count = len(ours(await b.incoming_messages(session, max_pages), run_id, kind))
         now = time.monotonic()
         if count >= expected:
             return True, count, now - start
@@ -447,6 +408,46 @@ async def wait_for_ingest(
             log(f"giving up waiting: B has {count}/{expected}")
             return False, count, now - start
         await asyncio.sleep(poll)
+
+
+async def wait_for_run(
+    session: aiohttp.ClientSession,
+    b: Connector,
+    cluster: Cluster,
+    args: argparse.Namespace,
+    n: int,
+    *,
+    baseline: int,
+    expected: int,
+    run_id: str,
+    kind: str = "timed",
+) -> tuple[bool, int, float]:
+    """:func:`wait_for_ingest` for the measured sends of an ``n``-message run: polls every
+    ``--poll`` s, gives up after ``--stall-timeout`` s without progress (or 300 s, more for a
+    large run)."""
+    return await wait_for_ingest(
+        session,
+        b,
+        cluster,
+        baseline=baseline,
+        expected=expected,
+        run_id=run_id,
+        kind=kind,
+        poll=args.poll,
+        stall_timeout=args.stall_timeout,
+        total_timeout=max(300.0, n / 20),
+    )
+
+
+async def stop_and_read_b(
+    session: aiohttp.ClientSession, b: Connector, cluster: Cluster, meters: Meters, n: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The end of a run: stop the meters, then B's sync status and every incoming message."""
+    await meters.stop()
+    sync_status: dict[str, Any] = await b.get_json(session, "/api/v1/account/sync")
+    incoming = await b.incoming_messages(session, max_pages=n // 1000 + 50)
+    cluster.check_alive()
+    return sync_status, incoming
 
 
 # --------------------------------------------------------------------------- main
@@ -513,20 +514,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def start_and_warm_up(
     session: aiohttp.ClientSession, cluster: Cluster, args: argparse.Namespace, run_id: str
-) -> tuple[Backbone, Connector, Connector, str, int, list[Sent]]:
+) -> tuple[TwoConnectors, int, list[Sent]]:
     """Backbone, connectors A and B, then ``--warmup`` untimed sends A -> B, all awaited at B.
 
-    Returns (backbone, A, B, B's address, B's total received after the warm-up, warm-up errors).
+    Returns (the processes, B's total received after the warm-up, warm-up errors).
     """
-    backbone = cluster.start_backbone()
-    await backbone.wait_ready(session)
-    a = cluster.start_connector("a", backbone.url, long_poll=True)
-    b = cluster.start_connector("b", backbone.url, long_poll=True)
-    await a.wait_ready(session)
-    await b.wait_ready(session)
-    address_a = await a.address(session)
-    address_b = await b.address(session)
-    log(f"A = {address_a}, B = {address_b}, run {run_id}")
+    pair = await start_two_connectors(session, cluster)
+    a, b, address_b = pair.a, pair.b, pair.address_b
+    log(f"A = {pair.address_a}, B = {address_b}, run {run_id}")
 
     baseline = 0
     warm_errors: list[Sent] = []
@@ -572,8 +567,71 @@ async def start_and_warm_up(
                 f"connector B output:\n{b.proc.tail(40)}\n"
                 f"connector A output:\n{a.proc.tail(20)}"
             )
-        baseline = (await total_received(session, b)) or 0
-    return backbone, a, b, address_b, baseline, warm_errors
+        baseline = (await b.total_received(session)) or 0
+    return pair, baseline, warm_errors
+
+
+@dataclass
+class Meters:
+    """CPU use of A, B and the backbone, and A's and B's RSS sampled every 0.1 s."""
+
+    cpu: CpuMeter
+    rss: dict[str, RssSampler]
+
+    @classmethod
+    def start(cls, pair: TwoConnectors) -> Meters:
+        rss = {
+            "A": RssSampler(pair.a.proc.pid, interval=0.1),
+            "B": RssSampler(pair.b.proc.pid, interval=0.1),
+        }
+        for sampler in rss.values():
+            sampler.start()
+        cpu = pair.cpu_meter()
+        cpu.start()
+        return cls(cpu, rss)
+
+    async def stop(self) -> None:
+        self.cpu.stop()
+        for sampler in self.rss.values():
+            await sampler.stop()
+
+    def rows(self, wall: float) -> list[Row]:
+        return [
+            *self.cpu.rows(wall),
+            *(
+                Row(
+                    f"connector {name} peak RSS growth",
+                    f"{s.growth_mib:.1f} MiB (from {s.rss_before_kib / 1024:.0f} MiB)",
+                )
+                for name, s in self.rss.items()
+            ),
+        ]
+
+
+@contextlib.contextmanager
+def bench_cluster(args: argparse.Namespace) -> Iterator[Cluster]:
+    """The run's processes (see ``Cluster``); with ``--profile``, once they have stopped and
+    written their profiles, the top functions of each."""
+    try:
+        with Cluster.create("bench-messages-", keep=args.keep, profile_dir=args.profile) as cluster:
+            yield cluster
+    finally:
+        if args.profile:
+            print_profiles(args.profile)
+
+
+def received_rows(
+    received: int, accepted: int, complete: bool, waited: float, total_received_b: Any
+) -> list[Row]:
+    """How many of the run's accepted messages B holds, and B's own received counter."""
+    return [
+        Row(
+            "received at B (this run)",
+            f"{received:,} of {accepted:,} accepted"
+            + ("" if complete else f" (gave up after {waited:.0f} s)"),
+        ),
+        Row("B total_received (incl. warm-up)", f"{total_received_b}"),
+    ]
 
 
 def print_profiles(directory: Path, top: int = 25) -> None:
@@ -588,10 +646,6 @@ def print_profiles(directory: Path, top: int = 25) -> None:
             stats.sort_stats(order).print_stats(top)
 
 
-def ms(ns: float) -> str:
-    return f"{ns / 1e6:,.1f} ms"
-
-
 async def main(args: argparse.Namespace) -> int:
     info = machine_info()
     print(header_line(info), flush=True)
@@ -600,27 +654,11 @@ async def main(args: argparse.Namespace) -> int:
     run_id = os.urandom(6).hex()
     n = args.count
     send_budget = max(120.0, n / 20)  # the send phase stops at >= 20 messages/s
-    cluster = Cluster.create("bench-messages-", keep=args.keep, profile_dir=args.profile)
-    try:
+    with bench_cluster(args) as cluster:
         async with client_session(limit=args.concurrency + 8) as session:
-            backbone, a, b, address_b, baseline, warm_errors = await start_and_warm_up(
-                session, cluster, args, run_id
-            )
-
-            samplers = {
-                "A": RssSampler(a.proc.pid, interval=0.1),
-                "B": RssSampler(b.proc.pid, interval=0.1),
-            }
-            for sampler in samplers.values():
-                sampler.start()
-            cpu = CpuMeter(
-                {
-                    "connector A": a.proc.pid,
-                    "connector B": b.proc.pid,
-                    "backbone": backbone.proc.pid,
-                }
-            )
-            cpu.start()
+            pair, baseline, warm_errors = await start_and_warm_up(session, cluster, args, run_id)
+            a, b, address_b = pair.a, pair.b, pair.address_b
+            meters = Meters.start(pair)
             if args.backlog:
                 log("backlog mode: B paused (SIGSTOP) during the send phase")
                 b.proc.pause()
@@ -646,67 +684,33 @@ async def main(args: argparse.Namespace) -> int:
                 resumed_ns = time.time_ns()
                 b.proc.resume()
 
-            complete, _arrived, waited = await wait_for_ingest(
-                session,
-                b,
-                cluster,
-                baseline=baseline,
-                expected=accepted,
-                run_id=run_id,
-                kind="timed",
-                poll=args.poll,
-                stall_timeout=args.stall_timeout,
-                total_timeout=max(300.0, n / 20),
+            complete, _arrived, waited = await wait_for_run(
+                session, b, cluster, args, n, baseline=baseline, expected=accepted, run_id=run_id
             )
             wall = (time.time_ns() - phase.start_ns) / 1e9
-            cpu.stop()
-            for sampler in samplers.values():
-                await sampler.stop()
-            sync_status = await b.get_json(session, "/api/v1/account/sync")
-            incoming = await list_incoming(session, b, max_pages=n // 1000 + 50)
-            cluster.check_alive()
+            sync_status, incoming = await stop_and_read_b(session, b, cluster, meters, n)
             bare_rate = None
             if args.prefer_async:
                 cluster.close()  # the machine to itself, as the connector had it
                 log("baseline: a bare aiohttp JSON POST handler, same client")
                 bare_rate = await bare_aiohttp_rate(session, n, args.concurrency, address_b)
-    except BaseException:
-        cluster.keep = True  # keep the logs of a failed run
-        raise
-    finally:
-        cluster.close()
-        if args.profile:
-            print_profiles(args.profile)
 
     # ------------------------------------------------------------------ analysis
-    timed = ours(incoming, run_id, "timed")
     sent_by_seq = {r.seq: r for r in phase.results}
-    received_ns: dict[int, int] = {}
-    duplicates = 0
-    not_received_status: Counter[str] = Counter()
-    same_id = 0
-    bad_timestamps = 0
-    for item in timed:
-        seq = item["content"].get("seq")
-        if not isinstance(seq, int):
-            continue
-        if seq in received_ns:
-            duplicates += 1
-            continue
-        if item.get("status") != "received":
-            not_received_status[str(item.get("status"))] += 1
-        raw = item.get("receivedAt")
-        try:
-            received_ns[seq] = iso_to_ns(raw) if isinstance(raw, str) else -1
-        except ValueError:
-            received_ns[seq] = -1
-        if received_ns[seq] < 0:
-            bad_timestamps += 1
-            del received_ns[seq]
-            continue
-        sent = sent_by_seq.get(seq)
-        if sent is not None and sent.message_id == item.get("id"):
-            same_id += 1
+    arrived = read_arrivals(incoming, run_id, "timed")
+    duplicates = arrived.duplicates
+    not_received_status = Counter(
+        str(item.get("status"))
+        for item in arrived.items.values()
+        if item.get("status") != "received"
+    )
+    # a message without a readable receivedAt counts as missing here
+    received_ns = {seq: ns for seq, ns in arrived.received_ns.items() if ns >= 0}
+    same_id = sum(
+        1
+        for seq in received_ns
+        if seq in sent_by_seq and sent_by_seq[seq].message_id == arrived.items[seq].get("id")
+    )
 
     latencies = sorted(
         received_ns[seq] - r.answer_ns
@@ -729,7 +733,6 @@ async def main(args: argparse.Namespace) -> int:
     lag_after_last_answer = (arrival[-1] - phase.end_ns) / 1e9 if arrival else float("nan")
     drain = (arrival[-1] - resumed_ns) / 1e9 if arrival and resumed_ns is not None else float("nan")
     errors = [r for r in phase.results if r.status not in (201, 202)]
-    error_kinds = Counter((r.error or "")[:160] for r in errors)
     total_received_b = sync_status.get("totalReceived", sync_status.get("total_received"))
     p50 = percentile(latencies, 50)
 
@@ -771,12 +774,7 @@ async def main(args: argparse.Namespace) -> int:
             if bare_rate
             else []
         ),
-        Row(
-            "received at B (this run)",
-            f"{len(received_ns):,} of {accepted:,} accepted"
-            + ("" if complete else f" (gave up after {waited:.0f} s)"),
-        ),
-        Row("B total_received (incl. warm-up)", f"{total_received_b}"),
+        *received_rows(len(received_ns), accepted, complete, waited, total_received_b),
         Row(
             "missing / duplicates / not 'received'",
             f"{len(missing):,} / {duplicates:,} / {sum(not_received_status.values()):,}",
@@ -807,7 +805,7 @@ async def main(args: argparse.Namespace) -> int:
         ),
         Row(
             "latency p50 (receivedAt - answer)",
-            ms(p50),
+            format_ms(p50),
             *(
                 (
                     f"<= {TARGET_P50_MS:.0f} ms",
@@ -817,36 +815,22 @@ async def main(args: argparse.Namespace) -> int:
                 else ("n/a: " + ("respond-async" if args.prefer_async else "backlog mode"), "")
             ),
         ),
-        Row("latency p90", ms(percentile(latencies, 90))),
-        Row("latency p99", ms(percentile(latencies, 99))),
-        Row("latency max", ms(latencies[-1] if latencies else float("nan"))),
-        Row("latency min", ms(latencies[0] if latencies else float("nan"))),
+        Row("latency p90", format_ms(percentile(latencies, 90))),
+        Row("latency p99", format_ms(percentile(latencies, 99))),
+        Row("latency max", format_ms(latencies[-1] if latencies else float("nan"))),
+        Row("latency min", format_ms(latencies[0] if latencies else float("nan"))),
         Row(
             "latency from request start p50 / p99",
-            f"{ms(percentile(from_start, 50))} / {ms(percentile(from_start, 99))}",
+            f"{format_ms(percentile(from_start, 50))} / {format_ms(percentile(from_start, 99))}",
         ),
-        *cpu.rows(wall),
-        *(
-            Row(
-                f"connector {name} peak RSS growth",
-                f"{s.growth_mib:.1f} MiB (from {s.rss_before_kib / 1024:.0f} MiB)",
-            )
-            for name, s in samplers.items()
-        ),
+        *meters.rows(wall),
     ]
     print_table(
         f"bench/messages.py — {n:,} messages A -> B, {args.concurrency} senders "
         f"(wall {wall:.1f} s incl. waiting for B)",
         rows,
     )
-    if warm_errors:
-        print("warm-up send errors:")
-        for text, count in Counter((r.error or "")[:160] for r in warm_errors).most_common(5):
-            print(f"  {count:>6} x {text}")
-    if error_kinds:
-        print("send errors (most common first):")
-        for text, count in error_kinds.most_common(5):
-            print(f"  {count:>6} x {text}")
+    print_send_errors(errors, warm_errors)
     if not_received_status:
         print(f"incoming status other than 'received': {dict(not_received_status)}")
     if missing:
@@ -866,8 +850,7 @@ async def main(args: argparse.Namespace) -> int:
     rows_ok = not missing and not duplicates and not errors and not not_received_status
     print_summary(
         {
-            "bench": "messages",
-            **{k: info[k] for k in ("date", "host", "cpu", "cores", "python", "commit")},
+            **summary_head("messages", info),
             "count": n,
             "concurrency": args.concurrency,
             "preferAsync": args.prefer_async,
@@ -889,7 +872,7 @@ async def main(args: argparse.Namespace) -> int:
                 p: round(percentile(latencies, q) / 1e6, 2)
                 for p, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
             },
-            "cpuSeconds": {k: round(v, 2) for k, v in cpu.used.items()},
+            "cpuSeconds": meters.cpu.summary(),
             "allDelivered": rows_ok,
             "targetsMet": met,
         }
@@ -899,42 +882,22 @@ async def main(args: argparse.Namespace) -> int:
     return 1 if args.strict and not all(met.values()) else 0
 
 
-def _num(value: float, digits: int) -> float | None:
-    """Rounded for the JSON line; NaN (not measured) becomes null."""
-    return None if math.isnan(value) else round(value, digits)
-
-
 async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
     """``--rate``: open-loop respond-async sends at a steady rate; does A's outbox keep up?"""
     run_id = os.urandom(6).hex()
     rate, seconds = float(args.rate), float(args.seconds)
     n = max(1, round(rate * seconds))
     kind = "rate"
-    cluster = Cluster.create("bench-messages-", keep=args.keep, profile_dir=args.profile)
-    try:
+    with bench_cluster(args) as cluster:
         # An open loop does not wait for answers: leave room for about a second of requests in
         # flight, so that a slow answer queues at the connector rather than in this client.
         async with (
             client_session(limit=max(args.concurrency, int(rate)) + 8) as session,
             client_session(limit=4) as metrics_session,
         ):
-            backbone, a, b, address_b, baseline, warm_errors = await start_and_warm_up(
-                session, cluster, args, run_id
-            )
-            samplers = {
-                "A": RssSampler(a.proc.pid, interval=0.1),
-                "B": RssSampler(b.proc.pid, interval=0.1),
-            }
-            for sampler in samplers.values():
-                sampler.start()
-            cpu = CpuMeter(
-                {
-                    "connector A": a.proc.pid,
-                    "connector B": b.proc.pid,
-                    "backbone": backbone.proc.pid,
-                }
-            )
-            cpu.start()
+            pair, baseline, warm_errors = await start_and_warm_up(session, cluster, args, run_id)
+            a, b, address_b = pair.a, pair.b, pair.address_b
+            meters = Meters.start(pair)
             log(
                 f"open loop: {n} messages A -> B at {rate:g}/s for {seconds:g} s "
                 "(Prefer: respond-async), A's outbox sampled every 0.5 s"
@@ -966,50 +929,25 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
                     stall_timeout=args.stall_timeout,
                     total_timeout=max(300.0, n / 20),
                 ),
-                wait_for_ingest(
+                wait_for_run(
                     session,
                     b,
                     cluster,
+                    args,
+                    n,
                     baseline=baseline,
                     expected=accepted,
                     run_id=run_id,
                     kind=kind,
-                    poll=args.poll,
-                    stall_timeout=args.stall_timeout,
-                    total_timeout=max(300.0, n / 20),
                 ),
             )
             wall = (time.time_ns() - phase.start_ns) / 1e9
-            cpu.stop()
-            for sampler in samplers.values():
-                await sampler.stop()
-            sync_status = await b.get_json(session, "/api/v1/account/sync")
-            incoming = await list_incoming(session, b, max_pages=n // 1000 + 50)
-            cluster.check_alive()
-    except BaseException:
-        cluster.keep = True  # keep the logs of a failed run
-        raise
-    finally:
-        cluster.close()
-        if args.profile:
-            print_profiles(args.profile)
+            sync_status, incoming = await stop_and_read_b(session, b, cluster, meters, n)
 
     # ------------------------------------------------------------------ analysis
     accepted_seqs = {r.seq for r in phase.results if r.status in (201, 202)}
-    received_ns: dict[int, int] = {}
-    duplicates = 0
-    for item in ours(incoming, run_id, kind):
-        seq = item["content"].get("seq")
-        if not isinstance(seq, int):
-            continue
-        if seq in received_ns:
-            duplicates += 1
-            continue
-        raw = item.get("receivedAt")
-        try:
-            received_ns[seq] = iso_to_ns(raw) if isinstance(raw, str) else -1
-        except ValueError:
-            received_ns[seq] = -1
+    arrived = read_arrivals(incoming, run_id, kind)
+    received_ns, duplicates = arrived.received_ns, arrived.duplicates
     missing = sorted(accepted_seqs - received_ns.keys())
     unexpected = len(received_ns.keys() - accepted_seqs)  # arrived, but its send got no 201/202
     all_delivered = not missing and not unexpected and not duplicates
@@ -1020,7 +958,6 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
     drain = (empty_ns - phase.end_ns) / 1e9 if outbox_left == 0 else math.nan
 
     errors = [r for r in phase.results if r.status not in (201, 202)]
-    error_kinds = Counter((r.error or "")[:160] for r in errors)
     latencies = sorted(r.answer_ns - r.start_ns for r in phase.results if r.status in (201, 202))
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     lags = phase.start_lag_ns or []
@@ -1038,7 +975,7 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
         ),
         Row(
             "bench client: request start behind schedule p99 / max",
-            f"{ms(percentile(lags, 99))} / {ms(lags[-1] if lags else math.nan)}",
+            f"{format_ms(percentile(lags, 99))} / {format_ms(lags[-1] if lags else math.nan)}",
         ),
         Row("send phase (first request .. last answer)", f"{phase.seconds:.2f} s"),
         Row(
@@ -1046,8 +983,8 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
             f"{statuses[202]:,} / {statuses[201]:,} / {len(errors):,}",
         ),
         Row("accepted rate (201+202 answers / send phase)", f"{accepted_rate:,.0f} /s"),
-        Row("202 answer latency p50", ms(p50)),
-        Row("202 answer latency p99", ms(p99)),
+        Row("202 answer latency p50", format_ms(p50)),
+        Row("202 answer latency p99", format_ms(p99)),
         Row("outbox pending: max during send phase", f"{pending_max:,}"),
         Row("outbox pending: at end of send phase (last answer)", f"{pending_at_end:,}"),
         Row(
@@ -1056,12 +993,7 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
             f"<= {rate * 2:,.0f}",
             check(kept_up),
         ),
-        Row(
-            "received at B (this run)",
-            f"{len(received_ns):,} of {accepted:,} accepted"
-            + ("" if complete else f" (gave up after {waited:.0f} s)"),
-        ),
-        Row("B total_received (incl. warm-up)", f"{total_received_b}"),
+        *received_rows(len(received_ns), accepted, complete, waited, total_received_b),
         Row(
             "missing / duplicates / not accepted",
             f"{len(missing):,} / {duplicates:,} / {unexpected:,}",
@@ -1077,14 +1009,7 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
             f"{drain:.2f} s" if outbox_left == 0 else f"no: {outbox_left:,} still pending",
         ),
         Row("all received at B after last answer (receivedAt)", f"{to_all_received:.2f} s"),
-        *cpu.rows(wall),
-        *(
-            Row(
-                f"connector {name} peak RSS growth",
-                f"{s.growth_mib:.1f} MiB (from {s.rss_before_kib / 1024:.0f} MiB)",
-            )
-            for name, s in samplers.items()
-        ),
+        *meters.rows(wall),
     ]
     print_table(
         f"bench/messages.py — open loop {rate:g} messages/s for {seconds:g} s A -> B, "
@@ -1096,14 +1021,7 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
         + " ".join(str(p) for p in samples)
         + f" | at the last answer: {pending_at_end}"
     )
-    if warm_errors:
-        print("warm-up send errors:")
-        for text, count in Counter((r.error or "")[:160] for r in warm_errors).most_common(5):
-            print(f"  {count:>6} x {text}")
-    if error_kinds:
-        print("send errors (most common first):")
-        for text, count in error_kinds.most_common(5):
-            print(f"  {count:>6} x {text}")
+    print_send_errors(errors, warm_errors)
     if missing:
         print(f"missing seqs (first 20): {missing[:20]}")
     if sync_status.get("lastError"):
@@ -1111,9 +1029,7 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
 
     print_summary(
         {
-            "bench": "messages",
-            "mode": "rate",
-            **{k: info[k] for k in ("date", "host", "cpu", "cores", "python", "commit")},
+            **summary_head("messages", info, mode="rate"),
             "rate": rate,
             "seconds": seconds,
             "offered": len(phase.results),
@@ -1121,9 +1037,9 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
             "errors": len(errors),
             "warmupErrors": len(warm_errors),
             "sendSeconds": round(phase.seconds, 3),
-            "acceptedPerS": _num(accepted_rate, 1),
-            "p50Ms": _num(p50 / 1e6, 2),
-            "p99Ms": _num(p99 / 1e6, 2),
+            "acceptedPerS": json_number(accepted_rate, 1),
+            "p50Ms": json_number(p50 / 1e6, 2),
+            "p99Ms": json_number(p99 / 1e6, 2),
             "pendingMax": pending_max,
             "pendingAtEnd": pending_at_end,
             "pendingSamples": samples,
@@ -1132,9 +1048,9 @@ async def main_rate(args: argparse.Namespace, info: dict[str, Any]) -> int:
             "missing": len(missing),
             "duplicates": duplicates,
             "allDelivered": all_delivered,
-            "drainSeconds": _num(drain, 3),
-            "allReceivedSeconds": _num(to_all_received, 3),
-            "cpuSeconds": {k: round(v, 2) for k, v in cpu.used.items()},
+            "drainSeconds": json_number(drain, 3),
+            "allReceivedSeconds": json_number(to_all_received, 3),
+            "cpuSeconds": meters.cpu.summary(),
         }
     )
     if not all_delivered or errors:

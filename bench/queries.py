@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,7 +103,7 @@ async def measure(count: int, requests: int) -> dict[str, dict[str, float]]:
         started = time.perf_counter()
         await asyncio.to_thread(fill, settings.data_dir / "connector.sqlite3", count, me)
         print(f"  fill took {time.perf_counter() - started:.1f} s")
-        shapes = {
+        shapes: dict[str, Callable[[random.Random], dict[str, str]]] = {
             "peer+name": lambda r: {
                 "peer": _address(r.randrange(1000)),
                 "name": f"order.event{r.randrange(50)}",

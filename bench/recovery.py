@@ -43,11 +43,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -66,16 +63,23 @@ from _harness import (
     Connector,
     Proc,
     Row,
+    Sent,
     check,
     client_session,
     header_line,
     indent,
     log,
     machine_info,
+    message_body,
+    message_headers,
     percentile,
+    post_message,
+    print_common_errors,
     print_summary,
     print_table,
     run_main,
+    start_two_connectors,
+    summary_head,
 )
 
 TARGET_RECOVERY_S = 2.0
@@ -85,46 +89,9 @@ HEALTH_LIMIT = 60.0  # a restart that is not healthy by then fails the bench
 IDLE_SETTLE = 1.0  # seconds between a recovery and the next idle kill
 LOAD_LEADS = (0.5, 0.75, 1.0, 1.25, 1.5)  # seconds of load before each load kill (cycled)
 WARMUP_MESSAGES = 20
-SEND_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 # --------------------------------------------------------------------------- kill and restart
-
-
-def kill9(proc: Proc) -> float:
-    """SIGKILL ``proc`` and reap it; returns time.monotonic() just before the signal."""
-    popen = proc.popen
-    if popen is None or popen.poll() is not None:
-        raise BenchError(f"{proc.name} is not running before the kill")
-    killed_at = time.monotonic()
-    popen.send_signal(signal.SIGKILL)
-    try:
-        popen.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{proc.name} (pid {popen.pid}) survived SIGKILL for 10 s") from None
-    return killed_at
-
-
-def restart(proc: Proc, number: int) -> float:
-    """Start ``proc`` again exactly as ``Proc.start`` does, but append to its log.
-
-    (``Proc.start`` truncates the log, which would lose the output of earlier runs.)
-    Returns time.monotonic() just before the spawn.
-    """
-    with proc.log_path.open("ab") as out:
-        out.write(f"\n===== bench: restart #{number} of {proc.name} after kill -9 =====\n".encode())
-        out.flush()
-        started_at = time.monotonic()
-        proc.popen = subprocess.Popen(
-            proc.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(proc.log_path.parent),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-    return started_at
 
 
 @dataclass
@@ -211,8 +178,8 @@ async def trial(
     backlog: tuple[Path, str] | None,
 ) -> Trial:
     """kill -9 B, start it again at once, poll /health until 200."""
-    killed_at = kill9(b.proc)
-    started_at = restart(b.proc, next(restarts))
+    killed_at = b.proc.kill9()
+    started_at = b.proc.restart(f"restart #{next(restarts)} of {b.proc.name} after kill -9")
     at_kill: asyncio.Task[int | None] | None = None
     if backlog is not None:
         at_kill = asyncio.create_task(asyncio.to_thread(backbone_backlog, *backlog))
@@ -247,16 +214,7 @@ async def trial(
 # --------------------------------------------------------------------------- sending
 
 
-@dataclass
-class Sent:
-    kind: str
-    seq: int
-    status: int  # HTTP status, 0 for a transport error
-    message_id: str | None = None
-    error: str | None = None
-
-
-async def post_message(
+async def send(
     session: aiohttp.ClientSession,
     a: Connector,
     recipient: str,
@@ -265,30 +223,15 @@ async def post_message(
     seq: int,
     prefer_async: bool,
 ) -> Sent:
-    headers = {**a.headers, "Content-Type": "application/json"}
-    if prefer_async:
-        headers["Prefer"] = "respond-async"
-    body = json.dumps(
-        {"recipients": [recipient], "content": {"bench": run_id, "kind": kind, "seq": seq}},
-        separators=(",", ":"),
-    ).encode()
-    try:
-        async with session.post(
-            f"{a.url}/api/v1/messages", data=body, headers=headers, timeout=SEND_TIMEOUT
-        ) as resp:
-            raw = await resp.read()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return Sent(kind, seq, 0, error=f"{type(exc).__name__}: {exc}")
-    sent = Sent(kind, seq, status)
-    if status in (201, 202):
-        try:
-            sent.message_id = str(json.loads(raw)["id"])
-        except (ValueError, KeyError, TypeError):
-            sent.error = f"{status} without a message id: {raw[:300]!r}"
-    else:
-        sent.error = f"{status}: {raw[:500].decode(errors='replace')}"
-    return sent
+    """One message A -> B; its ``kind`` and ``seq`` identify it at B."""
+    return await post_message(
+        session,
+        f"{a.url}/api/v1/messages",
+        message_headers(a.headers, prefer_async),
+        message_body(recipient, run_id, kind, seq),
+        seq,
+        kind=kind,
+    )
 
 
 @dataclass
@@ -312,7 +255,7 @@ class Load:
         while not self._stop.is_set():
             seq = next(self._seqs)
             self.results.append(
-                await post_message(
+                await send(
                     self.session,
                     self.a,
                     self.recipient,
@@ -351,29 +294,12 @@ class Load:
 
 
 async def total_received(session: aiohttp.ClientSession, b: Connector) -> int:
-    status = await b.get_json(session, "/api/v1/account/sync")
-    value = status.get("totalReceived", status.get("total_received"))
-    if not isinstance(value, int):
+    """B's count of received messages; a sync status without one fails the bench."""
+    value = await b.total_received(session)
+    if value is None:
+        status = await b.get_json(session, "/api/v1/account/sync")
         raise BenchError(f"no totalReceived in B's GET /api/v1/account/sync: {status}")
     return value
-
-
-async def list_incoming(
-    session: aiohttp.ClientSession, b: Connector, max_pages: int
-) -> list[dict[str, Any]]:
-    """Every incoming message at B, pages of 1000 following ``nextCursor``."""
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(max_pages):
-        params = {"direction": "incoming", "limit": "1000"}
-        if cursor:
-            params["cursor"] = cursor
-        page = await b.get_json(session, "/api/v1/messages", time_limit=120, **params)
-        items.extend(page.get("items", []))
-        cursor = page.get("nextCursor")
-        if not cursor:
-            return items
-    raise BenchError(f"GET /api/v1/messages did not end after {max_pages} pages (cursor loop?)")
 
 
 async def wait_received(
@@ -532,85 +458,80 @@ async def main(args: argparse.Namespace) -> int:
     idle: list[Trial] = []
     loaded: list[Trial] = []
     sends: list[Sent] = []
-    cluster = Cluster.create("bench-recovery-", keep=args.keep)
     load: Load | None = None
-    try:
-        async with (
-            client_session(limit=args.concurrency + 8) as session,
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(force_close=True, limit=4),
-                auto_decompress=False,
-            ) as health_session,
-        ):
-            backbone = cluster.start_backbone()
-            await backbone.wait_ready(session)
-            a = cluster.start_connector("a", backbone.url, long_poll=True)
-            b = cluster.start_connector("b", backbone.url, long_poll=True)
-            await a.wait_ready(session)
-            await b.wait_ready(session)
-            await a.address(session)
-            address_b = await b.address(session)
-            backlog_src = (cluster.root / "backbone" / "backbone.sqlite3", address_b)
-            baseline = await total_received(session, b)
-            log(f"B = {address_b}, run {run_id}")
+    with Cluster.create("bench-recovery-", keep=args.keep) as cluster:
+        try:
+            async with (
+                client_session(limit=args.concurrency + 8) as session,
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(force_close=True, limit=4),
+                    auto_decompress=False,
+                ) as health_session,
+            ):
+                pair = await start_two_connectors(session, cluster)
+                a, b, address_b = pair.a, pair.b, pair.address_b
+                backlog_src = (cluster.root / "backbone" / "backbone.sqlite3", address_b)
+                baseline = await total_received(session, b)
+                log(f"B = {address_b}, run {run_id}")
 
-            log(f"warm-up: {WARMUP_MESSAGES} messages A -> B")
-            sends = list(
-                await asyncio.gather(
-                    *(
-                        post_message(session, a, address_b, run_id, "warmup", seq, False)
-                        for seq in range(WARMUP_MESSAGES)
+                log(f"warm-up: {WARMUP_MESSAGES} messages A -> B")
+                sends = list(
+                    await asyncio.gather(
+                        *(
+                            send(session, a, address_b, run_id, "warmup", seq, False)
+                            for seq in range(WARMUP_MESSAGES)
+                        )
                     )
                 )
-            )
-            warm_ok = sum(1 for s in sends if s.status in (201, 202))
-            if not warm_ok:
-                raise BenchError(f"warm-up: every send failed, first: {sends[0].error}")
-            ok, got, _ = await wait_received(session, b, cluster, baseline + warm_ok)
-            if not ok:
-                raise BenchError(f"warm-up: B received {got - baseline} of {warm_ok}")
+                warm_ok = sum(1 for s in sends if s.status in (201, 202))
+                if not warm_ok:
+                    raise BenchError(f"warm-up: every send failed, first: {sends[0].error}")
+                ok, got, _ = await wait_received(session, b, cluster, baseline + warm_ok)
+                if not ok:
+                    raise BenchError(f"warm-up: B received {got - baseline} of {warm_ok}")
 
-            log(f"{args.trials} idle trials")
-            for number in range(1, args.trials + 1):
-                await asyncio.sleep(IDLE_SETTLE)
+                log(f"{args.trials} idle trials")
+                for number in range(1, args.trials + 1):
+                    await asyncio.sleep(IDLE_SETTLE)
+                    cluster.check_alive()
+                    idle.append(await trial(health_session, b, "idle", number, restarts, None))
+
+                log(f"{args.trials} trials under load: {args.concurrency} senders A -> B")
+                load = Load(session, a, address_b, run_id, args.concurrency, args.prefer_async)
+                load.start()
+                for number in range(1, args.trials + 1):
+                    await asyncio.sleep(LOAD_LEADS[(number - 1) % len(LOAD_LEADS)])
+                    load.check()
+                    cluster.check_alive()
+                    loaded.append(
+                        await trial(health_session, b, "load", number, restarts, backlog_src)
+                    )
+                await load.stop()
+                sends.extend(load.results)
+                load_seconds = load.stopped_at - load.started_at
+                load_accepted = sum(1 for s in load.results if s.status in (201, 202))
+                load_statuses = Counter(s.status for s in load.results)
+                if not load_accepted:
+                    errors = Counter(s.error for s in load.results).most_common(3)
+                    raise BenchError(f"under load: no send was accepted; errors: {errors}")
+
+                accepted = sum(1 for s in sends if s.status in (201, 202))
+                log(
+                    f"load stopped after {load_seconds:.1f} s; waiting for B to hold all {accepted}"
+                )
+                complete, _, drained = await wait_received(session, b, cluster, baseline + accepted)
+                await asyncio.sleep(2.0)  # a late duplicate would show up in the listing
+                items = await b.incoming_messages(session, max_pages=accepted // 1000 + 50)
+                sync_status = await b.get_json(session, "/api/v1/account/sync")
                 cluster.check_alive()
-                idle.append(await trial(health_session, b, "idle", number, restarts, None))
-
-            log(f"{args.trials} trials under load: {args.concurrency} senders A -> B")
-            load = Load(session, a, address_b, run_id, args.concurrency, args.prefer_async)
-            load.start()
-            for number in range(1, args.trials + 1):
-                await asyncio.sleep(LOAD_LEADS[(number - 1) % len(LOAD_LEADS)])
-                load.check()
-                cluster.check_alive()
-                loaded.append(await trial(health_session, b, "load", number, restarts, backlog_src))
-            await load.stop()
-            sends.extend(load.results)
-            load_seconds = load.stopped_at - load.started_at
-            load_accepted = sum(1 for s in load.results if s.status in (201, 202))
-            load_statuses = Counter(s.status for s in load.results)
-            if not load_accepted:
-                errors = Counter(s.error for s in load.results).most_common(3)
-                raise BenchError(f"under load: no send was accepted; errors: {errors}")
-
-            accepted = sum(1 for s in sends if s.status in (201, 202))
-            log(f"load stopped after {load_seconds:.1f} s; waiting for B to hold all {accepted}")
-            complete, _, drained = await wait_received(session, b, cluster, baseline + accepted)
-            await asyncio.sleep(2.0)  # a late duplicate would show up in the listing
-            items = await list_incoming(session, b, max_pages=accepted // 1000 + 50)
-            sync_status = await b.get_json(session, "/api/v1/account/sync")
-            cluster.check_alive()
-    except BaseException:
-        cluster.keep = True  # keep the logs of a failed run
-        if load is not None:
-            await load.cancel()
-        raise
-    finally:
-        cluster.close()
+        except BaseException:
+            if load is not None:
+                await load.cancel()
+            raise
 
     # ------------------------------------------------------------------ report
     delivery = check_delivery(sends, items, run_id)
-    send_errors = Counter((s.error or "")[:160] for s in sends if s.status not in (201, 202))
+    failed_sends = [s for s in sends if s.status not in (201, 202)]
     idle_met = max(t.kill_to_healthy for t in idle) <= TARGET_RECOVERY_S
     load_met = max(t.kill_to_healthy for t in loaded) <= TARGET_RECOVERY_S
     data_ok = not delivery.missing and not delivery.duplicates and not delivery.id_mismatch
@@ -668,10 +589,7 @@ async def main(args: argparse.Namespace) -> int:
         "load backlog at kill / at 200 per trial: "
         + " ".join(f"{t.backlog_at_kill}/{t.backlog_at_healthy}" for t in loaded)
     )
-    if send_errors:
-        print("send errors (most common first):")
-        for text, count in send_errors.most_common(5):
-            print(f"  {count:>6} x {text}")
+    print_common_errors("send errors (most common first)", failed_sends)
     if delivery.missing:
         print(f"missing (kind, seq), first 20: {delivery.missing[:20]}")
     if delivery.not_received_status:
@@ -682,8 +600,7 @@ async def main(args: argparse.Namespace) -> int:
     met = {"idleMax": idle_met, "loadMax": load_met}
     print_summary(
         {
-            "bench": "recovery",
-            **{k: info[k] for k in ("date", "host", "cpu", "cores", "python", "commit")},
+            **summary_head("recovery", info),
             "trials": args.trials,
             "concurrency": args.concurrency,
             "preferAsync": args.prefer_async,
@@ -701,7 +618,7 @@ async def main(args: argparse.Namespace) -> int:
             },
             "loadAccepted": load_accepted,
             "loadSeconds": round(load_seconds, 2),
-            "sendErrors": sum(send_errors.values()),
+            "sendErrors": len(failed_sends),
             "receivedAtB": delivery.received,
             "missing": len(delivery.missing),
             "duplicates": delivery.duplicates,
