@@ -15,6 +15,8 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
+    null,
     select,
     union_all,
     update,
@@ -243,24 +245,35 @@ async def records(
 async def _with_parts(
     session: AsyncSession, rows: Sequence[Any]
 ) -> list[tuple[MessageRecord, list[File]]]:
-    """Records for message rows, with recipients, attachment ids and files (2-3 queries)."""
+    """Records for message rows, with recipients, attachment ids and files (1-2 queries)."""
     if not rows:
         return []
     seqs = [row["seq"] for row in rows]
     recipients: dict[int, list[Recipient]] = {seq: [] for seq in seqs}
-    for seq, address, delivered_at in await session.execute(
-        select(_RECIPIENTS.c.message_seq, _RECIPIENTS.c.address, _RECIPIENTS.c.delivered_at)
-        .where(_RECIPIENTS.c.message_seq.in_(seqs))
-        .order_by(_RECIPIENTS.c.message_seq, _RECIPIENTS.c.position)
-    ):
-        recipients[seq].append(Recipient(address, delivered_at))
     attached: dict[int, list[str]] = {seq: [] for seq in seqs}
-    for seq, file_id in await session.execute(
-        select(_ATTACHMENTS.c.message_seq, _ATTACHMENTS.c.file_id)
-        .where(_ATTACHMENTS.c.message_seq.in_(seqs))
-        .order_by(_ATTACHMENTS.c.message_seq, _ATTACHMENTS.c.position)
-    ):
-        attached[seq].append(file_id)
+    # Recipients and attachments in one statement: through aiosqlite every statement costs
+    # several thread hops, more than these index lookups themselves.
+    parts = union_all(
+        select(
+            _RECIPIENTS.c.message_seq,
+            _RECIPIENTS.c.position,
+            literal("r").label("part"),
+            _RECIPIENTS.c.address.label("value"),
+            _RECIPIENTS.c.delivered_at,
+        ).where(_RECIPIENTS.c.message_seq.in_(seqs)),
+        select(
+            _ATTACHMENTS.c.message_seq,
+            _ATTACHMENTS.c.position,
+            literal("a").label("part"),
+            _ATTACHMENTS.c.file_id.label("value"),
+            null().label("delivered_at"),
+        ).where(_ATTACHMENTS.c.message_seq.in_(seqs)),
+    ).order_by("message_seq", "part", "position")
+    for seq, _position, part, value, delivered_at in await session.execute(parts):
+        if part == "r":
+            recipients[seq].append(Recipient(value, delivered_at))
+        else:
+            attached[seq].append(value)
     wanted = {file_id for ids in attached.values() for file_id in ids}
     files = (
         {f.id: f for f in await session.scalars(select(File).where(File.id.in_(wanted)))}
