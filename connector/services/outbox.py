@@ -50,6 +50,10 @@ def next_delay(attempts: int, *, base: float = _BASE_DELAY, cap: float = _MAX_DE
     return random.uniform(0, min(cap, base * 2 ** min(attempts, 32)))
 
 
+_Found = tuple[MessageRecord, list[File]]
+"""A due entry's message, with its attachments' files."""
+
+
 @dataclass(frozen=True)
 class _Outcome:
     status: str  # sent | failed | retry | gone
@@ -98,8 +102,9 @@ class OutboxService:
     async def run_due(self) -> bool:
         """Try due entries once, several at a time; True when more may be due already.
 
-        While API requests keep arriving, a few at a time and in small batches (see
-        ``connector.services.load``); otherwise ``concurrency`` at a time, ``batch_size`` a batch.
+        While sends crowd into the API, ``busy_concurrency`` at a time in small batches, giving
+        way after each (see ``connector.services.load``); otherwise ``concurrency`` at a time,
+        ``batch_size`` a batch.
         """
         started = time.perf_counter()
         if self._load is not None and self._load.crowded:
@@ -110,8 +115,13 @@ class OutboxService:
             entries = await outbox_repo.due(session, utcnow(), limit)
             found = await messages_repo.records(session, [e.message_seq for e in entries])
         messages = {record.seq: (record, files) for record, files in found}
-        queued = [e for e in entries if e.message_seq in messages and _is_queued(messages, e)]
-        gone = [e.message_seq for e in entries if e not in queued]
+        queued = [
+            e
+            for e in entries
+            if e.message_seq in messages and messages[e.message_seq][0].status == "queued"
+        ]
+        # Deleted, or moved on meanwhile (a delivery receipt, another replica): nothing to send.
+        gone = sorted({e.message_seq for e in entries} - {e.message_seq for e in queued})
         envelopes, outcomes = await self._envelopes(queued, messages)
         slots = asyncio.Semaphore(width)
 
@@ -212,10 +222,3 @@ class OutboxService:
         )
         for message, _, status, _ in finished:
             log.info("outbox: %s is %s", message.id, status)
-
-
-_Found = tuple[MessageRecord, list[File]]
-
-
-def _is_queued(messages: dict[Any, _Found], entry: outbox_repo.DueEntry) -> bool:
-    return messages[entry.message_seq][0].status == "queued"
