@@ -29,6 +29,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/files.py
 	$(BIN)/python bench/messages.py
+	$(BIN)/python bench/messages.py --prefer-async
+	$(BIN)/python bench/events.py
+	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/queries.py
 
 clean:
