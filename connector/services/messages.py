@@ -256,6 +256,8 @@ class MessageService:
         return SendResult(message, attachments, accepted_now=status == 201, replayed=True)
 
     async def _attachments(self, file_ids: list[str]) -> list[File]:
+        if not file_ids:
+            return []  # most messages: no session, no query
         wanted = list(dict.fromkeys(file_ids))
         async with self._sessions() as session:
             found = await files_repo.get_many(session, wanted)
