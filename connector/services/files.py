@@ -8,8 +8,6 @@ thread: AES-GCM and SHA-256 release the GIL) and sending overlap instead of taki
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -25,11 +23,11 @@ from connector.errors import (
     FileTooLarge,
     Forbidden,
     PlatformUnavailable,
-    ValidationFailed,
 )
 from connector.ids import new_file_id
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
+from connector.services import cursors
 from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import files as files_repo
@@ -186,10 +184,17 @@ class FileService:
         self, *, owner: str | None, limit: int, cursor: str | None
     ) -> tuple[list[File], str | None]:
         is_own = {"own": True, "peer": False, None: None}[owner]
-        before = _decode_file_cursor(cursor) if cursor else None
+        before = (
+            cursors.decode_timed("f", cursor, field="cursor", hint="the file list")
+            if cursor
+            else None
+        )
         async with self._sessions() as session:
             rows = await files_repo.page(session, is_own=is_own, limit=limit + 1, before=before)
-        next_cursor = _encode_file_cursor(rows[limit - 1]) if len(rows) > limit else None
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = cursors.encode_timed("f", last.created_at, last.id)
         return rows[:limit], next_cursor
 
     def file_key(self, file: File) -> bytes:
@@ -269,17 +274,3 @@ def _failure(task: asyncio.Task[None]) -> BaseException | None:
     if task.done() and not task.cancelled():
         return task.exception()
     return None
-
-
-def _encode_file_cursor(file: File) -> str:
-    raw = json.dumps([file.created_at.isoformat(), file.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_file_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, file_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(file_id)
-    except (ValueError, TypeError) as exc:
-        raise ValidationFailed("cursor is not valid", status=400) from exc
