@@ -21,6 +21,7 @@ from .keys import (
     is_valid_address,
     registration_proof,
     sign_challenge,
+    usable_exchange_key,
     verify_registration_proof,
     verify_signature,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "seal_envelope",
     "seal_secret",
     "sign_challenge",
+    "usable_exchange_key",
     "verify_envelope",
     "verify_registration_proof",
     "verify_signature",

@@ -20,7 +20,7 @@ from functools import cached_property
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 __all__ = [
     "ADDRESS_PREFIX",
@@ -60,6 +60,22 @@ def derive_address(signing_public: bytes) -> str:
     _require_key_size(signing_public, "signing public key")
     digest = hashlib.sha256(signing_public).digest()[:_ADDRESS_DIGEST_BYTES]
     return ADDRESS_PREFIX + base64.b32encode(digest).decode("ascii").lower()
+
+
+def usable_exchange_key(exchange_public: bytes) -> bool:
+    """Whether a key can be encrypted to: 32 bytes and not one of X25519's low-order points.
+
+    A peer may register a low-order point (its proof of possession signs whatever key it
+    chose); an agreement with it fails, so every message to it would fail to seal. One trial
+    agreement with a throwaway key tells (the peer directory checks each key once).
+    """
+    if len(exchange_public) != _KEY_SIZE:
+        return False
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(exchange_public))
+    except ValueError:
+        return False
+    return True
 
 
 def is_valid_address(value: str) -> bool:

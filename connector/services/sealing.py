@@ -63,11 +63,11 @@ class Sealer:
 
         For sends sealed later by the outbox: an unknown recipient is still refused at once.
         """
-        await self._peers.resolve(addresses)
+        await self._peers.recipients(addresses)
 
     async def seal(self, draft: Draft) -> dict[str, Any]:
         """The signed envelope; raises RecipientNotFound or PlatformUnavailable from the lookup."""
-        peers = await self._peers.resolve(draft.recipients)
+        peers = await self._peers.recipients(draft.recipients)
         body = MessageBody(
             content=draft.content,
             name=draft.name,

@@ -16,6 +16,7 @@ from connector.crypto import (
     is_valid_address,
     registration_proof,
     sign_challenge,
+    usable_exchange_key,
     verify_registration_proof,
     verify_signature,
 )
@@ -126,3 +127,10 @@ def test_sign_challenge(keys: IdentityKeys) -> None:
 )
 def test_verify_signature_returns_false_for_garbage(public: bytes, signature: bytes) -> None:
     assert verify_signature(public, signature, b"data") is False
+
+
+def test_usable_exchange_key(keys: IdentityKeys) -> None:
+    assert usable_exchange_key(keys.exchange_public)
+    assert not usable_exchange_key(bytes(32))  # the zero point: every agreement is all zeros
+    assert not usable_exchange_key((1).to_bytes(32, "little"))  # another low-order point
+    assert not usable_exchange_key(keys.exchange_public[:31])

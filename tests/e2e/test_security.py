@@ -13,7 +13,12 @@ import aiohttp
 import pytest
 
 from connector.crypto.envelope import seal_envelope
-from connector.crypto.keys import IdentityKeys, registration_proof, sign_challenge
+from connector.crypto.keys import (
+    REGISTRATION_CONTEXT,
+    IdentityKeys,
+    registration_proof,
+    sign_challenge,
+)
 from connector.platform.client import PlatformClient
 from tests.conftest import Api
 from tests.e2e.helpers import eventually
@@ -162,3 +167,26 @@ async def _events(api: Api) -> list[Any]:
 
     async with api.runtime.sessions() as session:
         return await events_repo.after(session, 0, 1000)
+
+
+async def test_a_peer_with_an_unusable_exchange_key_is_an_unknown_recipient(
+    alice: Api, bob: Api, backbone: str, http: aiohttp.ClientSession
+) -> None:
+    """Mallory registers the zero point as her exchange key (her proof signs whatever she
+    chose). Nothing can be encrypted to it: sends to her are refused like sends to nobody,
+    never a 500, and never an outbox entry that fails again and again."""
+    mallory = IdentityKeys.generate()
+    zero_point = bytes(32)
+    proof = mallory.sign(REGISTRATION_CONTEXT + mallory.signing_public + zero_point)
+    await PlatformClient(backbone, http).register(mallory.signing_public, zero_point, proof)
+    for headers in ({}, {"Prefer": "respond-async"}):
+        status, body = await alice.json(
+            "POST",
+            "/api/v1/messages",
+            json={"recipients": [mallory.address, bob.address], "content": {"hi": 1}},
+            headers=headers,
+        )
+        assert (status, body["code"]) == (404, "recipient_not_found"), body
+        assert mallory.address in body["detail"] and bob.address not in body["detail"]
+    _, page = await alice.json("GET", "/api/v1/messages")
+    assert page["items"] == []
