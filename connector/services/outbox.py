@@ -161,6 +161,9 @@ class OutboxService:
                 )
             except PlatformUnavailable as exc:
                 outcomes[entry.message_seq] = _Outcome("retry", exc.detail)
+            except Exception as exc:  # one message must not hold up the batch and all after it
+                log.exception("outbox: cannot seal %s", message.id)
+                outcomes[entry.message_seq] = _Outcome("retry", f"cannot seal: {exc!r}")
             await asyncio.sleep(0)  # one seal at a time, so that requests are served between
         if sealed:
             stored = await self._writes.run(
@@ -182,6 +185,9 @@ class OutboxService:
             return _Outcome("retry", str(exc))
         except platform_errors.PlatformRejected as exc:
             return _Outcome("failed", f"platform refused the message: {exc}")
+        except Exception as exc:  # as for sealing: retried later, the others go on
+            log.exception("outbox: cannot send %s", envelope.get("id"))
+            return _Outcome("retry", f"cannot send: {exc!r}")
         return _Outcome("sent")
 
     async def _record(

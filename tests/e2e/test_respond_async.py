@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 from typing import Any
 
+import pytest
+
 from tests.conftest import Api
 from tests.e2e.helpers import eventually
 
@@ -77,3 +79,33 @@ async def test_a_crowd_of_async_sends_all_arrive_sealed_by_the_outbox(alice: Api
         return {m["status"] for m in page["items"] if m["id"] in ids} == {"delivered"}
 
     await eventually(all_delivered, "delivery receipts for all 120", within=60)
+
+
+async def test_a_message_that_cannot_be_sealed_does_not_hold_up_the_others(
+    alice: Api, bob: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug or bad data that breaks sealing one message is retried for that message alone;
+    the outbox sends everything else meanwhile."""
+    from connector.services import sealing
+
+    real_seal = sealing.seal_envelope
+
+    def seal_unless_poisoned(**kwargs: Any) -> dict[str, Any]:
+        if kwargs["body"]["content"] == {"poison": True}:
+            raise RuntimeError("cannot seal this one")
+        return real_seal(**kwargs)
+
+    monkeypatch.setattr(sealing, "seal_envelope", seal_unless_poisoned)
+    status, poisoned = await _send_async(alice, recipients=[bob.address], content={"poison": True})
+    assert status == 202
+    sends = [await _send_async(alice, recipients=[bob.address], content={"n": n}) for n in range(3)]
+    assert {status for status, _ in sends} == {202}
+
+    async def others_arrived() -> list[dict[str, Any]] | None:
+        items = await _incoming(bob)
+        return items if len(items) >= 3 else None
+
+    items = await eventually(others_arrived, "the three good messages at bob")
+    assert sorted(item["content"]["n"] for item in items) == [0, 1, 2]
+    _, message = await alice.json("GET", f"/api/v1/messages/{poisoned['id']}")
+    assert message["status"] == "queued"  # retried with backoff until its time to live runs out
