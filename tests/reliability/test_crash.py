@@ -336,7 +336,10 @@ async def test_sender_killed_while_outbox_drains(cluster: Cluster, sealed_at: st
     assert set(sends.status.values()) == {202}, cluster.report(
         f"{context}: respond-async must answer 202: {sends.summary()}"
     )
-    await asyncio.sleep(1.0)  # a few failed attempts each: the backoff grows and spreads
+    # A few failed attempts each: the backoff grows (full jitter, doubling) and spreads the
+    # drain over several seconds. The outbox drains a due batch in well under a second, so a
+    # shorter outage left too few moments to kill A in.
+    await asyncio.sleep(3.0)
     await cluster.revive(backbone)
 
     kills: list[tuple[int, int]] = []  # (A's queued, sent but unrecorded) at each kill
