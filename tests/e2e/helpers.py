@@ -11,13 +11,17 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], what: str, within: float = 20.0
+    probe: Callable[[], Awaitable[T | None]],
+    what: str,
+    within: float = 20.0,
+    interval: float = 0.05,
 ) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``within`` s."""
     deadline = time.monotonic() + within
     while True:
         value = await probe()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)

@@ -303,20 +303,6 @@ class Cluster:
         await asyncio.gather(*(proc.stop() for proc in reversed(self.procs)))
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], what: str, within: float, interval: float = 0.25
-) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
 async def kill_when(proc: Proc, in_window: Callable[[], Awaitable[int]], within: float) -> bool:
     """kill -9 ``proc`` as soon as ``in_window()`` is positive, or after ``within`` s anyway.
 

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.reliability.harness import Cluster, Connector, eventually, kill_when
+from tests.e2e.helpers import eventually
+from tests.reliability.harness import Cluster, Connector, kill_when
 
 ACCEPTED = (201, 202)
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -132,7 +133,9 @@ async def wait_settled(
 ) -> None:
     """Wait until ``node`` holds ``expected`` incoming messages and still does 2 s later."""
     try:
-        await eventually(lambda: _equals(incoming_count(node), expected), what, within)
+        await eventually(
+            lambda: _equals(incoming_count(node), expected), what, within, interval=0.25
+        )
     except AssertionError as exc:
         have = await incoming_count(node)
         raise AssertionError(cluster.report(f"{exc}: {node.name} has {have}")) from None
@@ -191,7 +194,7 @@ async def wait_drained(node: Connector, cluster: Cluster, context: str) -> None:
     try:
         # The outbox retries with jittered backoff; a kill mid-request defers the first retry
         # by request_timeout + 1 s.
-        await eventually(drained, f"{node.name}'s outbox to drain", 60)
+        await eventually(drained, f"{node.name}'s outbox to drain", 60, interval=0.25)
     except AssertionError as exc:
         rows = await node.query("SELECT attempts, next_attempt_at, last_error FROM outbox LIMIT 5")
         raise AssertionError(cluster.report(f"{context}: {exc}; outbox rows: {rows}")) from None
