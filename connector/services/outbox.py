@@ -198,13 +198,14 @@ class OutboxService:
     ) -> None:
         """Final outcomes with their events, retries rescheduled: a few writes for the batch."""
         now = utcnow()
+        removed = list(gone)  # and those whose envelope found no entry left to keep it in
         retries: list[outbox_repo.Retry] = []
         finished: list[tuple[MessageRecord, list[File], str, str | None]] = []
         for entry, outcome in tried:
             message, files = messages[entry.message_seq]
             status, error = outcome.status, outcome.error
             if status == "gone":
-                gone.append(entry.message_seq)
+                removed.append(entry.message_seq)
                 continue
             if status == "retry" and message.expires_at and message.expires_at <= now:
                 status, error = "expired", f"time to live ran out; last error: {error}"
@@ -213,10 +214,10 @@ class OutboxService:
                 retries.append(outbox_repo.Retry(entry.message_seq, error, at))
             else:
                 finished.append((message, files, status, error))
-        if gone or retries:
+        if removed or retries:
 
             async def write(session: AsyncSession) -> None:
-                await outbox_repo.remove_many(session, gone)
+                await outbox_repo.remove_many(session, removed)
                 await outbox_repo.reschedule_many(session, retries)
 
             await self._writes.run(write)
