@@ -14,7 +14,7 @@ import binascii
 import io
 import json
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -110,6 +110,7 @@ class PlatformClient:
                 address=_field(answer, "address", str),
                 signing_public=base64.b64decode(_field(answer, "signingKey", str), validate=True),
                 exchange_public=base64.b64decode(_field(answer, "exchangeKey", str), validate=True),
+                proof=_optional_b64(answer.get("proof")),
             )
         except binascii.Error as exc:
             raise PlatformUnavailable(f"malformed identity from the platform: {exc}") from exc
@@ -301,9 +302,16 @@ class PlatformClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise PlatformUnavailable(f"malformed inbox page from the platform: {exc}") from exc
 
-    async def ack(self, cursor: int) -> None:
-        """Acknowledge every item up to ``cursor`` (they are then gone from the inbox)."""
-        await self._json("POST", ("inbox", "ack"), body={"cursor": cursor})
+    async def ack(self, cursor: int, receipts: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Acknowledge every item up to ``cursor`` (they are then gone from the inbox).
+
+        ``receipts`` are signed receipts for the acknowledged messages; the platform relays each
+        to its message's sender.
+        """
+        body: dict[str, Any] = {"cursor": cursor}
+        if receipts:
+            body["receipts"] = list(receipts)
+        await self._json("POST", ("inbox", "ack"), body=body)
 
     async def health(self) -> bool:
         """True when the platform answers its health check."""
@@ -361,6 +369,13 @@ def _payload(data: bytes | None) -> bytes | io.BytesIO | None:
     if data is not None and len(data) > _INLINE_BODY_LIMIT:
         return io.BytesIO(data)
     return data
+
+
+def _optional_b64(value: object) -> bytes | None:
+    """A base64 member that may be absent; anything but a string is treated as absent."""
+    if not isinstance(value, str):
+        return None
+    return base64.b64decode(value, validate=True)
 
 
 def _b64(data: bytes) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-InboxItemType = Literal["message", "receipt"]
+InboxItemType = Literal["message", "receipt", "invalid"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,14 +15,20 @@ class PeerIdentity:
     address: str
     signing_public: bytes
     exchange_public: bytes
+    proof: bytes | None = None
+    """The registration proof as the platform answered it (None if it has none). The platform is
+    not trusted: the peer directory checks it before any key is used."""
 
 
 @dataclass(frozen=True, slots=True)
 class InboxItem:
     """One inbox entry: an envelope addressed to us, or a receipt for one we sent.
 
-    ``message`` items carry ``envelope`` (and ``message_id`` = its id); ``receipt`` items carry
-    ``message_id``, ``recipient`` (who acknowledged) and ``delivered_at``.
+    ``message`` items carry ``envelope`` (and ``message_id`` = its id, when it is a string);
+    ``receipt`` items carry ``message_id``, ``recipient`` (who acknowledged, as the platform says)
+    and ``receipt``, the object the recipient's connector signed (unverified here). An item the
+    platform sent malformed is ``invalid`` with an ``error``: it keeps its cursor, so the sync can
+    skip it instead of stalling on it.
     """
 
     cursor: int
@@ -31,6 +37,8 @@ class InboxItem:
     message_id: str | None = None
     recipient: str | None = None
     delivered_at: str | None = None
+    receipt: dict[str, Any] | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
