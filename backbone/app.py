@@ -1,18 +1,38 @@
-"""The backbone application: ``create_app(data_dir)`` wires store, auth, blobs and routes."""
+"""The backbone application: ``create_app(data_dir, **limits)`` wires store, auth, blobs, routes.
+
+``limits`` are fields of :class:`backbone.context.Settings` (the documented defaults apply to
+the rest), so a test can run a backbone with a small quota.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from backbone import auth, files, identities, inbox, messages
 from backbone.blobs import BlobStore
-from backbone.context import AUTH, BLOBS, NOTIFIER, SETTINGS, STORE, Settings
+from backbone.context import (
+    AUTH,
+    BLOBS,
+    NOTIFIER,
+    REGISTRATIONS,
+    SETTINGS,
+    STORE,
+    Settings,
+)
+from backbone.limits import RateLimiter
 from backbone.notifier import InboxNotifier
 from backbone.problems import problem_middleware
 from backbone.store import Store
+
+log = logging.getLogger(__name__)
 
 DATABASE_NAME = "backbone.sqlite3"
 
@@ -31,13 +51,38 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[BLOBS] = blobs
     app[NOTIFIER] = notifier
     app[STORE] = store
+    app[REGISTRATIONS] = RateLimiter(settings.registrations_per_minute)
     app[AUTH] = auth.Authenticator(
-        store, challenge_ttl=settings.challenge_ttl, token_ttl=settings.token_ttl
+        store,
+        challenge_ttl=settings.challenge_ttl,
+        token_ttl=settings.token_ttl,
+        challenges_per_address=settings.challenges_per_address,
+        max_challenges=settings.max_challenges,
     )
+    pruner = asyncio.create_task(_prune_forever(store, settings.prune_interval))
     try:
         yield
     finally:
+        pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
         await store.close()
+
+
+async def _prune_forever(store: Store, interval: float) -> None:
+    """Free the space of envelopes nobody will fetch again, every ``interval`` seconds.
+
+    A failed sweep is logged and retried next time; it never stops the backbone.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            pruned = await store.prune(time.time())
+        except Exception:
+            log.exception("pruning expired envelopes failed")
+            continue
+        if pruned:
+            log.info("pruned %d expired envelopes", pruned)
 
 
 async def _release_waiters(app: web.Application) -> None:
@@ -46,21 +91,11 @@ async def _release_waiters(app: web.Application) -> None:
         app[NOTIFIER].close()
 
 
-def create_app(
-    data_dir: Path,
-    *,
-    max_file_size: int = 2 * 1024**3,
-    challenge_ttl: float = 60.0,
-    token_ttl: float = 3600.0,
-) -> web.Application:
-    settings = Settings(
-        data_dir=Path(data_dir),
-        max_file_size=max_file_size,
-        challenge_ttl=challenge_ttl,
-        token_ttl=token_ttl,
-    )
+def create_app(data_dir: Path, **limits: Any) -> web.Application:
+    """The backbone on ``data_dir``; ``limits`` override :class:`Settings` defaults by name."""
+    settings = Settings(data_dir=Path(data_dir), **limits)
     app = web.Application(
-        middlewares=[problem_middleware], client_max_size=settings.max_envelope_size
+        middlewares=[problem_middleware], client_max_size=settings.max_request_bytes
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)

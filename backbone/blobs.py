@@ -43,8 +43,9 @@ class BlobStore:
     def path(self, blob_id: str) -> Path:
         return self.root / blob_id[-2:] / blob_id
 
-    async def receive(self, blob_id: str, stream: StreamReader, limit: int) -> int:
-        """Stream the body into place; answer its size. Over ``limit`` -> FileTooLarge.
+    async def receive(self, blob_id: str, stream: StreamReader, limit: int, room: int) -> int:
+        """Stream the body into place; answer its size. Over ``limit`` -> FileTooLarge, over
+        ``room`` (what the owner's quota leaves) -> InsufficientStorage.
 
         Nothing is left behind on failure or cancellation (the client hanging up).
         """
@@ -57,6 +58,8 @@ class BlobStore:
                     size += len(chunk)
                     if size > limit:
                         raise FileTooLarge(f"The file exceeds the limit of {limit} bytes.")
+                    if size > room:
+                        raise InsufficientStorage("The upload exceeds the identity's quota.")
                     out.write(chunk)
             final = self.path(blob_id)
             final.parent.mkdir(exist_ok=True)

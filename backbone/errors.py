@@ -19,12 +19,18 @@ RFC 9457 problem JSON. Nothing else in the backbone builds error responses.
      ├── IdentityConflict      409 identity_conflict
      ├── FileExists            409 file_exists
      ├── MessageIdConflict     409 message_id_conflict
+     ├── FileDeleted           410 file_deleted
      ├── FileTooLarge          413 file_too_large
+     ├── EnvelopeTooLarge      413 envelope_too_large
+     ├── RetryLater                                      (+ header Retry-After: seconds)
+     │    ├── RateLimited      429 rate_limited
+     │    └── QuotaExceeded    429 quota_exceeded
      └── InsufficientStorage   507 insufficient_storage
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -41,6 +47,10 @@ class BackboneError(Exception):
 
     def extensions(self) -> dict[str, Any]:
         """Extra members for the problem document."""
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers."""
         return {}
 
 
@@ -141,13 +151,52 @@ class MessageIdConflict(BackboneError):
     status, code, title = 409, "message_id_conflict", "Message id conflict"
 
 
+class FileDeleted(BackboneError):
+    """This file id was deleted; ids are never reused, so an old reference cannot be revived."""
+
+    status, code, title = 410, "file_deleted", "File deleted"
+
+
 class FileTooLarge(BackboneError):
     """The file exceeds the backbone's size limit."""
 
     status, code, title = 413, "file_too_large", "File too large"
 
 
+class EnvelopeTooLarge(BackboneError):
+    """The envelope exceeds the backbone's size limit."""
+
+    status, code, title = 413, "envelope_too_large", "Envelope too large"
+
+
+class RetryLater(BackboneError):
+    """Refused for now; ``Retry-After`` says when trying again can succeed."""
+
+    def __init__(self, retry_after: float, detail: str | None = None) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(detail)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+    def extensions(self) -> dict[str, Any]:
+        return {"retryAfter": self.retry_after}
+
+
+class RateLimited(RetryLater):
+    """Too many requests of this kind; slow down."""
+
+    status, code, title = 429, "rate_limited", "Rate limited"
+
+
+class QuotaExceeded(RetryLater):
+    """This identity sent its quota of envelopes for the last day."""
+
+    status, code, title = 429, "quota_exceeded", "Quota exceeded"
+
+
 class InsufficientStorage(BackboneError):
-    """The backbone has no room left for this file."""
+    """No room is left for this: the identity's stored-bytes quota is used up, or the disk is
+    full."""
 
     status, code, title = 507, "insufficient_storage", "Insufficient storage"

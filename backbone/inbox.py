@@ -1,18 +1,32 @@
-"""Per-recipient inbox: cursor paging, long-poll, acknowledgement with delivery receipts."""
+"""Per-recipient inbox: cursor paging, long-poll, acknowledgement relaying signed receipts.
+
+The backbone does not make up receipts: the recipient's connector signs them and posts them with
+its ack, and the backbone relays each into the sender's inbox only when it belongs to a message
+that ack removes. It does not check the signature (the sender does, with the key it pinned); the
+receipt's shape is checked only so that what is relayed is small and names a real message.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+from typing import Any
 
 from aiohttp import web
 
 from backbone.auth import authenticate
-from backbone.context import NOTIFIER, STORE
+from backbone.context import NOTIFIER, SETTINGS, STORE, Settings
 from backbone.errors import InvalidRequest
-from backbone.store import InboxRow
-from backbone.timeutil import now_iso
-from backbone.validation import query_float, query_int, read_object
+from backbone.store import InboxRow, PostedReceipt
+from backbone.validation import (
+    MAX_TEXT,
+    MESSAGE_ID,
+    dumps,
+    non_negative_int,
+    query_float,
+    query_int,
+    read_object,
+    storable,
+)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -20,18 +34,12 @@ MAX_WAIT = 60.0
 
 
 def _item_json(row: InboxRow) -> str:
+    # Stored envelopes and receipts are already JSON text: splice them in instead of re-encoding.
     if row.kind == "message":
-        # The stored envelope is already JSON text: splice it in instead of re-encoding it.
-        return f'{{"cursor":{row.cursor},"type":"message","envelope":{row.envelope}}}'
-    return json.dumps(
-        {
-            "cursor": row.cursor,
-            "type": "receipt",
-            "messageId": row.message_id,
-            "recipient": row.receipt_from,
-            "deliveredAt": row.delivered_at,
-        },
-        separators=(",", ":"),
+        return f'{{"cursor":{row.cursor},"type":"message","envelope":{row.envelope or "null"}}}'
+    return (
+        f'{{"cursor":{row.cursor},"type":"receipt","messageId":{dumps(row.message_id)},'
+        f'"recipient":{dumps(row.receipt_from)},"receipt":{row.receipt or "null"}}}'
     )
 
 
@@ -49,11 +57,12 @@ async def get_inbox(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
     wait = query_float(request, "wait", 0.0, low=0.0, high=MAX_WAIT)
     store, notifier = request.app[STORE], request.app[NOTIFIER]
+    max_bytes = request.app[SETTINGS].max_page_bytes
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         woken = notifier.watch(address)  # before the query: nothing appended after it is missed
-        rows = await store.fetch_inbox(address, after, limit)
+        rows = await store.fetch_inbox(address, after, limit, max_bytes)
         remaining = deadline - loop.time()
         if rows or remaining <= 0 or notifier.closed:
             return _page(rows, after)
@@ -64,14 +73,50 @@ async def get_inbox(request: web.Request) -> web.Response:
             return _page([], after)
 
 
+def _receipt(raw: object, max_bytes: int) -> PostedReceipt:
+    """One posted receipt, shape-checked; InvalidRequest when malformed."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest("Each receipt must be a JSON object.")
+    try:
+        text = dumps(raw)
+    except ValueError:
+        raise InvalidRequest("A receipt holds text that is not valid Unicode.") from None
+    if len(text.encode()) > max_bytes:
+        raise InvalidRequest(f"A receipt may be at most {max_bytes} bytes of JSON.")
+    message_id = raw.get("messageId")
+    if not isinstance(message_id, str) or not MESSAGE_ID.fullmatch(message_id):
+        raise InvalidRequest(f"A receipt's 'messageId' must match {MESSAGE_ID.pattern}.")
+    return PostedReceipt(
+        sender=_address(raw, "sender"),
+        message_id=message_id,
+        recipient=_address(raw, "recipient"),
+        text=text,
+    )
+
+
+def _address(raw: dict[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not value or not storable(value, MAX_TEXT):
+        raise InvalidRequest(f"A receipt's '{key}' must be an address.")
+    return value
+
+
+def _receipts(body: dict[str, Any], settings: Settings) -> list[PostedReceipt]:
+    raw = body.get("receipts", [])
+    if not isinstance(raw, list):
+        raise InvalidRequest("'receipts' must be a list.")
+    if len(raw) > settings.max_receipts:
+        raise InvalidRequest(f"At most {settings.max_receipts} receipts per ack.")
+    return [_receipt(item, settings.max_receipt_bytes) for item in raw]
+
+
 async def post_ack(request: web.Request) -> web.Response:
     address = await authenticate(request)
     body = await read_object(request)
-    cursor = body.get("cursor")
-    if not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0:
-        raise InvalidRequest("'cursor' must be a non-negative integer.")
-    acked = await request.app[STORE].ack(address, cursor, now_iso())
-    return web.json_response({"acked": acked})
+    cursor = non_negative_int(body, "cursor")
+    receipts = _receipts(body, request.app[SETTINGS])
+    acked, relayed = await request.app[STORE].ack(address, cursor, receipts)
+    return web.json_response({"acked": acked, "receipts": relayed})
 
 
 def routes(app: web.Application) -> None:

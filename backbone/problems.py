@@ -49,8 +49,12 @@ def problem(
 
 
 def error_response(error: BackboneError) -> web.Response:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return problem(error.status, error.code, error.title, error.detail, error.extensions(), headers)
+    headers = error.headers()
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return problem(
+        error.status, error.code, error.title, error.detail, error.extensions(), headers or None
+    )
 
 
 @web.middleware

@@ -7,65 +7,102 @@ never waits on a lock; SQLite sees one writer, which is what it is best at.
 After a transaction that appended inbox items commits, the store calls ``on_append`` (on the event
 loop, via ``call_soon_threadsafe``) with the addresses whose inboxes grew. This happens even if the
 awaiting request was cancelled in the meantime, so a long-poll is never left asleep.
+
+Schema version 2 (``PRAGMA user_version``). A version 1 file is migrated when opened, in one
+transaction: SQLite cannot change a unique constraint in place, so ``messages`` and ``inbox`` are
+rebuilt (see :func:`_migrate_v1`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from backbone.errors import IdentityConflict, MessageIdConflict, RecipientNotFound
+from backbone.errors import (
+    IdentityConflict,
+    InsufficientStorage,
+    MessageIdConflict,
+    QuotaExceeded,
+    RecipientNotFound,
+)
+from backbone.timeutil import iso, utc_timestamp
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS identities (
-    address      TEXT PRIMARY KEY,
-    signing_key  BLOB NOT NULL,
-    exchange_key BLOB NOT NULL,
-    created_at   TEXT NOT NULL
-) WITHOUT ROWID;
+# SQLite allows 32,766 parameters per statement; IN (...) lists are sent in slices of this size.
+IN_SLICE = 500
+# Envelopes are counted per sender in hourly buckets; a bucket counts for a day.
+BUCKET_SECONDS = 3600
+BUCKETS_PER_DAY = 24
+# Every inbox item costs this much on top of its envelope or receipt when a page is measured.
+ITEM_OVERHEAD = 128
 
-CREATE TABLE IF NOT EXISTS tokens (
-    token_hash BLOB PRIMARY KEY,
-    address    TEXT NOT NULL,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS files (
-    id         TEXT PRIMARY KEY,
-    owner      TEXT NOT NULL,
-    size       INTEGER,            -- NULL while no upload has completed
-    created_at TEXT NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS messages (
-    id          TEXT NOT NULL UNIQUE,
-    sender      TEXT NOT NULL,
-    digest      BLOB NOT NULL,     -- SHA-256 of the canonical envelope JSON
-    envelope    TEXT NOT NULL,     -- the envelope as accepted (compact JSON)
-    accepted_at TEXT NOT NULL,
-    expires_at  TEXT
-);
-
-CREATE TABLE IF NOT EXISTS inbox (
-    cursor       INTEGER PRIMARY KEY AUTOINCREMENT,
-    recipient    TEXT NOT NULL,
-    kind         TEXT NOT NULL,    -- 'message' | 'receipt'
-    message_id   TEXT NOT NULL,
-    receipt_from TEXT,             -- receipts: the recipient who acknowledged
-    delivered_at TEXT              -- receipts: when they acknowledged
-);
-CREATE INDEX IF NOT EXISTS inbox_recipient_cursor ON inbox (recipient, cursor);
-"""
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS identities (
+        address      TEXT PRIMARY KEY,
+        signing_key  BLOB NOT NULL,
+        exchange_key BLOB NOT NULL,
+        created_at   TEXT NOT NULL,
+        proof        BLOB               -- NULL: stored by v1 and not registered again since
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tokens (
+        token_hash BLOB PRIMARY KEY,
+        address    TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS files (
+        id         TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        size       INTEGER,            -- NULL while no upload has completed
+        created_at TEXT NOT NULL,
+        deleted    INTEGER NOT NULL DEFAULT 0  -- 1: a tombstone; the id stays reserved
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS messages (
+        row_id      INTEGER PRIMARY KEY,
+        id          TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        digest      BLOB NOT NULL,     -- SHA-256 of the canonical envelope JSON
+        envelope    TEXT NOT NULL,     -- the envelope as accepted (compact JSON)
+        size        INTEGER NOT NULL,  -- bytes of envelope (UTF-8); counts for the sender
+        accepted_at TEXT NOT NULL,
+        expires_at  TEXT,
+        expires_ts  REAL,              -- expires_at as POSIX time (UTC)
+        held        INTEGER NOT NULL,  -- inbox items still referring to this row
+        UNIQUE (sender, id)
+    )""",
+    """CREATE INDEX IF NOT EXISTS messages_prunable ON messages (expires_ts)
+        WHERE held = 0 AND expires_ts IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS inbox (
+        cursor       INTEGER PRIMARY KEY AUTOINCREMENT,
+        recipient    TEXT NOT NULL,
+        kind         TEXT NOT NULL,    -- 'message' | 'receipt'
+        message_row  INTEGER,          -- messages: messages.row_id
+        message_id   TEXT,             -- receipts: the message id as its sender chose it
+        receipt_from TEXT,             -- receipts: the recipient who posted it
+        receipt      TEXT              -- receipts: the posted object (compact JSON)
+    )""",
+    "CREATE INDEX IF NOT EXISTS inbox_recipient_cursor ON inbox (recipient, cursor)",
+    """CREATE INDEX IF NOT EXISTS inbox_message_row ON inbox (message_row)
+        WHERE message_row IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS usage (
+        address      TEXT PRIMARY KEY,
+        stored_bytes INTEGER NOT NULL  -- complete files + stored envelopes
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS send_counts (
+        sender TEXT NOT NULL,
+        bucket INTEGER NOT NULL,       -- POSIX time // BUCKET_SECONDS
+        count  INTEGER NOT NULL,
+        PRIMARY KEY (sender, bucket)
+    ) WITHOUT ROWID""",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +111,7 @@ class Identity:
     signing_key: bytes
     exchange_key: bytes
     created_at: str
+    proof: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +119,7 @@ class FileRecord:
     id: str
     owner: str
     size: int | None  # None: no upload has completed yet
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +129,31 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    """What one sender may still add (see :class:`backbone.context.Settings`)."""
+
+    envelopes_per_day: int
+    max_stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class InboxRow:
     cursor: int
     kind: str
-    message_id: str
+    message_id: str | None
     envelope: str | None  # message items: the stored envelope JSON text
     receipt_from: str | None
-    delivered_at: str | None
+    receipt: str | None  # receipt items: the posted object as JSON text
+
+
+@dataclass(frozen=True, slots=True)
+class PostedReceipt:
+    """A receipt an acknowledging recipient posted, checked for shape by the handler."""
+
+    sender: str
+    message_id: str
+    recipient: str
+    text: str  # the object as compact JSON, relayed as is
 
 
 @contextmanager
@@ -152,30 +209,42 @@ class Store:
     # identities
 
     async def register_identity(self, identity: Identity) -> tuple[Identity, bool]:
-        """Insert the identity; answer the stored one and whether it is new."""
+        """Insert the identity; answer the stored one and whether it is new.
+
+        The same keys again fill in a proof the stored identity lacks (stored before v2).
+        """
 
         def job(conn: sqlite3.Connection) -> tuple[Identity, bool]:
             with _transaction(conn):
                 existing = _identity(conn, identity.address)
-                if existing is not None:
-                    same = (existing.signing_key, existing.exchange_key) == (
-                        identity.signing_key,
-                        identity.exchange_key,
+                if existing is None:
+                    conn.execute(
+                        "INSERT INTO identities"
+                        " (address, signing_key, exchange_key, created_at, proof)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (
+                            identity.address,
+                            identity.signing_key,
+                            identity.exchange_key,
+                            identity.created_at,
+                            identity.proof,
+                        ),
                     )
-                    if not same:
-                        raise IdentityConflict()
-                    return existing, False
-                conn.execute(
-                    "INSERT INTO identities (address, signing_key, exchange_key, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (
-                        identity.address,
-                        identity.signing_key,
-                        identity.exchange_key,
-                        identity.created_at,
-                    ),
+                    return identity, True
+                same = (existing.signing_key, existing.exchange_key) == (
+                    identity.signing_key,
+                    identity.exchange_key,
                 )
-                return identity, True
+                if not same:
+                    raise IdentityConflict()
+                if existing.proof is None and identity.proof is not None:
+                    conn.execute(
+                        "UPDATE identities SET proof = ? WHERE address = ?",
+                        (identity.proof, identity.address),
+                    )
+                    existing = _identity(conn, identity.address)
+                    assert existing is not None
+                return existing, False
 
         return await self._run(job)
 
@@ -208,6 +277,12 @@ class Store:
 
         return await self._run(job)
 
+    # quotas
+
+    async def stored_bytes(self, address: str) -> int:
+        """Bytes the identity holds now: complete files and stored envelopes."""
+        return await self._run(lambda conn: _stored_bytes(conn, address))
+
     # files
 
     async def get_file(self, file_id: str) -> FileRecord | None:
@@ -216,7 +291,8 @@ class Store:
     async def claim_file(self, file_id: str, owner: str, now: str) -> FileRecord:
         """Record an upload about to start; answer the record as it now stands.
 
-        If the id is taken the existing record is returned unchanged; the caller checks its owner.
+        If the id is taken (or a tombstone) the existing record is returned unchanged; the caller
+        checks its owner and whether it was deleted.
         """
 
         def job(conn: sqlite3.Connection) -> FileRecord:
@@ -232,24 +308,40 @@ class Store:
 
         return await self._run(job)
 
-    async def complete_file(self, file_id: str, owner: str, size: int) -> bool:
-        """Mark the upload complete; False if the record vanished (deleted meanwhile)."""
+    async def complete_file(self, file_id: str, owner: str, size: int, max_stored: int) -> bool:
+        """Mark the upload complete; False if the record was deleted meanwhile.
+
+        The owner's stored bytes grow by the new size (less a size completed before by a
+        concurrent upload of the same id); beyond ``max_stored`` -> InsufficientStorage.
+        """
 
         def job(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
-                cursor = conn.execute(
-                    "UPDATE files SET size = ? WHERE id = ? AND owner = ?", (size, file_id, owner)
-                )
-                return cursor.rowcount == 1
+                record = _file(conn, file_id)
+                if record is None or record.owner != owner or record.deleted:
+                    return False
+                growth = size - (record.size or 0)
+                if growth > 0 and _stored_bytes(conn, owner) + growth > max_stored:
+                    raise InsufficientStorage(_storage_detail(max_stored))
+                conn.execute("UPDATE files SET size = ? WHERE id = ?", (size, file_id))
+                _add_usage(conn, owner, growth)
+                return True
 
         return await self._run(job)
 
-    async def delete_file(self, file_id: str) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
+    async def delete_file(self, file_id: str, owner: str) -> bool:
+        """Turn the owner's file into a tombstone; False if it is not there (or a tombstone)."""
 
-        await self._run(job)
+        def job(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                record = _file(conn, file_id)
+                if record is None or record.owner != owner or record.deleted:
+                    return False
+                conn.execute("UPDATE files SET deleted = 1, size = NULL WHERE id = ?", (file_id,))
+                _add_usage(conn, owner, -(record.size or 0))
+                return True
+
+        return await self._run(job)
 
     # messages and inboxes
 
@@ -261,84 +353,151 @@ class Store:
         recipients: Sequence[str],
         digest: bytes,
         envelope: str,
+        expires_ts: float | None,
         expires_at: str | None,
-        now: str,
+        quota: Quota,
+        now: float,
     ) -> Accepted:
-        """Store the envelope and one inbox item per recipient, or recognise a repeat."""
+        """Store the envelope and one inbox item per recipient, or recognise a repeat.
+
+        ``recipients`` must be distinct. A repeat (same sender, id and digest) answers as the
+        first time did, even when the sender is over a quota now.
+        """
+        size = len(envelope.encode())
 
         def job(conn: sqlite3.Connection) -> Accepted:
             with _transaction(conn):
                 row = conn.execute(
-                    "SELECT digest, accepted_at FROM messages WHERE id = ?", (message_id,)
+                    "SELECT digest, accepted_at FROM messages WHERE sender = ? AND id = ?",
+                    (sender, message_id),
                 ).fetchone()
                 if row is not None:
                     if row[0] != digest:
                         raise MessageIdConflict()
                     return Accepted(accepted_at=row[1], created=False)
-                marks = ",".join("?" * len(recipients))
-                known = {
-                    address
-                    for (address,) in conn.execute(
-                        f"SELECT address FROM identities WHERE address IN ({marks})",
-                        tuple(recipients),
-                    )
-                }
-                unknown = [address for address in recipients if address not in known]
-                if unknown:
-                    raise RecipientNotFound(unknown)
-                conn.execute(
-                    "INSERT INTO messages (id, sender, digest, envelope, accepted_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (message_id, sender, digest, envelope, now, expires_at),
+                _check_recipients(conn, recipients)
+                _count_send(conn, sender, now, quota.envelopes_per_day)
+                if _stored_bytes(conn, sender) + size > quota.max_stored_bytes:
+                    raise InsufficientStorage(_storage_detail(quota.max_stored_bytes))
+                accepted_at = iso(now)
+                cursor = conn.execute(
+                    "INSERT INTO messages (id, sender, digest, envelope, size, accepted_at,"
+                    " expires_at, expires_ts, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message_id,
+                        sender,
+                        digest,
+                        envelope,
+                        size,
+                        accepted_at,
+                        expires_at,
+                        expires_ts,
+                        len(recipients),
+                    ),
                 )
                 conn.executemany(
-                    "INSERT INTO inbox (recipient, kind, message_id) VALUES (?, 'message', ?)",
-                    [(address, message_id) for address in recipients],
+                    "INSERT INTO inbox (recipient, kind, message_row) VALUES (?, 'message', ?)",
+                    [(address, cursor.lastrowid) for address in recipients],
                 )
+                _add_usage(conn, sender, size)
             self._appended(recipients)
-            return Accepted(accepted_at=now, created=True)
+            return Accepted(accepted_at=accepted_at, created=True)
 
         return await self._run(job)
 
-    async def fetch_inbox(self, address: str, after: int, limit: int) -> list[InboxRow]:
+    async def fetch_inbox(
+        self, address: str, after: int, limit: int, max_bytes: int
+    ) -> list[InboxRow]:
+        """The next items, at most ``limit`` and ``max_bytes`` of them, but at least one.
+
+        Sizes are looked at first, so an over-long page is never read into memory.
+        """
+
         def job(conn: sqlite3.Connection) -> list[InboxRow]:
-            rows = conn.execute(
-                "SELECT i.cursor, i.kind, i.message_id, m.envelope, i.receipt_from,"
-                " i.delivered_at"
-                " FROM inbox AS i LEFT JOIN messages AS m"
-                " ON i.kind = 'message' AND m.id = i.message_id"
-                " WHERE i.recipient = ? AND i.cursor > ?"
-                " ORDER BY i.cursor LIMIT ?",
+            sizes = conn.execute(
+                "SELECT i.cursor, COALESCE(m.size, LENGTH(i.receipt), 0)"
+                " FROM inbox AS i LEFT JOIN messages AS m ON m.row_id = i.message_row"
+                " WHERE i.recipient = ? AND i.cursor > ? ORDER BY i.cursor LIMIT ?",
                 (address, after, limit),
+            ).fetchall()
+            if not sizes:
+                return []
+            last = _page_end(sizes, max_bytes)
+            rows = conn.execute(
+                "SELECT i.cursor, i.kind, COALESCE(m.id, i.message_id), m.envelope,"
+                " i.receipt_from, i.receipt"
+                " FROM inbox AS i LEFT JOIN messages AS m ON m.row_id = i.message_row"
+                " WHERE i.recipient = ? AND i.cursor > ? AND i.cursor <= ?"
+                " ORDER BY i.cursor",
+                (address, after, last),
             ).fetchall()
             return [InboxRow(*row) for row in rows]
 
         return await self._run(job)
 
-    async def ack(self, address: str, cursor: int, now: str) -> int:
-        """Drop the caller's items up to ``cursor``; receipts go to the senders of messages."""
+    async def ack(
+        self, address: str, cursor: int, receipts: Sequence[PostedReceipt]
+    ) -> tuple[int, int]:
+        """Drop the caller's items up to ``cursor``; relay its receipts for the messages dropped.
 
-        def job(conn: sqlite3.Connection) -> int:
+        A receipt is relayed only when it names the caller as recipient and its (sender,
+        messageId) is a message item this ack removes; at most one per message. Answers
+        (items removed, receipts relayed).
+        """
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int]:
             with _transaction(conn):
-                senders = conn.execute(
-                    "SELECT i.message_id, m.sender FROM inbox AS i"
-                    " JOIN messages AS m ON m.id = i.message_id"
-                    " WHERE i.recipient = ? AND i.cursor <= ? AND i.kind = 'message'"
-                    " ORDER BY i.cursor",
+                relayed = _relayable(conn, address, cursor, receipts)
+                conn.execute(
+                    "UPDATE messages SET held = held - 1 WHERE row_id IN"
+                    " (SELECT message_row FROM inbox"
+                    "  WHERE recipient = ? AND cursor <= ? AND kind = 'message')",
                     (address, cursor),
-                ).fetchall()
+                )
                 acked = conn.execute(
                     "DELETE FROM inbox WHERE recipient = ? AND cursor <= ?", (address, cursor)
                 ).rowcount
                 conn.executemany(
-                    "INSERT INTO inbox (recipient, kind, message_id, receipt_from, delivered_at)"
+                    "INSERT INTO inbox (recipient, kind, message_id, receipt_from, receipt)"
                     " VALUES (?, 'receipt', ?, ?, ?)",
-                    [(sender, message_id, address, now) for message_id, sender in senders],
+                    [(r.sender, r.message_id, address, r.text) for r in relayed],
                 )
-            self._appended(list(dict.fromkeys(sender for _, sender in senders)))
-            return acked
+            self._appended(list(dict.fromkeys(r.sender for r in relayed)))
+            return acked, len(relayed)
 
         return await self._run(job)
+
+    async def prune(self, now: float, batch: int = 1000) -> int:
+        """Delete envelopes no inbox holds any more whose expiry passed; answer how many.
+
+        Works in transactions of ``batch`` rows so a large backlog never holds the database
+        thread for long; the partial index ``messages_prunable`` keeps each step cheap.
+        """
+
+        def job(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                rows = conn.execute(
+                    "SELECT row_id, sender, size FROM messages"
+                    " WHERE held = 0 AND expires_ts IS NOT NULL AND expires_ts < ?"
+                    " ORDER BY expires_ts LIMIT ?",
+                    (now, batch),
+                ).fetchall()
+                for chunk in _slices([row[0] for row in rows]):
+                    marks = ",".join("?" * len(chunk))
+                    conn.execute(f"DELETE FROM messages WHERE row_id IN ({marks})", chunk)
+                freed: dict[str, int] = {}
+                for _, sender, size in rows:
+                    freed[sender] = freed.get(sender, 0) + size
+                for sender, size in freed.items():
+                    _add_usage(conn, sender, -size)
+                return len(rows)
+
+        total = 0
+        while (pruned := await self._run(job)) > 0:
+            total += pruned
+            if pruned < batch:
+                break
+        return total
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -347,26 +506,207 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA busy_timeout = 5000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: schema version {version} is newer than this backbone")
-        conn.executescript(SCHEMA)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.create_function("utc_timestamp", 1, _sql_timestamp, deterministic=True)
+        _upgrade(conn, path)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the file to :data:`SCHEMA_VERSION`, all in one transaction."""
+    with _transaction(conn):
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: schema version {version} is newer than this backbone")
+        if version == 1:
+            _migrate_v1(conn)
+        _create_schema(conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    # Not executescript: it would commit the open transaction first.
+    for statement in SCHEMA:
+        conn.execute(statement)
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Version 1 -> 2, inside the caller's transaction.
+
+    v1 had message ids unique across senders and inbox rows naming a message by its bare id.
+    ``messages`` and ``inbox`` are rebuilt (row ids and cursors kept, and the cursor sequence
+    too, so cursors never go back); identities get an empty proof, files a tombstone flag, and
+    the stored-bytes counters are computed once. The receipts v1 made up itself on ack are
+    dropped: they were unsigned, and the v2 connector trusts only receipts the recipient signed.
+    Per-day envelope counts start empty.
+    """
+    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
+    conn.execute("ALTER TABLE identities ADD COLUMN proof BLOB")
+    conn.execute("ALTER TABLE files ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS inbox_recipient_cursor")
+    conn.execute("ALTER TABLE messages RENAME TO messages_v1")
+    conn.execute("ALTER TABLE inbox RENAME TO inbox_v1")
+    _create_schema(conn)
+    conn.execute(
+        "INSERT INTO messages (row_id, id, sender, digest, envelope, size, accepted_at,"
+        " expires_at, expires_ts, held)"
+        " SELECT rowid, id, sender, digest, envelope, LENGTH(CAST(envelope AS BLOB)),"
+        " accepted_at, expires_at, utc_timestamp(expires_at), 0 FROM messages_v1"
+    )
+    conn.execute(
+        "INSERT INTO inbox (cursor, recipient, kind, message_row)"
+        " SELECT i.cursor, i.recipient, 'message', m.rowid"
+        " FROM inbox_v1 AS i JOIN messages_v1 AS m ON m.id = i.message_id"
+        " WHERE i.kind = 'message' ORDER BY i.cursor"
+    )
+    conn.execute(
+        "UPDATE messages SET held ="
+        " (SELECT COUNT(*) FROM inbox WHERE inbox.message_row = messages.row_id)"
+    )
+    conn.execute(
+        "INSERT INTO usage (address, stored_bytes)"
+        " SELECT owner, SUM(size) FROM files WHERE size IS NOT NULL GROUP BY owner"
+    )
+    conn.execute(
+        "INSERT INTO usage (address, stored_bytes)"
+        " SELECT sender, SUM(size) FROM messages WHERE true GROUP BY sender"
+        " ON CONFLICT (address) DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
+    )
+    conn.execute("DROP TABLE messages_v1")
+    conn.execute("DROP TABLE inbox_v1")
+    (highest,) = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM inbox").fetchone()
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'inbox'")
+    conn.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('inbox', ?)",
+        (max(highest, sequence[0] if sequence else 0),),
+    )
+
+
+def _sql_timestamp(value: object) -> float | None:
+    """``utc_timestamp(text)`` in SQL: the POSIX time of an ISO 8601 text, NULL if it is none."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return utc_timestamp(value)
+    except ValueError:
+        return None
+
+
+def _slices(values: Sequence[T]) -> Iterator[tuple[T, ...]]:
+    """``values`` in pieces small enough for one ``IN (...)`` list."""
+    for start in range(0, len(values), IN_SLICE):
+        yield tuple(values[start : start + IN_SLICE])
+
+
+def _check_recipients(conn: sqlite3.Connection, recipients: Sequence[str]) -> None:
+    known: set[str] = set()
+    for chunk in _slices(recipients):
+        marks = ",".join("?" * len(chunk))
+        known.update(
+            address
+            for (address,) in conn.execute(
+                f"SELECT address FROM identities WHERE address IN ({marks})", chunk
+            )
+        )
+    unknown = [address for address in recipients if address not in known]
+    if unknown:
+        raise RecipientNotFound(unknown)
+
+
+def _count_send(conn: sqlite3.Connection, sender: str, now: float, per_day: int) -> None:
+    """Count one more envelope of ``sender``, or raise QuotaExceeded with the wait."""
+    bucket = int(now // BUCKET_SECONDS)
+    oldest = bucket - BUCKETS_PER_DAY + 1
+    conn.execute("DELETE FROM send_counts WHERE sender = ? AND bucket < ?", (sender, oldest))
+    counts = conn.execute(
+        "SELECT bucket, count FROM send_counts WHERE sender = ? ORDER BY bucket", (sender,)
+    ).fetchall()
+    total = sum(count for _, count in counts)
+    if total >= per_day:
+        raise QuotaExceeded(
+            _quota_wait(counts, total, per_day, now),
+            f"At most {per_day} envelopes a day may be sent.",
+        )
+    conn.execute(
+        "INSERT INTO send_counts (sender, bucket, count) VALUES (?, ?, 1)"
+        " ON CONFLICT (sender, bucket) DO UPDATE SET count = count + 1",
+        (sender, bucket),
+    )
+
+
+def _quota_wait(counts: Iterable[tuple[int, int]], total: int, per_day: int, now: float) -> float:
+    """Seconds until enough old buckets leave the day for one more envelope."""
+    remaining = total
+    for bucket, count in counts:
+        remaining -= count
+        if remaining < per_day:
+            return (bucket + BUCKETS_PER_DAY) * BUCKET_SECONDS - now
+    return BUCKETS_PER_DAY * BUCKET_SECONDS  # per_day <= 0: never (say a day)
+
+
+def _storage_detail(max_stored: int) -> str:
+    return f"The identity's files and envelopes may use at most {max_stored} bytes."
+
+
+def _stored_bytes(conn: sqlite3.Connection, address: str) -> int:
+    row = conn.execute("SELECT stored_bytes FROM usage WHERE address = ?", (address,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _add_usage(conn: sqlite3.Connection, address: str, delta: int) -> None:
+    if delta:
+        conn.execute(
+            "INSERT INTO usage (address, stored_bytes) VALUES (?, ?) ON CONFLICT (address)"
+            " DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes",
+            (address, delta),
+        )
+
+
+def _page_end(sizes: Sequence[tuple[int, int]], max_bytes: int) -> int:
+    """The cursor of the last item that fits in ``max_bytes`` (the first always does)."""
+    total = 0
+    last = sizes[0][0]
+    for cursor, size in sizes:
+        total += size + ITEM_OVERHEAD
+        if total > max_bytes and cursor != sizes[0][0]:
+            break
+        last = cursor
+    return last
+
+
+def _relayable(
+    conn: sqlite3.Connection, address: str, cursor: int, receipts: Sequence[PostedReceipt]
+) -> list[PostedReceipt]:
+    """The receipts this ack relays: the caller's, for message items it acknowledges."""
+    chosen: dict[tuple[str, str], PostedReceipt] = {}
+    for receipt in receipts:
+        key = (receipt.sender, receipt.message_id)
+        if receipt.recipient != address or key in chosen:
+            continue
+        held = conn.execute(
+            "SELECT 1 FROM messages AS m JOIN inbox AS i ON i.message_row = m.row_id"
+            " WHERE m.sender = ? AND m.id = ?"
+            " AND i.recipient = ? AND i.kind = 'message' AND i.cursor <= ?",
+            (receipt.sender, receipt.message_id, address, cursor),
+        ).fetchone()
+        if held is not None:
+            chosen[key] = receipt
+    return list(chosen.values())
+
+
 def _identity(conn: sqlite3.Connection, address: str) -> Identity | None:
     row = conn.execute(
-        "SELECT address, signing_key, exchange_key, created_at FROM identities WHERE address = ?",
+        "SELECT address, signing_key, exchange_key, created_at, proof"
+        " FROM identities WHERE address = ?",
         (address,),
     ).fetchone()
     return None if row is None else Identity(*row)
 
 
 def _file(conn: sqlite3.Connection, file_id: str) -> FileRecord | None:
-    row = conn.execute("SELECT id, owner, size FROM files WHERE id = ?", (file_id,)).fetchone()
-    return None if row is None else FileRecord(*row)
+    row = conn.execute(
+        "SELECT id, owner, size, deleted FROM files WHERE id = ?", (file_id,)
+    ).fetchone()
+    return None if row is None else FileRecord(row[0], row[1], row[2], bool(row[3]))

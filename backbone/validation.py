@@ -14,6 +14,9 @@ from backbone.errors import InvalidId, InvalidRequest
 
 FILE_ID = re.compile(r"FIL[A-Za-z0-9]{17}")
 MESSAGE_ID = re.compile(r"MSG[A-Za-z0-9]{17}")
+# Text members of requests (addresses, base64 keys) are short; anything longer is not one.
+MAX_TEXT = 1024
+MAX_INT = 2**63 - 1
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -21,8 +24,55 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 def loads(raw: bytes) -> Any:
-    """Strict JSON: NaN and Infinity are refused."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """Strict JSON: NaN and Infinity are refused; so is nesting too deep for the parser."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON that encodes to UTF-8: ValueError for lone surrogates (JSON lets a client
+    send ``"\\ud800"``, which no UTF-8 column or answer can hold)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encodable(text)
+    return text
+
+
+def encodable(value: str) -> str:
+    """``value`` if it encodes to UTF-8; ValueError otherwise (lone surrogates)."""
+    if not storable(value):
+        raise ValueError("text is not valid Unicode")
+    return value
+
+
+def storable(value: str, max_length: int | None = None) -> bool:
+    """True when ``value`` encodes to UTF-8 and is at most ``max_length`` characters."""
+    if max_length is not None and len(value) > max_length:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def read_bounded(request: web.Request, limit: int, too_large: Exception) -> bytes:
+    """The body, refused with ``too_large`` beyond ``limit`` bytes before more is read.
+
+    ``Content-Length`` is checked first; a chunked body is counted as it arrives.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 async def read_object(request: web.Request) -> dict[str, Any]:
@@ -36,10 +86,22 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def text(body: dict[str, Any], key: str) -> str:
+def text(body: dict[str, Any], key: str, max_length: int = MAX_TEXT) -> str:
+    """A non-empty string member of bounded length that a database can hold."""
     value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"'{key}' must be a non-empty string.")
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise InvalidRequest(f"'{key}' must be a string of 1 to {max_length} characters.")
+    try:
+        return encodable(value)
+    except ValueError:
+        raise InvalidRequest(f"'{key}' is not valid Unicode.") from None
+
+
+def non_negative_int(body: dict[str, Any], key: str) -> int:
+    """An integer member in 0..2**63-1 (what SQLite can compare against)."""
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
+        raise InvalidRequest(f"'{key}' must be an integer from 0 to {MAX_INT}.")
     return value
 
 

@@ -45,6 +45,8 @@ _JSON = {"Content-Type": "application/json"}
 _RENEW_MARGIN = 60.0
 _TRANSIENT_4XX = frozenset({408, 425, 429})
 _INLINE_BODY_LIMIT = 512 * 1024
+# The platform bounds its pages at 8 MiB; a little more is allowed for JSON framing.
+DEFAULT_MAX_PAGE_BYTES = 9 * 1024 * 1024
 
 
 class PlatformDownload:
@@ -67,9 +69,16 @@ class PlatformDownload:
 
 class PlatformClient:
     def __init__(
-        self, base_url: str, session: aiohttp.ClientSession, *, request_timeout: float = 10.0
+        self,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        *,
+        request_timeout: float = 10.0,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
     ) -> None:
         self._base = URL(base_url.rstrip("/"))
+        # The platform is not trusted: an inbox answer longer than this is refused unread.
+        self._max_page_bytes = max_page_bytes
         self._session = session
         self._request_timeout = request_timeout
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
@@ -173,8 +182,13 @@ class PlatformClient:
         params: Mapping[str, str] | None = None,
         auth: bool = True,
         client_timeout: aiohttp.ClientTimeout | None = None,
+        max_bytes: int | None = None,
     ) -> Any:
-        """One JSON call; a 401 is answered by a fresh token and one more try."""
+        """One JSON call; a 401 is answered by a fresh token and one more try.
+
+        With ``max_bytes`` a successful answer longer than that fails with PlatformUnavailable
+        as soon as it is known to be (from Content-Length, or once that much was read).
+        """
         url = self._url(path)
         data = None if body is None else _dumps(body)
         headers = _JSON if body is not None else {}
@@ -195,7 +209,7 @@ class PlatformClient:
                     if response.status == 401 and token is not None and attempt == 1:
                         self._drop_token(token)
                         continue
-                    return await _answer(response)
+                    return await _answer(response, max_bytes)
         raise AssertionError("unreachable")
 
     # files
@@ -295,12 +309,10 @@ class PlatformClient:
             ("inbox",),
             params=params,
             client_timeout=aiohttp.ClientTimeout(total=wait + self._request_timeout),
+            max_bytes=self._max_page_bytes,
         )
-        try:
-            items = [_inbox_item(raw) for raw in _field(answer, "items", list)]
-            return InboxPage(items=items, cursor=_field(answer, "cursor", int))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PlatformUnavailable(f"malformed inbox page from the platform: {exc}") from exc
+        items = [_inbox_item(raw) for raw in _field(answer, "items", list)]
+        return InboxPage(items=items, cursor=_field(answer, "cursor", int))
 
     async def ack(self, cursor: int, receipts: Sequence[Mapping[str, Any]] = ()) -> None:
         """Acknowledge every item up to ``cursor`` (they are then gone from the inbox).
@@ -393,31 +405,68 @@ def _field(answer: Any, key: str, kind: type[T]) -> T:
     return value
 
 
-def _inbox_item(raw: dict[str, Any]) -> InboxItem:
-    if raw["type"] == "message":
-        envelope = raw["envelope"]
+def _inbox_item(raw: object) -> InboxItem:
+    """One page item. Without an int cursor the page is unusable (PlatformUnavailable); with
+    one, anything else wrong yields an ``invalid`` item, so one bad item never stalls a sync."""
+    if not isinstance(raw, dict):
+        raise PlatformUnavailable("malformed inbox page from the platform: an item is no object")
+    cursor = raw.get("cursor")
+    if not isinstance(cursor, int) or isinstance(cursor, bool):
+        raise PlatformUnavailable("malformed inbox page from the platform: an item has no cursor")
+    try:
+        return _typed_item(cursor, raw)
+    except _BadItem as exc:
+        return InboxItem(cursor=cursor, type="invalid", error=str(exc))
+
+
+class _BadItem(Exception):
+    """An inbox item that is not what the protocol describes."""
+
+
+def _typed_item(cursor: int, raw: dict[str, Any]) -> InboxItem:
+    kind = raw.get("type")
+    if kind == "message":
+        envelope = raw.get("envelope")
         if not isinstance(envelope, dict):
-            raise TypeError("envelope is not an object")
+            raise _BadItem("message item without an envelope object")
+        message_id = envelope.get("id")
         return InboxItem(
-            cursor=int(raw["cursor"]),
+            cursor=cursor,
             type="message",
             envelope=envelope,
-            message_id=envelope.get("id"),
+            message_id=message_id if isinstance(message_id, str) else None,
         )
-    if raw["type"] == "receipt":
+    if kind == "receipt":
+        receipt, message_id, recipient = (
+            raw.get("receipt"),
+            raw.get("messageId"),
+            raw.get("recipient"),
+        )
+        if not isinstance(receipt, dict):
+            raise _BadItem("receipt item without a receipt object")
+        if not isinstance(message_id, str) or not isinstance(recipient, str):
+            raise _BadItem("receipt item without messageId or recipient")
+        delivered_at = raw.get("deliveredAt")  # older platforms; nothing relies on it
         return InboxItem(
-            cursor=int(raw["cursor"]),
+            cursor=cursor,
             type="receipt",
-            message_id=str(raw["messageId"]),
-            recipient=str(raw["recipient"]),
-            delivered_at=str(raw["deliveredAt"]),
+            message_id=message_id,
+            recipient=recipient,
+            receipt=receipt,
+            delivered_at=delivered_at if isinstance(delivered_at, str) else None,
         )
-    raise ValueError(f"unknown inbox item type {raw['type']!r}")
+    raise _BadItem(f"unknown inbox item type {str(kind)[:40]!r}")
 
 
-async def _answer(response: aiohttp.ClientResponse) -> Any:
-    """The JSON answer of a 2xx response (None when empty); the matching error otherwise."""
-    raw = await response.read()
+async def _answer(response: aiohttp.ClientResponse, max_bytes: int | None = None) -> Any:
+    """The JSON answer of a 2xx response (None when empty); the matching error otherwise.
+
+    With ``max_bytes`` a 2xx body is read only up to that many bytes (see :func:`_read_bounded`).
+    """
+    if max_bytes is not None and 200 <= response.status < 300:
+        raw = await _read_bounded(response, max_bytes)
+    else:
+        raw = await response.read()
     if 200 <= response.status < 300:
         if not raw:
             return None
@@ -426,6 +475,26 @@ async def _answer(response: aiohttp.ClientResponse) -> Any:
         except ValueError as exc:
             raise PlatformUnavailable(f"the platform sent malformed JSON: {exc}") from exc
     raise _error(response.status, raw)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body, or PlatformUnavailable once it is known to exceed ``max_bytes``.
+
+    The connection is closed then, so the rest is never read into memory.
+    """
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        response.close()
+        raise PlatformUnavailable(f"the platform's answer of {length} bytes exceeds {max_bytes}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            response.close()
+            raise PlatformUnavailable(f"the platform's answer exceeds {max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _error(status: int, raw: bytes) -> PlatformError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,6 +29,30 @@ def new_id(prefix: str) -> str:
 
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def receipt_for(
+    envelope: Mapping[str, Any], recipient: str, status: str = "delivered", **changes: Any
+) -> dict[str, Any]:
+    """A receipt shaped as the connector signs it. The backbone never checks the signature
+    (the sender does), so random bytes stand in for it here."""
+    receipt = {
+        "version": 1,
+        "messageId": envelope["id"],
+        "sender": envelope["sender"],
+        "recipient": recipient,
+        "status": status,
+        "digest": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "at": datetime.now(UTC).isoformat(),
+        "signature": base64.b64encode(secrets.token_bytes(64)).decode(),
+    }
+    receipt.update(changes)
+    return receipt
+
+
+async def bearer(peer: Peer) -> dict[str, str]:
+    """Headers for a raw request as ``peer``."""
+    return {"Authorization": f"Bearer {await peer.client._bearer()}"}
 
 
 @dataclass

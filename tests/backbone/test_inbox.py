@@ -6,7 +6,14 @@ import aiohttp
 import pytest
 
 from connector.platform import PlatformRejected, PlatformUnavailable
-from tests.backbone.conftest import MakePeer, Peer, RunningBackbone, StartBackbone
+from tests.backbone.conftest import (
+    MakePeer,
+    Peer,
+    RunningBackbone,
+    StartBackbone,
+    bearer,
+    receipt_for,
+)
 
 
 async def test_paging_by_cursor(alice: Peer, bob: Peer) -> None:
@@ -87,34 +94,38 @@ async def test_long_poll_sees_items_already_there_at_once(alice: Peer, bob: Peer
     assert loop.time() - started < 2.0
 
 
-async def test_ack_removes_items_and_sends_receipts(alice: Peer, bob: Peer, carol: Peer) -> None:
+async def test_ack_removes_items_and_relays_the_posted_receipts(
+    alice: Peer, bob: Peer, carol: Peer
+) -> None:
     first, second = alice.to(bob, carol), alice.to(bob)
     await alice.client.send_message(first)
     await alice.client.send_message(second)
     page = await bob.client.fetch_inbox(0)
     assert len(page.items) == 2
 
-    await bob.client.ack(page.items[0].cursor)  # only the first
+    posted = receipt_for(first, bob.address)
+    await bob.client.ack(page.items[0].cursor, [posted])  # only the first
     rest = await bob.client.fetch_inbox(0)
     assert [item.message_id for item in rest.items] == [second["id"]]
 
     receipts = (await alice.client.fetch_inbox(0)).items
-    assert [(r.type, r.message_id, r.recipient) for r in receipts] == [
-        ("receipt", first["id"], bob.address)
+    assert [(r.type, r.message_id, r.recipient, r.receipt) for r in receipts] == [
+        ("receipt", first["id"], bob.address, posted)
     ]
-    assert receipts[0].delivered_at is not None and receipts[0].delivered_at.endswith("Z")
     assert receipts[0].envelope is None
 
-    # acknowledging again changes nothing
-    await bob.client.ack(page.items[0].cursor)
+    # acknowledging again changes nothing, even with the receipt posted again
+    await bob.client.ack(page.items[0].cursor, [posted])
     assert len((await alice.client.fetch_inbox(0)).items) == 1
 
-    await bob.client.ack(page.cursor)
-    await carol.client.ack((await carol.client.fetch_inbox(0)).cursor)
+    await bob.client.ack(page.cursor, [receipt_for(second, bob.address, status="rejected")])
+    carol_page = await carol.client.fetch_inbox(0)
+    await carol.client.ack(carol_page.cursor, [receipt_for(first, carol.address)])
     receipts = (await alice.client.fetch_inbox(0)).items
     assert sorted((r.message_id, r.recipient) for r in receipts) == sorted(
         [(first["id"], bob.address), (first["id"], carol.address), (second["id"], bob.address)]
     )
+    assert receipts[1].receipt is not None and receipts[1].receipt["status"] == "rejected"
     assert (await bob.client.fetch_inbox(0)).items == []
 
     # acknowledging receipts just removes them, with no receipts about receipts
@@ -123,18 +134,27 @@ async def test_ack_removes_items_and_sends_receipts(alice: Peer, bob: Peer, caro
     assert (await bob.client.fetch_inbox(0)).items == []
 
 
-async def test_ack_answers_the_count(
+async def test_ack_without_receipts_relays_nothing(alice: Peer, bob: Peer) -> None:
+    await alice.client.send_message(alice.to(bob))
+    await bob.client.ack((await bob.client.fetch_inbox(0)).cursor)
+    assert (await bob.client.fetch_inbox(0)).items == []
+    assert (await alice.client.fetch_inbox(0)).items == []  # the backbone invents none
+
+
+async def test_ack_answers_the_counts(
     alice: Peer, bob: Peer, backbone: RunningBackbone, session: aiohttp.ClientSession
 ) -> None:
-    for _ in range(3):
-        await alice.client.send_message(alice.to(bob))
+    sent = [alice.to(bob) for _ in range(3)]
+    for envelope in sent:
+        await alice.client.send_message(envelope)
     page = await bob.client.fetch_inbox(0)
-    headers = {"Authorization": f"Bearer {await bob.client._bearer()}"}
+    headers = await bearer(bob)
     url = f"{backbone.url}/v1/inbox/ack"
-    async with session.post(url, json={"cursor": page.cursor}, headers=headers) as response:
-        assert (response.status, await response.json()) == (200, {"acked": 3})
-    async with session.post(url, json={"cursor": page.cursor}, headers=headers) as response:
-        assert (response.status, await response.json()) == (200, {"acked": 0})
+    body = {"cursor": page.cursor, "receipts": [receipt_for(e, bob.address) for e in sent[:2]]}
+    async with session.post(url, json=body, headers=headers) as response:
+        assert (response.status, await response.json()) == (200, {"acked": 3, "receipts": 2})
+    async with session.post(url, json=body, headers=headers) as response:
+        assert (response.status, await response.json()) == (200, {"acked": 0, "receipts": 0})
     async with session.post(url, json={"cursor": "1"}, headers=headers) as response:
         assert response.status == 400
 
@@ -151,7 +171,9 @@ async def test_receipt_wakes_the_senders_long_poll(alice: Peer, bob: Peer) -> No
     await alice.client.send_message(envelope)
     waiting = asyncio.create_task(alice.client.fetch_inbox(0, wait=20))
     await asyncio.sleep(0.2)
-    await bob.client.ack((await bob.client.fetch_inbox(0)).cursor)
+    await bob.client.ack(
+        (await bob.client.fetch_inbox(0)).cursor, [receipt_for(envelope, bob.address)]
+    )
     page = await asyncio.wait_for(waiting, 5)
     assert [(i.type, i.message_id) for i in page.items] == [("receipt", envelope["id"])]
 

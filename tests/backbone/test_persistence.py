@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from connector.crypto import IdentityKeys, registration_proof
-from tests.backbone.conftest import Peer, StartBackbone, client_for, new_id
+from tests.backbone.conftest import Peer, StartBackbone, client_for, new_id, receipt_for
 
 
 async def once(data: bytes) -> AsyncIterator[bytes]:
@@ -28,11 +28,15 @@ async def test_everything_survives_a_restart(
     await alice.upload_file(file_id, once(data), len(data))
     kept, acked = new_id("MSG"), new_id("MSG")
     sender = Peer(alice_keys, alice)
-    for message_id in (acked, kept):
-        await alice.send_message(
-            sender.envelope({bob_keys.address: bob_keys.exchange_public}, message_id=message_id)
-        )
-    await bob.ack((await bob.fetch_inbox(0, limit=1)).cursor)
+    envelopes = [
+        sender.envelope({bob_keys.address: bob_keys.exchange_public}, message_id=message_id)
+        for message_id in (acked, kept)
+    ]
+    for envelope in envelopes:
+        await alice.send_message(envelope)
+    await bob.ack(
+        (await bob.fetch_inbox(0, limit=1)).cursor, [receipt_for(envelopes[0], bob_keys.address)]
+    )
     await first.stop()
 
     second = await start_backbone(first.data_dir)
@@ -57,7 +61,7 @@ async def test_everything_survives_a_restart(
 
     with sqlite3.connect(first.data_dir / "backbone.sqlite3") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 async def test_tokens_survive_a_restart(
