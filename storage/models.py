@@ -19,7 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -112,7 +112,18 @@ class Message(Base):
         Index("ix_messages_correlation_key_seq", "correlation_key", "seq"),
         Index("ix_messages_sender_seq", "sender", "seq"),
         Index("ix_messages_status_seq", "status", "seq"),
-        UniqueConstraint("id", "direction"),
+        Index("ix_messages_id", "id"),
+        # A message is one sender's id: another sender may pick the same id, and a rejected
+        # item (whose sender was never proven) takes no id at all, so it cannot squat one.
+        Index(
+            "uq_messages_direction_sender_id",
+            "direction",
+            "sender",
+            "id",
+            unique=True,
+            sqlite_where=text("status <> 'rejected'"),
+            postgresql_where=text("status <> 'rejected'"),
+        ),
     )
 
     seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
@@ -130,6 +141,9 @@ class Message(Base):
     read_at: Mapped[datetime | None]
     tags: Mapped[list[str]]
     error: Mapped[str | None] = mapped_column(Text)
+    digest: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """SHA-256 of the envelope (connector.crypto.receipts.envelope_digest): what a delivery
+    receipt is checked against (outgoing), what it is signed over (incoming)."""
 
     recipients: Mapped[list[MessageRecipient]] = relationship(
         lazy="raise_on_sql", cascade="all, delete-orphan", order_by="MessageRecipient.position"
@@ -209,6 +223,8 @@ class SyncState(Base):
     last_receipts: Mapped[int] = mapped_column(Integer, default=0)
     last_rejected: Mapped[int] = mapped_column(Integer, default=0)
     total_received: Mapped[int] = mapped_column(BigIntKey, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Pulls that failed in a row since the last success; ``/health`` fails the sync check."""
 
 
 class IdempotencyKey(Base):

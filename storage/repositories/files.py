@@ -18,12 +18,17 @@ async def get(session: AsyncSession, file_id: str, *, include_deleted: bool = Fa
     return file
 
 
-async def get_many(session: AsyncSession, file_ids: Iterable[str]) -> dict[str, File]:
+async def get_many(
+    session: AsyncSession, file_ids: Iterable[str], *, include_deleted: bool = False
+) -> dict[str, File]:
+    """Files by id; deleted ones (kept as tombstones, their ids stay taken) only if asked."""
     ids = list(file_ids)
     if not ids:
         return {}
-    rows = await session.scalars(select(File).where(File.id.in_(ids), File.deleted_at.is_(None)))
-    return {file.id: file for file in rows}
+    query = select(File).where(File.id.in_(ids))
+    if not include_deleted:
+        query = query.where(File.deleted_at.is_(None))
+    return {file.id: file for file in await session.scalars(query)}
 
 
 def add(session: AsyncSession, file: File) -> None:

@@ -59,6 +59,7 @@ class MessageRecord:
     sent_at: datetime | None = None
     read_at: datetime | None = None
     seq: int | None = None
+    digest: bytes | None = None
 
 
 async def insert_many(session: AsyncSession, messages: Sequence[MessageRecord]) -> None:
@@ -85,6 +86,7 @@ async def insert_many(session: AsyncSession, messages: Sequence[MessageRecord]) 
             "read_at": m.read_at,
             "tags": m.tags,
             "error": m.error,
+            "digest": m.digest,
         }
         for m in messages
     ]
@@ -138,21 +140,65 @@ def _loaded() -> Select[Message]:
 
 
 async def get(session: AsyncSession, message_id: str) -> Message | None:
-    """The message with this id; an outgoing copy wins over an incoming one (sent to self)."""
+    """The message with this id.
+
+    Ids are unique per sender, so several rows may carry one: an outgoing copy wins over an
+    incoming one (sent to self), an accepted one over a rejected one, and the first stored wins
+    among the rest (a later sender of the same id cannot take it over).
+    """
     rows = await session.scalars(
-        _loaded().where(Message.id == message_id).order_by(Message.direction.desc())
+        _loaded()
+        .where(Message.id == message_id)
+        .order_by(Message.direction.desc(), (Message.status == "rejected").asc(), Message.seq)
     )
     return rows.first()
 
 
-async def existing_ids(session: AsyncSession, ids: Iterable[str], direction: str) -> set[str]:
-    wanted = list(ids)
+@dataclass(frozen=True)
+class Known:
+    """An incoming message already stored under a (sender, id): enough to answer a repeat."""
+
+    status: str
+    digest: bytes | None
+    received_at: datetime | None
+
+
+async def known_incoming(
+    session: AsyncSession, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], list[Known]]:
+    """Stored incoming rows for these ``(sender, id)`` pairs, accepted ones first."""
+    wanted = set(keys)
     if not wanted:
-        return set()
-    rows = await session.scalars(
-        select(Message.id).where(Message.id.in_(wanted), Message.direction == direction)
-    )
-    return set(rows)
+        return {}
+    found: dict[tuple[str, str], list[Known]] = {}
+    ids = sorted({message_id for _, message_id in wanted})
+    for start in range(0, len(ids), _IN_SLICE):
+        rows = await session.execute(
+            select(Message.sender, Message.id, Message.status, Message.digest, Message.received_at)
+            .where(Message.id.in_(ids[start : start + _IN_SLICE]))
+            .where(Message.direction == "incoming")
+            .order_by((Message.status == "rejected").asc(), Message.seq)
+        )
+        for sender, message_id, status, digest, received_at in rows:
+            if (sender, message_id) in wanted:
+                found.setdefault((sender, message_id), []).append(
+                    Known(status, digest, received_at)
+                )
+    return found
+
+
+_IN_SLICE = 500  # bound parameters per IN list (SQLite allows 32,766 in all)
+
+
+async def set_digests(session: AsyncSession, digests: dict[int, bytes]) -> None:
+    """Record the envelope digest of outgoing messages by seq; one executemany."""
+    if digests:
+        await session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.seq == bindparam("s"))
+            .values(digest=bindparam("d")),
+            [{"s": seq, "d": digest} for seq, digest in digests.items()],
+        )
 
 
 async def outgoing_with_recipients(session: AsyncSession, ids: Iterable[str]) -> list[Message]:
@@ -309,6 +355,7 @@ _RECORD_COLUMNS = (
     "error",
     "sent_at",
     "read_at",
+    "digest",
 )
 
 
@@ -320,21 +367,28 @@ class RecipientState:
     delivered_at: datetime | None
 
 
-async def outgoing_states(
-    session: AsyncSession, ids: Iterable[str]
-) -> list[tuple[int, str, str, list[RecipientState]]]:
-    """``(seq, id, status, recipients)`` of our outgoing messages with these ids; two queries."""
+@dataclass
+class OutgoingState:
+    seq: int
+    id: str
+    status: str
+    digest: bytes | None
+    recipients: list[RecipientState]
+
+
+async def outgoing_states(session: AsyncSession, ids: Iterable[str]) -> list[OutgoingState]:
+    """Status, digest and recipients of our outgoing messages with these ids; two queries."""
     wanted = list(ids)
     if not wanted:
         return []
     rows = (
         await session.execute(
-            select(Message.seq, Message.id, Message.status).where(
+            select(Message.seq, Message.id, Message.status, Message.digest).where(
                 Message.id.in_(wanted), Message.direction == "outgoing"
             )
         )
     ).all()
-    recipients: dict[int, list[RecipientState]] = {seq: [] for seq, _, _ in rows}
+    recipients: dict[int, list[RecipientState]] = {row[0]: [] for row in rows}
     if recipients:
         for seq, position, address, delivered_at in await session.execute(
             select(
@@ -345,7 +399,10 @@ async def outgoing_states(
             ).where(_RECIPIENTS.c.message_seq.in_(list(recipients)))
         ):
             recipients[seq].append(RecipientState(seq, position, address, delivered_at))
-    return [(seq, message_id, status, recipients[seq]) for seq, message_id, status in rows]
+    return [
+        OutgoingState(seq, message_id, status, digest, recipients[seq])
+        for seq, message_id, status, digest in rows
+    ]
 
 
 async def set_delivered(session: AsyncSession, delivered: Sequence[RecipientState]) -> None:
@@ -370,6 +427,20 @@ async def mark_delivered(session: AsyncSession, seqs: Sequence[int], at: datetim
             .where(_MESSAGES.c.seq.in_(list(seqs)), _MESSAGES.c.status.in_(("queued", "sent")))
             .values(status="delivered", sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
         )
+
+
+async def mark_refused(session: AsyncSession, errors: dict[int, str], at: datetime) -> list[int]:
+    """queued or sent -> failed, with the recipient's refusal as ``error``; the seqs changed."""
+    changed = []
+    for seq, error in errors.items():
+        result = await session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.seq == seq, _MESSAGES.c.status.in_(("queued", "sent")))
+            .values(status="failed", error=error, sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
+            .returning(_MESSAGES.c.seq)
+        )
+        changed += list(result.scalars())
+    return changed
 
 
 async def finish_queued_many(
