@@ -108,7 +108,9 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             await sync_state_repo.get(session)  # made once here, not raced by the sync jobs
         keys, identity = await identity_service.load_or_create(sessions, master_key)
         platform.set_identity(keys.address, lambda challenge: sign_challenge(keys, challenge))
-        await identity_service.ensure_registered(sessions, keys, platform)
+        # Registered again on each start (idempotent at the platform): a platform that kept our
+        # keys without their proof stores it then, so that peers can check our keys.
+        await identity_service.ensure_registered(sessions, keys, platform, again=True)
 
         api_keys = ApiKeyService(sessions, master_key)
         await api_keys.sync_configured(settings.api.keys)
@@ -146,6 +148,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             keys=keys,
             master_key=master_key,
             batch_size=settings.sync.batch_size,
+            max_age=_freshness_window(settings),
         )
         scheduler = JobScheduler()
         runtime = Runtime(
@@ -176,6 +179,12 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             scheduler.start()
             stack.push_async_callback(scheduler.stop)
         yield runtime
+
+
+def _freshness_window(settings: Settings) -> float:
+    """Replays are recognised only while we keep what they repeat: the shorter window wins."""
+    retention = settings.messages.retention
+    return min(settings.sync.max_age, retention) if retention else settings.sync.max_age
 
 
 def _schedule(runtime: Runtime) -> None:

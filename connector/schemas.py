@@ -147,6 +147,8 @@ class SyncStatus(_Model):
     last_received: int
     last_receipts: int
     last_rejected: int
+    failures: int
+    """Pulls failed in a row since the last success (``/health`` fails from 3 on)."""
 
 
 class HealthOut(_Model):

@@ -83,6 +83,10 @@ class SyncSettings(_Section):
     long_poll: bool = True
     long_poll_wait: Annotated[float, Field(gt=0, le=60)] = 25.0
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 500
+    max_age: Annotated[int, Field(gt=0)] = 30 * 24 * 3600
+    """Envelopes created longer ago than this are refused on arrival unless already known (a
+    replay of something we may have pruned). With ``messages.retention`` set, the shorter of
+    the two applies."""
 
 
 class FilesSettings(_Section):

@@ -67,5 +67,6 @@ async def sync_status(request: web.Request) -> web.StreamResponse:
             last_received=state.last_received,
             last_receipts=state.last_receipts,
             last_rejected=state.last_rejected,
+            failures=state.failures,
         )
     )

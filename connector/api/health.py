@@ -38,6 +38,11 @@ async def health(request: web.Request) -> web.StreamResponse:
         checks["platform"] = "ok" if ok else "failing: platform answered unhealthy"
     except Exception as exc:
         checks["platform"] = f"failing: {type(exc).__name__}: {exc}"
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            checks["sync"] = await runtime.sync.health()
+    except Exception as exc:
+        checks["sync"] = f"failing: {type(exc).__name__}: {exc}"
     checks["scheduler"] = "ok" if runtime.scheduler.running else "failing: not running"
     healthy = all(value == "ok" for value in checks.values())
     body = HealthOut(status="healthy" if healthy else "unhealthy", checks=checks)

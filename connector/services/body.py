@@ -1,43 +1,144 @@
 """The plaintext inside an envelope: what sender and receiver agree on, validated on arrival.
 
-Only the two connectors ever see this; the platform carries it encrypted.
+Only the two connectors ever see this; the platform carries it encrypted. A peer may be hostile,
+so every field is bounded the way API input is, and at least as generously as what our own send
+side can produce (so no honest message is refused): text that a database or a header cannot
+hold (NUL, control characters, lone surrogates), numbers past what the columns store, and sizes
+that do not add up are refused here, before anything is stored.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from connector.crypto.stream import MAX_CHUNK_SIZE, ciphertext_size
+
+MAX_ATTACHMENTS = 100
+MAX_TAGS = 50
+MAX_CONTENT_DEPTH = 64
+MAX_FILE_SIZE = 1 << 50  # far past any platform's limit; fits a BIGINT with room for the tags
+_MIN_CHUNK_SIZE = 4096
+_EARLIEST, _LATEST = 2000, 9999
+
+
+def _no_controls(value: str) -> str:
+    """Text for columns and headers: no control characters (NUL, CR, LF, ...) at all."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters")
+    return _utf8(value)
+
+
+def _utf8(value: str) -> str:
+    """Text a database and a JSON answer can carry: no lone surrogates, no NUL."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def aware_in_range(value: datetime) -> datetime:
+    """A time with an offset, in UTC, in years 2000..9999 (so it converts without overflow)."""
+    if value.tzinfo is None:
+        raise ValueError("must have a UTC offset")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if not _EARLIEST <= utc.year <= _LATEST:
+        raise ValueError(f"must be in the years {_EARLIEST}..{_LATEST}")
+    return utc
+
+
+Line = Annotated[str, AfterValidator(_no_controls)]
+Text = Annotated[str, AfterValidator(_utf8)]
+Time = Annotated[datetime, AfterValidator(aware_in_range)]
+Tag = Annotated[Line, StringConstraints(min_length=1, max_length=100)]
 
 
 class _BodyModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
 
 
 class AttachmentDescriptor(_BodyModel):
     id: Annotated[str, StringConstraints(pattern=r"^FIL[A-Za-z0-9]{17}$")]
-    filename: str
-    mimetype: str
-    size: Annotated[int, Field(ge=0)]
+    filename: Annotated[Line, StringConstraints(min_length=1, max_length=4096)]
+    mimetype: Annotated[Line, StringConstraints(min_length=1, max_length=255)]
+    size: Annotated[int, Field(ge=0, le=MAX_FILE_SIZE)]
     cipher_size: Annotated[int, Field(ge=0)]
-    chunk_size: Annotated[int, Field(ge=1)]
+    chunk_size: Annotated[int, Field(ge=_MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)]
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     key: Annotated[str, StringConstraints(min_length=44, max_length=44)]
     """The file key, base64; it opens the ciphertext the platform holds."""
-    title: str | None = None
-    description: str | None = None
-    tags: list[str] = []
-    expires_at: datetime | None = None
+    title: Annotated[Text, StringConstraints(max_length=65536)] | None = None
+    description: Annotated[Text, StringConstraints(max_length=65536)] | None = None
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = []
+    expires_at: Time | None = None
+
+    @model_validator(mode="after")
+    def _sizes_add_up(self) -> AttachmentDescriptor:
+        """The ciphertext size follows from size and chunk size; a download checks against it."""
+        if self.cipher_size != ciphertext_size(self.size, self.chunk_size):
+            raise ValueError("cipherSize does not match size and chunkSize")
+        return self
 
 
 class MessageBody(_BodyModel):
     content: dict[str, Any]
-    name: str | None = None
-    correlation_key: str | None = None
-    tags: list[str] = []
-    attachments: list[AttachmentDescriptor] = []
+    name: Annotated[Line, StringConstraints(min_length=1, max_length=255)] | None = None
+    correlation_key: Annotated[Line, StringConstraints(min_length=1, max_length=255)] | None = None
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = []
+    attachments: Annotated[list[AttachmentDescriptor], Field(max_length=MAX_ATTACHMENTS)] = []
+
+    @model_validator(mode="after")
+    def _content_is_storable(self) -> MessageBody:
+        _check_json(self.content)
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
+
+
+def _check_json(value: object) -> None:
+    """Nesting at most MAX_CONTENT_DEPTH deep, and every string valid Unicode text.
+
+    Iterative, so a hostile depth costs a loop, not the stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _utf8_or_nul(item)
+        elif isinstance(item, dict | list):
+            if depth > MAX_CONTENT_DEPTH:
+                raise ValueError(f"content is nested deeper than {MAX_CONTENT_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _utf8_or_nul(key)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def _utf8_or_nul(value: str) -> None:
+    """Content may hold NUL (JSON escapes it); a lone surrogate it cannot carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("content holds text that is not valid Unicode (lone surrogate)") from None

@@ -205,14 +205,21 @@ class FileService:
     async def plaintext(self, file: File) -> AsyncIterator[bytes]:
         """Yield the verified plaintext of ``file``.
 
-        Nothing unverified is ever yielded: each chunk is authenticated before it leaves, and the
-        final piece is held back until the whole file's SHA-256 matches the recorded one, so a
-        reader of a tampered file sees an error or a short body, never wrong bytes.
+        Nothing unverified is ever yielded: the stored size must be the described one before
+        anything is read, each chunk is authenticated before it leaves, and the final piece is
+        held back until the whole file's SHA-256 matches the recorded one, so a reader of a
+        tampered file sees an error or a short body, never a complete wrong one.
         """
         loop = asyncio.get_running_loop()
         decryptor = StreamDecryptor(self.file_key(file))
         try:
             async with self._platform.download_file(file.id) as download:
+                if download.size != file.cipher_size:
+                    # Not the ciphertext the sender described: refuse before a byte is served.
+                    raise FileIntegrityFailed(
+                        f"file {file.id}: the platform holds {download.size} bytes, "
+                        f"the sender described {file.cipher_size}"
+                    )
                 async for piece in download.iter_chunks(self._chunk_size):
                     plain = await loop.run_in_executor(None, decryptor.update, piece)
                     if plain:

@@ -46,12 +46,15 @@ async def load_or_create(sessions: Sessions, master_key: bytes) -> tuple[Identit
 
 
 async def ensure_registered(
-    sessions: Sessions, keys: IdentityKeys, platform: PlatformClient
+    sessions: Sessions, keys: IdentityKeys, platform: PlatformClient, *, again: bool = False
 ) -> bool:
-    """Register the public keys with the platform (idempotent there); True once registered."""
+    """Register the public keys with the platform (idempotent there); True once registered.
+
+    ``again`` registers even if we did before (the platform answers the same address).
+    """
     async with sessions.begin() as session:
         row = await identity_repo.get(session)
-        if row is not None and row.registered_at is not None:
+        if row is not None and row.registered_at is not None and not again:
             return True
     try:
         address = await platform.register(

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
+from connector.crypto.receipts import envelope_digest
 from connector.errors import (
     FileNotFound,
     NotFound,
@@ -206,6 +207,7 @@ class MessageService:
             tags=draft.tags,
             recipients=[Recipient(address) for address in draft.recipients],
             attachment_ids=[file.id for file in attachments],
+            digest=None if envelope is None else envelope_digest(envelope),
         )
         acceptance = _Acceptance(
             message,

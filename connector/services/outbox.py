@@ -26,7 +26,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
-from connector.errors import PlatformUnavailable, RecipientNotFound
+from connector.crypto.receipts import envelope_digest
+from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.services.load import SendLoad
@@ -161,14 +162,15 @@ class OutboxService:
                 )
             except PlatformUnavailable as exc:
                 outcomes[entry.message_seq] = _Outcome("retry", exc.detail)
+            except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
+                log.warning("outbox: cannot seal %s: %s", message.id, exc.detail)
+                outcomes[entry.message_seq] = _Outcome("retry", f"{exc.code}: {exc.detail}")
             except Exception as exc:  # one message must not hold up the batch and all after it
                 log.exception("outbox: cannot seal %s", message.id)
                 outcomes[entry.message_seq] = _Outcome("retry", f"cannot seal: {exc!r}")
             await asyncio.sleep(0)  # one seal at a time, so that requests are served between
         if sealed:
-            stored = await self._writes.run(
-                lambda session: outbox_repo.keep_envelopes(session, sealed)
-            )
+            stored = await self._writes.run(lambda session: _keep(session, sealed))
             for seq in sealed:
                 if seq in stored:
                     envelopes[seq] = stored[seq]
@@ -229,3 +231,14 @@ class OutboxService:
         )
         for message, _, status, _ in finished:
             log.info("outbox: %s is %s", message.id, status)
+
+
+async def _keep(
+    session: AsyncSession, sealed: dict[int, dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """Keep new envelopes, and the digest of each envelope kept (receipts are checked on it)."""
+    stored = await outbox_repo.keep_envelopes(session, sealed)
+    await messages_repo.set_digests(
+        session, {seq: envelope_digest(envelope) for seq, envelope in stored.items()}
+    )
+    return stored
