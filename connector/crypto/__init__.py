@@ -6,12 +6,13 @@ Everything the rest of the connector needs is re-exported here; the submodules a
 - :mod:`.at_rest`: the master key and secrets sealed under it in the database;
 - :mod:`.stream`: chunked streaming file encryption (constant memory, tamper-evident);
 - :mod:`.envelope`: signed, multi-recipient message envelopes;
+- :mod:`.receipts`: receipts the recipient signs, tied to one envelope by its digest;
 - :mod:`.errors`: the exception tree.
 """
 
 from .at_rest import load_or_create_master_key, open_secret, seal_secret
 from .envelope import canonical_bytes, open_envelope, seal_envelope, verify_envelope
-from .errors import CryptoError, EnvelopeError, IntegrityError, SignatureError
+from .errors import CryptoError, EnvelopeError, IntegrityError, ReceiptError, SignatureError
 from .keys import (
     ADDRESS_PREFIX,
     AUTH_CONTEXT,
@@ -24,6 +25,15 @@ from .keys import (
     usable_exchange_key,
     verify_registration_proof,
     verify_signature,
+)
+from .receipts import (
+    RECEIPT_CONTEXT,
+    Receipt,
+    ReceiptStatus,
+    envelope_digest,
+    parse_receipt,
+    sign_receipt,
+    verify_receipt,
 )
 from .stream import (
     DEFAULT_CHUNK_SIZE,
@@ -40,11 +50,15 @@ __all__ = [
     "ADDRESS_PREFIX",
     "AUTH_CONTEXT",
     "DEFAULT_CHUNK_SIZE",
+    "RECEIPT_CONTEXT",
     "REGISTRATION_CONTEXT",
     "CryptoError",
     "EnvelopeError",
     "IdentityKeys",
     "IntegrityError",
+    "Receipt",
+    "ReceiptError",
+    "ReceiptStatus",
     "SignatureError",
     "StreamDecryptor",
     "StreamEncryptor",
@@ -53,18 +67,22 @@ __all__ = [
     "decrypt_bytes",
     "derive_address",
     "encrypt_bytes",
+    "envelope_digest",
     "is_valid_address",
     "load_or_create_master_key",
     "new_file_key",
     "open_envelope",
     "open_secret",
+    "parse_receipt",
     "plaintext_size",
     "registration_proof",
     "seal_envelope",
     "seal_secret",
     "sign_challenge",
+    "sign_receipt",
     "usable_exchange_key",
     "verify_envelope",
+    "verify_receipt",
     "verify_registration_proof",
     "verify_signature",
 ]

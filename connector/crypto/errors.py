@@ -8,6 +8,8 @@ leaking out of the crypto code::
     CryptoError                 base: anything this layer refuses to do or to accept
     ├── IntegrityError          an encrypted file stream was tampered with, truncated,
     │                           extended, spliced, or the key is wrong
+    ├── ReceiptError            a signed receipt from the network is malformed (its
+    │                           signature is checked apart, by ``verify_receipt``)
     └── EnvelopeError           a message envelope is malformed, not addressed to us,
         │                       or cannot be decrypted
         └── SignatureError      the envelope's signature is invalid or its sender
@@ -19,7 +21,7 @@ raise ``ValueError`` instead, so they are not mistaken for hostile input.
 
 from __future__ import annotations
 
-__all__ = ["CryptoError", "EnvelopeError", "IntegrityError", "SignatureError"]
+__all__ = ["CryptoError", "EnvelopeError", "IntegrityError", "ReceiptError", "SignatureError"]
 
 
 class CryptoError(Exception):
@@ -31,6 +33,14 @@ class IntegrityError(CryptoError):
 
     Raised before any plaintext of the offending chunk is released, so a caller that stops at
     this exception has never seen bytes the key holder did not write.
+    """
+
+
+class ReceiptError(CryptoError):
+    """A receipt does not have the pinned shape (types, lengths, encodings, time range).
+
+    Raised by ``parse_receipt`` only; a well-formed receipt with a bad signature is not an
+    error but ``verify_receipt(...) is False``, so the caller decides what to log.
     """
 
 
