@@ -16,6 +16,7 @@ The tree::
     ├── FileTooLarge                413 file_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── FileIntegrityFailed         502 file_integrity_failed
+    ├── PeerKeyInvalid              502 peer_key_invalid; ``peers`` lists the addresses
     └── PlatformUnavailable         503 platform_unavailable
 
 Services raise these; one middleware in ``connector.api.problems`` turns them into RFC 9457
@@ -141,6 +142,17 @@ class FileIntegrityFailed(ConnectorError):
     status = 502
     code = "file_integrity_failed"
     title = "File integrity check failed"
+
+
+class PeerKeyInvalid(ConnectorError):
+    """The platform answered keys for a peer that fail verification; nothing was sent to it."""
+
+    # Raised with ``peers=[addresses]``: keys not owned by the address, without a valid
+    # registration proof, or other than the keys pinned for it. 502: the platform (or someone
+    # between us and it) answered wrongly, not the caller.
+    status = 502
+    code = "peer_key_invalid"
+    title = "Peer key invalid"
 
 
 class PlatformUnavailable(ConnectorError):

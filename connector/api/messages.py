@@ -46,6 +46,9 @@ def _respond_async(request: web.Request) -> bool:
         409: "idempotency_in_progress: a request with this Idempotency-Key is still running",
         422: "validation_failed, file_not_found, or idempotency_key_reused (the "
         "Idempotency-Key came with another body)",
+        502: "peer_key_invalid: the platform answered keys for a recipient that fail "
+        "verification or differ from the pinned ones (the field peers lists them); "
+        "nothing was sent",
     },
 )
 async def send_message(request: web.Request) -> web.StreamResponse:
