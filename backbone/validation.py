@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any, NoReturn
 
@@ -23,10 +24,18 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
 def loads(raw: bytes) -> Any:
-    """Strict JSON: NaN and Infinity are refused; so is nesting too deep for the parser."""
+    """Strict JSON: NaN and Infinity are refused, also spelt as ``1e999``; so is nesting too
+    deep for the parser. What is accepted can be written back as standard JSON."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -34,7 +43,9 @@ def loads(raw: bytes) -> Any:
 def dumps(value: Any) -> str:
     """Compact JSON that encodes to UTF-8: ValueError for lone surrogates (JSON lets a client
     send ``"\\ud800"``, which no UTF-8 column or answer can hold)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
     encodable(text)
     return text
 

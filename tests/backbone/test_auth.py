@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import aiohttp
 import pytest
@@ -212,3 +213,45 @@ async def test_health(
         assert await response.json() == {"status": "ok"}
     await backbone.stop()
     assert await alice.client.health() is False
+
+
+async def test_an_address_keeps_at_most_16_challenges(
+    backbone: RunningBackbone, session: aiohttp.ClientSession, alice: Peer
+) -> None:
+    issued = [await challenge(session, backbone.url, alice.address) for _ in range(17)]
+    status, answer = await token_request(
+        session, backbone.url, alice.address, issued[0], sign_challenge(alice.keys, issued[0])
+    )
+    assert (status, answer["code"]) == (401, "invalid_challenge")  # the oldest was dropped
+    for kept in (issued[1], issued[16]):
+        status, _ = await token_request(
+            session, backbone.url, alice.address, kept, sign_challenge(alice.keys, kept)
+        )
+        assert status == 200
+
+
+async def test_outstanding_challenges_are_capped(
+    start_backbone: StartBackbone, session: aiohttp.ClientSession, make_peer: MakePeer
+) -> None:
+    backbone = await start_backbone(max_challenges=5, challenge_ttl=1.0)
+    peers = [await make_peer(backbone.url) for _ in range(2)]
+    for n in range(5):
+        await challenge(session, backbone.url, peers[n % 2].address)
+    url = f"{backbone.url}/v1/auth/challenge"
+    async with session.post(url, json={"address": peers[0].address}) as response:
+        assert response.status == 429
+        assert (await response.json())["code"] == "rate_limited"
+        assert response.headers["Retry-After"] == "1"
+    await asyncio.sleep(1.1)  # expired ones leave the queue
+    await challenge(session, backbone.url, peers[0].address)
+
+
+@pytest.mark.parametrize("address", ["\ud800", "x" * 5000, 5, ""])
+async def test_hostile_challenge_addresses_are_400(
+    backbone: RunningBackbone, session: aiohttp.ClientSession, address: object
+) -> None:
+    async with session.post(
+        f"{backbone.url}/v1/auth/challenge", data=json.dumps({"address": address})
+    ) as response:
+        assert response.status == 400
+        assert (await response.json())["code"] == "invalid_request"

@@ -241,3 +241,55 @@ async def test_unreachable_platform_is_unavailable(
         await alice.client.upload_file(new_id("FIL"), pieces(b"x"), 1)
     with pytest.raises(PlatformUnavailable):
         await download(alice.client, new_id("FIL"))
+
+
+@pytest.mark.parametrize("expect", [True, False])
+async def test_deleted_ids_stay_reserved(
+    alice: Peer,
+    bob: Peer,
+    backbone: RunningBackbone,
+    session: aiohttp.ClientSession,
+    expect: bool,
+) -> None:
+    file_id = new_id("FIL")
+    await alice.client.upload_file(file_id, pieces(b"old"), 3)
+    await alice.client.delete_file(file_id)
+    for peer in (alice, bob):  # neither the owner nor anyone else can revive the id
+        token = await peer.client._bearer()
+        async with session.put(
+            f"{backbone.url}/v1/files/{file_id}",
+            data=b"new content",
+            headers={"Authorization": f"Bearer {token}"},
+            expect100=expect,
+        ) as response:
+            assert response.status == 410
+            assert (await response.json())["code"] == "file_deleted"
+        async with session.get(
+            f"{backbone.url}/v1/files/{file_id}", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            assert (response.status, (await response.json())["code"]) == (404, "file_not_found")
+    with pytest.raises(PlatformRejected) as caught:
+        await alice.client.upload_file(file_id, pieces(b"new"), 3)
+    assert (caught.value.status, caught.value.code) == (410, "file_deleted")
+    async with session.delete(
+        f"{backbone.url}/v1/files/{file_id}",
+        headers={"Authorization": f"Bearer {await alice.client._bearer()}"},
+    ) as response:
+        assert response.status == 404
+    assert stored_files(backbone.data_dir) == []
+
+
+async def test_tombstones_survive_a_restart(
+    start_backbone: StartBackbone, make_peer: MakePeer
+) -> None:
+    first = await start_backbone()
+    alice = await make_peer(first.url)
+    file_id = new_id("FIL")
+    await alice.client.upload_file(file_id, pieces(b"old"), 3)
+    await alice.client.delete_file(file_id)
+    await first.stop()
+    second = await start_backbone(first.data_dir)
+    again = await make_peer(second.url)
+    with pytest.raises(PlatformRejected) as caught:
+        await again.client.upload_file(file_id, pieces(b"new"), 3)
+    assert caught.value.status == 410

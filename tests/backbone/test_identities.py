@@ -5,7 +5,12 @@ import base64
 import aiohttp
 import pytest
 
-from connector.crypto import IdentityKeys, derive_address, registration_proof
+from connector.crypto import (
+    IdentityKeys,
+    derive_address,
+    registration_proof,
+    verify_registration_proof,
+)
 from connector.platform import IdentityNotFound, PlatformRejected
 from tests.backbone.conftest import MakePeer, Peer, RunningBackbone
 
@@ -128,3 +133,24 @@ async def test_unknown_identity_is_404(alice: Peer) -> None:
     with pytest.raises(IdentityNotFound) as caught:
         await alice.client.get_identity(IdentityKeys.generate().address)
     assert caught.value.status == 404
+
+
+async def test_lookup_answers_the_proof(
+    backbone: RunningBackbone, session: aiohttp.ClientSession, alice: Peer
+) -> None:
+    async with session.get(f"{backbone.url}/v1/identities/{alice.address}") as response:
+        answer = await response.json()
+    assert set(answer) == {"address", "signingKey", "exchangeKey", "proof", "createdAt"}
+    proof = base64.b64decode(answer["proof"])
+    assert proof == registration_proof(alice.keys)
+    assert verify_registration_proof(alice.keys.signing_public, alice.keys.exchange_public, proof)
+    found = await alice.client.get_identity(alice.address)
+    assert found.proof == proof
+
+
+@pytest.mark.parametrize("address", ["%ED%A0%80", "x" * 5000, "id1" + "a" * 32])
+async def test_hostile_lookups_are_404(
+    backbone: RunningBackbone, session: aiohttp.ClientSession, address: str
+) -> None:
+    async with session.get(f"{backbone.url}/v1/identities/{address}") as response:
+        assert response.status == 404

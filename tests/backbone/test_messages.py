@@ -7,7 +7,7 @@ import pytest
 
 from connector.crypto import IdentityKeys, verify_envelope
 from connector.platform import PlatformRejected, RecipientNotFound
-from tests.backbone.conftest import Peer, RunningBackbone
+from tests.backbone.conftest import MakePeer, Peer, RunningBackbone, new_id
 
 
 async def messages_in(peer: Peer) -> list[dict[str, object]]:
@@ -162,3 +162,26 @@ async def test_oversized_envelope_is_413(
         await alice.client.send_message(envelope)
     assert caught.value.status == 413
     assert await messages_in(bob) == []
+
+
+async def test_two_senders_may_use_one_id(
+    alice: Peer, bob: Peer, carol: Peer, make_peer: MakePeer
+) -> None:
+    dave = await make_peer()
+    shared = new_id("MSG")
+    from_alice = alice.envelope({bob.address: bob.keys.exchange_public}, message_id=shared)
+    from_carol = carol.envelope(
+        {dave.address: dave.keys.exchange_public, bob.address: bob.keys.exchange_public},
+        message_id=shared,
+    )
+    await alice.client.send_message(from_alice)
+    await carol.client.send_message(from_carol)  # accepted: ids are unique per sender
+    await carol.client.send_message(from_carol)  # and a repeat is still a repeat
+    assert await messages_in(dave) == [from_carol]
+    assert await messages_in(bob) == [from_alice, from_carol]
+    # the first sender's id is not taken over: its own other body still conflicts
+    other = copy.deepcopy(from_alice)
+    other["payload"] = other["payload"][::-1]
+    with pytest.raises(PlatformRejected) as caught:
+        await alice.client.send_message(other)
+    assert caught.value.code == "message_id_conflict"
