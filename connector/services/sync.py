@@ -389,27 +389,29 @@ class SyncService:
     ) -> list[File]:
         """The File rows of a message's attachments, added where not known yet.
 
-        A row already known under an id is reused only for the same owner, key and hash:
-        otherwise the message is rejected, and the row stays as it was.
+        A row already known under an id is reused only for the same owner, key and hash;
+        otherwise the message is rejected, nothing is added, and the row stays as it was.
         """
         if arrival.body is None:
             return []
         sender = arrival.header.sender
-        files: list[File] = []
-        for descriptor in arrival.body.attachments:
-            key = base64.b64decode(descriptor.key)
+        wanted = [(d, base64.b64decode(d.key)) for d in arrival.body.attachments]
+        for descriptor, key in wanted:
             file = existing.get(descriptor.id)
-            if file is not None:
-                known_key = keys.get(file.id) or open_secret(
-                    self._master_key, file.key_sealed, FILE_KEY_PURPOSE
+            if file is not None and (file.owner, file.sha256, self._key(file, keys)) != (
+                sender,
+                descriptor.sha256,
+                key,
+            ):
+                arrival.reject(
+                    f"attachment {descriptor.id} differs from the file already known under "
+                    "that id (owner, key or hash)"
                 )
-                if (file.owner, file.sha256, known_key) != (sender, descriptor.sha256, key):
-                    arrival.reject(
-                        f"attachment {descriptor.id} differs from the file already known "
-                        "under that id (owner, key or hash)"
-                    )
-                    return []
-            else:
+                return []
+        files: list[File] = []
+        for descriptor, key in wanted:
+            file = existing.get(descriptor.id)
+            if file is None:
                 file = File(
                     id=descriptor.id,
                     owner=sender,
@@ -432,6 +434,10 @@ class SyncService:
                 existing[file.id], keys[file.id] = file, key
             files.append(file)
         return files
+
+    def _key(self, file: File, keys: dict[str, bytes]) -> bytes:
+        """A known file's key: made in this transaction, or opened from its sealed copy."""
+        return keys.get(file.id) or open_secret(self._master_key, file.key_sealed, FILE_KEY_PURPOSE)
 
     @staticmethod
     def _received(
