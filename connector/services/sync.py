@@ -313,6 +313,10 @@ class SyncService:
         except (ValidationError, ValueError, binascii.Error) as exc:
             arrival.reject(f"message body is malformed: {exc}")
             return
+        except Exception as exc:  # RecursionError and the like: hostile input, not our state
+            log.exception("cannot open envelope %s", header.id)
+            arrival.reject(f"envelope rejected: it cannot be processed ({type(exc).__name__})")
+            return
         arrival.body = body
 
     # -- writing --------------------------------------------------------------------------------
@@ -564,5 +568,5 @@ def _digest(envelope: dict[str, Any]) -> bytes | None:
     """The envelope's digest; None when it is not canonical JSON (it cannot have been signed)."""
     try:
         return envelope_digest(envelope)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
