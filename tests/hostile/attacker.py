@@ -83,9 +83,7 @@ def seal(
         body_bytes = json.dumps(dict(body), separators=(",", ":")).encode("ascii")
     content_key = secrets.token_bytes(32)
     nonce = secrets.token_bytes(12)
-    sealed = AESGCM(content_key).encrypt(
-        nonce, body_bytes, envelope_module._payload_aad(envelope)
-    )
+    sealed = AESGCM(content_key).encrypt(nonce, body_bytes, envelope_module._payload_aad(envelope))
     parties = {**dict(recipients), sender.address: sender.exchange_public}
     envelope["keys"] = {
         address: b64(envelope_module._wrap_key(content_key, public, message_id))

@@ -63,10 +63,11 @@ async def victim_proxy(proxy_factory: ProxyFactory) -> MaliciousPlatform:
 
 @pytest.fixture
 async def victim(
-    connector_factory: ConnectorFactory,
-    victim_proxy: MaliciousPlatform,
     victim_database: dict[str, Any],
+    victim_proxy: MaliciousPlatform,
+    connector_factory: ConnectorFactory,
 ) -> Api:
+    # database and proxy are set up first, so they are torn down after the connector
     return await behind(connector_factory, victim_proxy, "victim", database=victim_database)
 
 

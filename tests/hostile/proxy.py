@@ -128,9 +128,9 @@ class MaliciousPlatform:
     def resume_inbox(self) -> None:
         self._paused = max(0, self._paused - 1)
 
-    def on_inbox_items(self, rewrite: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> (
-        Callable[[], None]
-    ):
+    def on_inbox_items(
+        self, rewrite: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> Callable[[], None]:
         """Rewrite the items of every inbox page (the top-level cursor is kept as it was)."""
 
         def after(exchange: Exchange) -> None:
@@ -142,9 +142,9 @@ class MaliciousPlatform:
 
         return self.on("GET", "/v1/inbox", after=after)
 
-    def replace_message(self, message_id: str, make: Callable[[dict[str, Any]], Any]) -> (
-        Callable[[], None]
-    ):
+    def replace_message(
+        self, message_id: str, make: Callable[[dict[str, Any]], Any]
+    ) -> Callable[[], None]:
         """Replace the inbox item carrying envelope ``message_id`` by ``make(item)``."""
 
         def rewrite(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,6 +174,10 @@ class MaliciousPlatform:
         ]
         return max(cursors, default=0)
 
+    async def cursor_of(self, message_id: str) -> int | None:
+        """The cursor of ``message_id`` once the backbone served it in a page (for polling)."""
+        return self.upstream_items.get(message_id)
+
     def put_envelopes(self) -> list[dict[str, Any]]:
         """Every envelope the connector tried to hand to the platform."""
         return [e.request_json() for e in self.requests("PUT", r"/v1/messages/[^/]+")]
@@ -189,13 +193,13 @@ class MaliciousPlatform:
             body=await request.read(),
         )
         self.log.append(exchange)
-        rules = [rule for rule in self._rules if rule.matches(exchange)]
-        for rule in rules:
+        for rule in [rule for rule in self._rules if rule.matches(exchange)]:
             if rule.before is not None:
                 await _call(rule.before, exchange)
         if not exchange.status:
             await self._forward(exchange)
-        for rule in rules:
+        # the rules as they are now: a long-poll sent before a hook was added is rewritten too
+        for rule in [rule for rule in self._rules if rule.matches(exchange)]:
             if rule.after is not None:
                 await _call(rule.after, exchange)
         if exchange.stream is not None:
@@ -281,8 +285,13 @@ def junk(total: int, piece: int = 1 << 20) -> Callable[[], AsyncIterator[bytes]]
 def problem(exchange: Exchange, status: int, code: str) -> None:
     """Answer a problem document instead of forwarding (a platform that is down)."""
     exchange.set_answer_json(
-        {"type": f"urn:test:{code}", "title": code, "status": status, "code": code,
-         "detail": "the malicious platform says no"},
+        {
+            "type": f"urn:test:{code}",
+            "title": code,
+            "status": status,
+            "code": code,
+            "detail": "the malicious platform says no",
+        },
         status=status,
     )
     exchange.answer_headers["Content-Type"] = "application/problem+json"
