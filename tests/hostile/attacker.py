@@ -9,6 +9,7 @@ with poison fields sealed exactly like a real one.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -18,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connector.crypto import envelope as envelope_module
@@ -184,3 +187,56 @@ class Attacker:
 
     def sign(self, envelope: dict[str, Any]) -> dict[str, Any]:
         return sign(self.keys, envelope)
+
+
+# receipts, as pinned in issue8-spec.md (written here from the spec, not imported, so the
+# tests do not depend on the code they check)
+
+RECEIPT_CONTEXT = b"connector-receipt-v1\x00"
+
+
+def _canonical(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def envelope_digest(envelope: Mapping[str, Any]) -> str:
+    """Base64 SHA-256 of the canonical JSON of the whole envelope, signature included."""
+    return b64(hashlib.sha256(_canonical(envelope)).digest())
+
+
+def forge_receipt(
+    signer: IdentityKeys,
+    *,
+    message_id: str,
+    sender: str,
+    recipient: str,
+    digest: str,
+    status: str = "delivered",
+) -> dict[str, Any]:
+    """A receipt object in the pinned shape, signed by ``signer`` (who may not be the recipient)."""
+    receipt: dict[str, Any] = {
+        "version": 1,
+        "messageId": message_id,
+        "sender": sender,
+        "recipient": recipient,
+        "status": status,
+        "digest": digest,
+        "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+    }
+    receipt["signature"] = b64(signer.sign(RECEIPT_CONTEXT + _canonical(receipt)))
+    return receipt
+
+
+def opens_with(envelope: Mapping[str, Any], exchange_private: X25519PrivateKey) -> list[str]:
+    """The addresses whose wrapped key in ``envelope`` this X25519 private key unwraps."""
+    holder = IdentityKeys(signing=Ed25519PrivateKey.generate(), exchange=exchange_private)
+    opened = []
+    for address, wrapped in dict(envelope.get("keys") or {}).items():
+        try:
+            envelope_module._unwrap_key(base64.b64decode(wrapped), holder, str(envelope.get("id")))
+        except Exception:  # not wrapped to this key: what we hope for
+            continue
+        opened.append(address)
+    return opened

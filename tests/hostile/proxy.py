@@ -41,6 +41,8 @@ class Exchange:
     stream_length: int | None = None
     written: int = 0
     """Bytes of a streamed answer the client took before it finished or hung up."""
+    done: bool = False
+    """The answer was written (or the client hung up): the exchange is over."""
     upstream_status: int | None = None
 
     def request_json(self) -> Any:
@@ -79,6 +81,10 @@ class MaliciousPlatform:
         self.log: list[Exchange] = []
         self.upstream_items: dict[str, int] = {}
         """Message id -> inbox cursor of every envelope the backbone put into a page."""
+        self.upstream_envelopes: dict[str, dict[str, Any]] = {}
+        """Message id -> the envelope as the backbone served it (what a replay would use)."""
+        self.upstream_receipts: list[dict[str, Any]] = []
+        """Every receipt item the backbone served, as it served it."""
         self._rules: list[_Rule] = []
         self._paused = 0
         self._runner: web.AppRunner | None = None
@@ -238,6 +244,9 @@ class MaliciousPlatform:
                 envelope = item.get("envelope")
                 if isinstance(envelope, dict) and isinstance(envelope.get("id"), str):
                     self.upstream_items.setdefault(envelope["id"], item["cursor"])
+                    self.upstream_envelopes.setdefault(envelope["id"], envelope)
+                elif item.get("type") == "receipt" and item not in self.upstream_receipts:
+                    self.upstream_receipts.append(item)
 
     @staticmethod
     def _empty_page(exchange: Exchange) -> None:
@@ -256,8 +265,10 @@ class MaliciousPlatform:
                 await response.write(chunk)
                 exchange.written += len(chunk)
             await response.write_eof()
-        except (ConnectionError, asyncio.CancelledError, RuntimeError):
+        except (ConnectionError, RuntimeError):
             pass  # the client hung up: that is what a bounded reader does
+        finally:
+            exchange.done = True
         return response
 
 
