@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -162,7 +163,7 @@ class Attacker:
             "Content-Type": "application/json",
         }
         async with self.http.put(
-            f"{self.base}/v1/messages/{message_id}", data=data, headers=headers
+            f"{self.base}/v1/messages/{message_id}", data=io.BytesIO(data), headers=headers
         ) as response:
             raw = await response.read()
             try:
@@ -179,6 +180,26 @@ class Attacker:
         status, answer = await self.put(envelope)
         assert status == 201, f"the backbone refused the attacker's envelope: {status} {answer}"
         return dict(envelope)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        """Any authenticated call: status, JSON answer (or text) and headers."""
+        headers = {"Authorization": f"Bearer {await self.token()}"}
+        async with self.http.request(
+            method, self.base + path, json=json_body, params=params, headers=headers
+        ) as response:
+            raw = await response.read()
+            try:
+                answer: Any = json.loads(raw)
+            except ValueError:
+                answer = raw[:500].decode("utf-8", "replace")
+            return response.status, answer, response.headers
 
     def seal(
         self, recipients: Mapping[str, bytes], body: Mapping[str, Any] | bytes, **kw: Any
