@@ -32,10 +32,12 @@ async def _attackers(url: str, http: aiohttp.ClientSession, n: int) -> list[Atta
     return out
 
 
-def _bulky(sender: Attacker, to: Attacker, payload_bytes: int) -> dict[str, Any]:
-    """A signed envelope whose (opaque to the backbone) payload is ``payload_bytes`` long."""
+def _bulky(sender: Attacker, to: Attacker, total: int) -> dict[str, Any]:
+    """A signed envelope of about ``total`` bytes of JSON (its payload is opaque filler)."""
     envelope = sender.seal({to.address: to.keys.exchange_public}, {"content": {}})
-    envelope["payload"] = b64(os.urandom(payload_bytes))
+    envelope["payload"] = ""
+    overhead = len(json.dumps(sender.sign(envelope), separators=(",", ":")))
+    envelope["payload"] = b64(os.urandom((total - overhead) * 3 // 4))
     return sender.sign(envelope)
 
 
@@ -69,15 +71,15 @@ async def test_more_than_1000_recipients_are_refused(
 
 async def test_envelopes_over_4_mib_are_refused(backbone: str, http: aiohttp.ClientSession) -> None:
     mallory, victim = await _attackers(backbone, http, 2)
-    status, answer = await mallory.put(_bulky(mallory, victim, 3 * MIB + MIB // 2))
+    status, answer = await mallory.put(_bulky(mallory, victim, 4 * MIB - 1024))
     assert status == 201, (status, answer)  # just under: fine
-    status, answer = await mallory.put(_bulky(mallory, victim, 4 * MIB))
+    status, answer = await mallory.put(_bulky(mallory, victim, 4 * MIB + 1024))
     assert (status, _code(answer)) == (413, "envelope_too_large"), (status, answer)
 
 
 async def test_inbox_pages_are_bounded_by_bytes(backbone: str, http: aiohttp.ClientSession) -> None:
     mallory, victim = await _attackers(backbone, http, 2)
-    sent = [await mallory.send(_bulky(mallory, victim, 3 * MIB)) for _ in range(4)]
+    sent = [await mallory.send(_bulky(mallory, victim, 3 * MIB)) for _ in range(4)]  # 12 MiB
     seen: list[str] = []
     after = 0
     while len(seen) < len(sent):

@@ -218,7 +218,7 @@ async def test_forged_receipt_for_a_message_never_delivered(
     assert all(r["deliveredAt"] is None for r in message["recipients"]), message
     delivered = {e["data"]["id"] for e in await events(alice, type="message.delivered")}
     assert message_id not in delivered
-    assert await incoming_from(carol, alice.address) == []  # indeed never delivered
+    assert message_id not in {m["id"] for m in await incoming_from(carol, alice.address)}
 
 
 async def test_a_message_the_recipient_rejected_is_never_delivered(
@@ -323,7 +323,7 @@ async def test_replay_of_a_pruned_expired_envelope_is_refused(
         messages={"retention": 1},
         housekeeping={"interval": 3600},
     )
-    status, sent = await carol.send(recipients=[victim.address], content={"once": 1}, timeToLive=2)
+    status, sent = await carol.send(recipients=[victim.address], content={"once": 1}, timeToLive=3)
     assert status == 201, sent
     message_id = sent["id"]
 
@@ -484,11 +484,11 @@ async def test_an_inbox_page_of_50_mb_junk(
     try:
         remove = victim_proxy.on("GET", "/v1/inbox", after=serve_junk)
 
-        async def served_twice() -> bool:
+        async def asked_again() -> bool:
             junk_pages = [e for e in victim_proxy.requests("GET", "/v1/inbox") if e.stream]
-            return sum(e.done for e in junk_pages) >= 2
+            return len(junk_pages) >= 3 and any(e.done for e in junk_pages)
 
-        await eventually(served_twice, "the connector to ask for its inbox again after junk")
+        await eventually(asked_again, "the connector to ask for its inbox again after junk")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -503,6 +503,11 @@ async def test_an_inbox_page_of_50_mb_junk(
     assert state["lastError"], state
 
     remove()
+
+    async def all_junk_over() -> bool:
+        return all(e.done for e in victim_proxy.requests("GET", "/v1/inbox") if e.stream)
+
+    await eventually(all_junk_over, "every junk answer to end (the connector hangs up or reads)")
     await victim_is_fine(
         victim, victim_proxy, carol, poison_id=None, poison_sender="-", what="a junk page"
     )
