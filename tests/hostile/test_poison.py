@@ -177,3 +177,37 @@ async def test_failing_pulls_make_health_fail(
 async def _healthy(api: Api) -> bool:
     status, _ = await health(api)
     return status == 200
+
+
+@DATABASES
+async def test_victim_listed_60000_times_sent_straight_to_the_backbone(
+    victim: Api, victim_proxy: MaliciousPlatform, carol: Api, mallory: Attacker
+) -> None:
+    """Straight to the backbone: it may refuse (400 invalid_envelope) or, after de-duplication,
+    relay it; if it relays it, the victim stores it de-duplicated or not at all."""
+    poison = mallory.seal(
+        {victim.address: victim.runtime.keys.exchange_public},
+        {"content": {"x": 1}},
+        recipient_list=[victim.address] * 60_000,
+    )
+    status, answer = await mallory.put(poison)
+    assert (status, answer.get("code") if status != 201 else None) in (
+        (201, None),
+        (400, "invalid_envelope"),
+    ), (status, answer)
+    if status == 201:
+        await eventually(lambda: victim_proxy.cursor_of(poison["id"]), "the poison in a page")
+    await victim_is_fine(
+        victim,
+        victim_proxy,
+        carol,
+        poison_id=poison["id"],
+        poison_sender=mallory.address,
+        what="60000 recipients, straight",
+    )
+    status, stored = await victim.json("GET", f"/api/v1/messages/{poison['id']}")
+    if status == 200:
+        addresses = [r["address"] for r in stored["recipients"]]
+        assert len(addresses) == len(set(addresses)), (
+            f"{len(addresses)} recipient rows stored for {len(set(addresses))} address(es)"
+        )
