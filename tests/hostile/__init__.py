@@ -1,0 +1,1 @@
+"""Attacker-style tests for issue 8: hostile peers and a malicious platform."""
