@@ -14,6 +14,29 @@ from backbone.timeutil import utc_timestamp
 
 SCHEMA_VERSION = 2
 
+ROW_OVERHEAD = 512
+"""Bytes of stored-bytes quota every file row and every stored envelope costs on top of its size.
+
+Without it a zero-byte file, a claimed id whose upload never completes, or a tiny envelope would
+cost nothing, so ``max_stored_bytes`` would not bound how many rows (and index entries, and blob
+directory entries) one identity makes the backbone keep. 512 is about what such a row costs in
+SQLite with its indexes, and small next to any real file or envelope.
+
+A file row costs it from its claim on, and still as a tombstone: the row and its reserved id are
+kept forever, so deleting frees the blob's bytes but not the row's (else claim-and-delete in a loop
+would grow the table without bound). An envelope costs it until it is pruned.
+"""
+
+USAGE_BY_ADDRESS = f"""
+    SELECT address, SUM(bytes) FROM (
+        SELECT owner AS address, COALESCE(size, 0) + {ROW_OVERHEAD} AS bytes FROM files
+        UNION ALL
+        SELECT sender, size + {ROW_OVERHEAD} FROM messages
+    ) GROUP BY address"""
+"""What ``usage.stored_bytes`` holds, computed from scratch: every file row (claimed, complete or
+a tombstone) and every stored envelope, each its size plus :data:`ROW_OVERHEAD`. The store keeps
+the counters up to date as rows come and go; the v1 migration fills them in with this."""
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS identities (
         address      TEXT PRIMARY KEY,
@@ -63,7 +86,7 @@ SCHEMA = (
         WHERE message_row IS NOT NULL""",
     """CREATE TABLE IF NOT EXISTS usage (
         address      TEXT PRIMARY KEY,
-        stored_bytes INTEGER NOT NULL  -- complete files + stored envelopes
+        stored_bytes INTEGER NOT NULL  -- see USAGE_BY_ADDRESS
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS send_counts (
         sender TEXT NOT NULL,
@@ -97,9 +120,9 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     v1 had message ids unique across senders and inbox rows naming a message by its bare id.
     ``messages`` and ``inbox`` are rebuilt (row ids and cursors kept, and the cursor sequence
     too, so cursors never go back); identities get an empty proof, files a tombstone flag, and
-    the stored-bytes counters are computed once. The receipts v1 made up itself on ack are
-    dropped: they were unsigned, and the v2 connector trusts only receipts the recipient signed.
-    Per-day envelope counts start empty.
+    the stored-bytes counters are computed once, by :data:`USAGE_BY_ADDRESS` (as v2 keeps them).
+    The receipts v1 made up itself on ack are dropped: they were unsigned, and the v2 connector
+    trusts only receipts the recipient signed. Per-day envelope counts start empty.
     """
     sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
     conn.execute("ALTER TABLE identities ADD COLUMN proof BLOB")
@@ -124,15 +147,7 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         "UPDATE messages SET held ="
         " (SELECT COUNT(*) FROM inbox WHERE inbox.message_row = messages.row_id)"
     )
-    conn.execute(
-        "INSERT INTO usage (address, stored_bytes)"
-        " SELECT owner, SUM(size) FROM files WHERE size IS NOT NULL GROUP BY owner"
-    )
-    conn.execute(
-        "INSERT INTO usage (address, stored_bytes)"
-        " SELECT sender, SUM(size) FROM messages WHERE true GROUP BY sender"
-        " ON CONFLICT (address) DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
-    )
+    conn.execute(f"INSERT INTO usage (address, stored_bytes) {USAGE_BY_ADDRESS}")
     conn.execute("DROP TABLE messages_v1")
     conn.execute("DROP TABLE inbox_v1")
     (highest,) = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM inbox").fetchone()

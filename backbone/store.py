@@ -29,7 +29,7 @@ from backbone.errors import (
     QuotaExceeded,
     RecipientNotFound,
 )
-from backbone.schema import sql_timestamp, upgrade
+from backbone.schema import ROW_OVERHEAD, sql_timestamp, upgrade
 from backbone.timeutil import iso
 
 T = TypeVar("T")
@@ -218,7 +218,8 @@ class Store:
     # quotas
 
     async def stored_bytes(self, address: str) -> int:
-        """Bytes the identity holds now: complete files and stored envelopes."""
+        """The identity's stored-bytes usage now: its file rows and stored envelopes, each its
+        size plus ``ROW_OVERHEAD`` (see :data:`backbone.schema.USAGE_BY_ADDRESS`)."""
         return await self._run(lambda conn: _stored_bytes(conn, address))
 
     # files
@@ -226,21 +227,26 @@ class Store:
     async def get_file(self, file_id: str) -> FileRecord | None:
         return await self._run(lambda conn: _file(conn, file_id))
 
-    async def claim_file(self, file_id: str, owner: str, now: str) -> FileRecord:
+    async def claim_file(self, file_id: str, owner: str, now: str, max_stored: int) -> FileRecord:
         """Record an upload about to start; answer the record as it now stands.
 
         If the id is taken (or a tombstone) the existing record is returned unchanged; the caller
-        checks its owner and whether it was deleted.
+        checks its owner and whether it was deleted. A new row costs the owner ``ROW_OVERHEAD``;
+        beyond ``max_stored`` -> InsufficientStorage, and nothing is recorded.
         """
 
         def job(conn: sqlite3.Connection) -> FileRecord:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT OR IGNORE INTO files (id, owner, size, created_at)"
-                    " VALUES (?, ?, NULL, ?)",
-                    (file_id, owner, now),
-                )
                 record = _file(conn, file_id)
+                if record is None:
+                    if _stored_bytes(conn, owner) + ROW_OVERHEAD > max_stored:
+                        raise InsufficientStorage(_storage_detail(max_stored))
+                    conn.execute(
+                        "INSERT INTO files (id, owner, size, created_at) VALUES (?, ?, NULL, ?)",
+                        (file_id, owner, now),
+                    )
+                    _add_usage(conn, owner, ROW_OVERHEAD)
+                    record = _file(conn, file_id)
             assert record is not None
             return record
 
@@ -268,7 +274,11 @@ class Store:
         return await self._run(job)
 
     async def delete_file(self, file_id: str, owner: str) -> bool:
-        """Turn the owner's file into a tombstone; False if it is not there (or a tombstone)."""
+        """Turn the owner's file into a tombstone; False if it is not there (or a tombstone).
+
+        The blob's bytes leave the owner's usage; the row's ``ROW_OVERHEAD`` stays, as the
+        tombstone does.
+        """
 
         def job(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
@@ -299,9 +309,11 @@ class Store:
         """Store the envelope and one inbox item per recipient, or recognise a repeat.
 
         ``recipients`` must be distinct. A repeat (same sender, id and digest) answers as the
-        first time did, even when the sender is over a quota now.
+        first time did, even when the sender is over a quota now. The envelope costs the
+        sender its size plus ``ROW_OVERHEAD`` until it is pruned.
         """
         size = len(envelope.encode())
+        cost = size + ROW_OVERHEAD
 
         def job(conn: sqlite3.Connection) -> Accepted:
             with _transaction(conn):
@@ -315,7 +327,7 @@ class Store:
                     return Accepted(accepted_at=row[1], created=False)
                 _check_recipients(conn, recipients)
                 _count_send(conn, sender, now, quota.envelopes_per_day)
-                if _stored_bytes(conn, sender) + size > quota.max_stored_bytes:
+                if _stored_bytes(conn, sender) + cost > quota.max_stored_bytes:
                     raise InsufficientStorage(_storage_detail(quota.max_stored_bytes))
                 accepted_at = iso(now)
                 cursor = conn.execute(
@@ -337,7 +349,7 @@ class Store:
                     "INSERT INTO inbox (recipient, kind, message_row) VALUES (?, 'message', ?)",
                     [(address, cursor.lastrowid) for address in recipients],
                 )
-                _add_usage(conn, sender, size)
+                _add_usage(conn, sender, cost)
             self._appended(recipients)
             return Accepted(accepted_at=accepted_at, created=True)
 
@@ -425,7 +437,7 @@ class Store:
                     conn.execute(f"DELETE FROM messages WHERE row_id IN ({marks})", chunk)
                 freed: dict[str, int] = {}
                 for _, sender, size in rows:
-                    freed[sender] = freed.get(sender, 0) + size
+                    freed[sender] = freed.get(sender, 0) + size + ROW_OVERHEAD
                 for sender, size in freed.items():
                     _add_usage(conn, sender, -size)
                 return len(rows)
@@ -506,7 +518,10 @@ def _quota_wait(counts: Iterable[tuple[int, int]], total: int, per_day: int, now
 
 
 def _storage_detail(max_stored: int) -> str:
-    return f"The identity's files and envelopes may use at most {max_stored} bytes."
+    return (
+        f"The identity's files and envelopes may use at most {max_stored} bytes"
+        f" ({ROW_OVERHEAD} bytes more for each of them)."
+    )
 
 
 def _stored_bytes(conn: sqlite3.Connection, address: str) -> int:
