@@ -23,6 +23,7 @@ from backbone.errors import (
     InvalidRequest,
 )
 from backbone.problems import error_response
+from backbone.schema import ROW_OVERHEAD
 from backbone.store import FileRecord
 from backbone.timeutil import now_iso
 from backbone.validation import FILE_ID, path_id
@@ -37,14 +38,19 @@ def _check_claim(record: FileRecord | None, owner: str) -> None:
         raise FileExists()
 
 
-async def _room(request: web.Request, owner: str) -> int:
-    """Bytes the owner may still store, checked against the declared length."""
+async def _room(request: web.Request, owner: str, new_row: bool) -> int:
+    """Bytes the owner may still store, checked against the declared length.
+
+    A new id first needs room for its row (``ROW_OVERHEAD``), so even a zero-byte file counts.
+    """
     settings = request.app[SETTINGS]
-    room = settings.max_stored_bytes - await request.app[STORE].stored_bytes(owner)
+    used = await request.app[STORE].stored_bytes(owner) + (ROW_OVERHEAD if new_row else 0)
+    room = settings.max_stored_bytes - used
     length = request.content_length
     if room < 0 or (length is not None and length > room):
         raise InsufficientStorage(
-            f"The identity's files and envelopes may use at most {settings.max_stored_bytes} bytes."
+            f"The identity's files and envelopes may use at most {settings.max_stored_bytes} bytes"
+            f" ({ROW_OVERHEAD} bytes more for each of them)."
         )
     return room
 
@@ -61,7 +67,7 @@ async def _precheck(request: web.Request) -> tuple[str, str, int, web.Response |
     _check_claim(record, owner)
     if record is not None and record.size is not None:
         return owner, file_id, 0, web.json_response({"id": file_id, "size": record.size})
-    return owner, file_id, await _room(request, owner), None
+    return owner, file_id, await _room(request, owner, new_row=record is None), None
 
 
 async def expect_upload(request: web.Request) -> web.StreamResponse | None:
@@ -84,7 +90,8 @@ async def put_file(request: web.Request) -> web.Response:
     if answer is not None:
         return answer
     store, settings = request.app[STORE], request.app[SETTINGS]
-    _check_claim(await store.claim_file(file_id, owner, now_iso()), owner)  # racing claims
+    claimed = await store.claim_file(file_id, owner, now_iso(), settings.max_stored_bytes)
+    _check_claim(claimed, owner)  # racing claims
     size = await request.app[BLOBS].receive(file_id, request.content, settings.max_file_size, room)
     try:
         completed = await store.complete_file(file_id, owner, size, settings.max_stored_bytes)

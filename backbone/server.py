@@ -10,6 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from backbone.app import create_app
+from backbone.context import SETTINGS
+from backbone.options import describe_limits
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,9 @@ async def start_embedded(
 
 async def serve(host: str, port: int, data_dir: Path, **options: Any) -> None:
     """Serve until cancelled."""
-    runner = make_runner(create_app(data_dir, **options))
+    app = create_app(data_dir, **options)
+    log.info("%s", describe_limits(app[SETTINGS]))
+    runner = make_runner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -62,9 +66,15 @@ async def serve(host: str, port: int, data_dir: Path, **options: Any) -> None:
 
 
 def run(host: str, port: int, data_dir: Path, **options: Any) -> None:
-    """Blocking entry point for the CLI; stops cleanly on Ctrl-C / SIGTERM."""
+    """Blocking entry point for the CLI; stops cleanly on Ctrl-C / SIGTERM.
+
+    ``options`` override :class:`backbone.context.Settings` defaults by name (the command line's
+    limits, see :mod:`backbone.options`); the effective limits are logged on one line first.
+    """
+    app = create_app(data_dir, **options)
+    log.info("%s", describe_limits(app[SETTINGS]))
     web.run_app(
-        create_app(data_dir, **options),
+        app,
         host=host,
         port=port,
         handler_cancellation=True,

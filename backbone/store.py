@@ -8,9 +8,7 @@ After a transaction that appended inbox items commits, the store calls ``on_appe
 loop, via ``call_soon_threadsafe``) with the addresses whose inboxes grew. This happens even if the
 awaiting request was cancelled in the meantime, so a long-poll is never left asleep.
 
-Schema version 2 (``PRAGMA user_version``). A version 1 file is migrated when opened, in one
-transaction: SQLite cannot change a unique constraint in place, so ``messages`` and ``inbox`` are
-rebuilt (see :func:`_migrate_v1`).
+What the tables look like, and the migration of an older file, are in :mod:`backbone.schema`.
 """
 
 from __future__ import annotations
@@ -31,11 +29,10 @@ from backbone.errors import (
     QuotaExceeded,
     RecipientNotFound,
 )
-from backbone.timeutil import iso, utc_timestamp
+from backbone.schema import ROW_OVERHEAD, sql_timestamp, upgrade
+from backbone.timeutil import iso
 
 T = TypeVar("T")
-
-SCHEMA_VERSION = 2
 
 # SQLite allows 32,766 parameters per statement; IN (...) lists are sent in slices of this size.
 IN_SLICE = 500
@@ -44,65 +41,6 @@ BUCKET_SECONDS = 3600
 BUCKETS_PER_DAY = 24
 # Every inbox item costs this much on top of its envelope or receipt when a page is measured.
 ITEM_OVERHEAD = 128
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS identities (
-        address      TEXT PRIMARY KEY,
-        signing_key  BLOB NOT NULL,
-        exchange_key BLOB NOT NULL,
-        created_at   TEXT NOT NULL,
-        proof        BLOB               -- NULL: stored by v1 and not registered again since
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS tokens (
-        token_hash BLOB PRIMARY KEY,
-        address    TEXT NOT NULL,
-        expires_at REAL NOT NULL
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS files (
-        id         TEXT PRIMARY KEY,
-        owner      TEXT NOT NULL,
-        size       INTEGER,            -- NULL while no upload has completed
-        created_at TEXT NOT NULL,
-        deleted    INTEGER NOT NULL DEFAULT 0  -- 1: a tombstone; the id stays reserved
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS messages (
-        row_id      INTEGER PRIMARY KEY,
-        id          TEXT NOT NULL,
-        sender      TEXT NOT NULL,
-        digest      BLOB NOT NULL,     -- SHA-256 of the canonical envelope JSON
-        envelope    TEXT NOT NULL,     -- the envelope as accepted (compact JSON)
-        size        INTEGER NOT NULL,  -- bytes of envelope (UTF-8); counts for the sender
-        accepted_at TEXT NOT NULL,
-        expires_at  TEXT,
-        expires_ts  REAL,              -- expires_at as POSIX time (UTC)
-        held        INTEGER NOT NULL,  -- inbox items still referring to this row
-        UNIQUE (sender, id)
-    )""",
-    """CREATE INDEX IF NOT EXISTS messages_prunable ON messages (expires_ts)
-        WHERE held = 0 AND expires_ts IS NOT NULL""",
-    """CREATE TABLE IF NOT EXISTS inbox (
-        cursor       INTEGER PRIMARY KEY AUTOINCREMENT,
-        recipient    TEXT NOT NULL,
-        kind         TEXT NOT NULL,    -- 'message' | 'receipt'
-        message_row  INTEGER,          -- messages: messages.row_id
-        message_id   TEXT,             -- receipts: the message id as its sender chose it
-        receipt_from TEXT,             -- receipts: the recipient who posted it
-        receipt      TEXT              -- receipts: the posted object (compact JSON)
-    )""",
-    "CREATE INDEX IF NOT EXISTS inbox_recipient_cursor ON inbox (recipient, cursor)",
-    """CREATE INDEX IF NOT EXISTS inbox_message_row ON inbox (message_row)
-        WHERE message_row IS NOT NULL""",
-    """CREATE TABLE IF NOT EXISTS usage (
-        address      TEXT PRIMARY KEY,
-        stored_bytes INTEGER NOT NULL  -- complete files + stored envelopes
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS send_counts (
-        sender TEXT NOT NULL,
-        bucket INTEGER NOT NULL,       -- POSIX time // BUCKET_SECONDS
-        count  INTEGER NOT NULL,
-        PRIMARY KEY (sender, bucket)
-    ) WITHOUT ROWID""",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +218,8 @@ class Store:
     # quotas
 
     async def stored_bytes(self, address: str) -> int:
-        """Bytes the identity holds now: complete files and stored envelopes."""
+        """The identity's stored-bytes usage now: its file rows and stored envelopes, each its
+        size plus ``ROW_OVERHEAD`` (see :data:`backbone.schema.USAGE_BY_ADDRESS`)."""
         return await self._run(lambda conn: _stored_bytes(conn, address))
 
     # files
@@ -288,21 +227,26 @@ class Store:
     async def get_file(self, file_id: str) -> FileRecord | None:
         return await self._run(lambda conn: _file(conn, file_id))
 
-    async def claim_file(self, file_id: str, owner: str, now: str) -> FileRecord:
+    async def claim_file(self, file_id: str, owner: str, now: str, max_stored: int) -> FileRecord:
         """Record an upload about to start; answer the record as it now stands.
 
         If the id is taken (or a tombstone) the existing record is returned unchanged; the caller
-        checks its owner and whether it was deleted.
+        checks its owner and whether it was deleted. A new row costs the owner ``ROW_OVERHEAD``;
+        beyond ``max_stored`` -> InsufficientStorage, and nothing is recorded.
         """
 
         def job(conn: sqlite3.Connection) -> FileRecord:
             with _transaction(conn):
-                conn.execute(
-                    "INSERT OR IGNORE INTO files (id, owner, size, created_at)"
-                    " VALUES (?, ?, NULL, ?)",
-                    (file_id, owner, now),
-                )
                 record = _file(conn, file_id)
+                if record is None:
+                    if _stored_bytes(conn, owner) + ROW_OVERHEAD > max_stored:
+                        raise InsufficientStorage(_storage_detail(max_stored))
+                    conn.execute(
+                        "INSERT INTO files (id, owner, size, created_at) VALUES (?, ?, NULL, ?)",
+                        (file_id, owner, now),
+                    )
+                    _add_usage(conn, owner, ROW_OVERHEAD)
+                    record = _file(conn, file_id)
             assert record is not None
             return record
 
@@ -330,7 +274,11 @@ class Store:
         return await self._run(job)
 
     async def delete_file(self, file_id: str, owner: str) -> bool:
-        """Turn the owner's file into a tombstone; False if it is not there (or a tombstone)."""
+        """Turn the owner's file into a tombstone; False if it is not there (or a tombstone).
+
+        The blob's bytes leave the owner's usage; the row's ``ROW_OVERHEAD`` stays, as the
+        tombstone does.
+        """
 
         def job(conn: sqlite3.Connection) -> bool:
             with _transaction(conn):
@@ -361,9 +309,11 @@ class Store:
         """Store the envelope and one inbox item per recipient, or recognise a repeat.
 
         ``recipients`` must be distinct. A repeat (same sender, id and digest) answers as the
-        first time did, even when the sender is over a quota now.
+        first time did, even when the sender is over a quota now. The envelope costs the
+        sender its size plus ``ROW_OVERHEAD`` until it is pruned.
         """
         size = len(envelope.encode())
+        cost = size + ROW_OVERHEAD
 
         def job(conn: sqlite3.Connection) -> Accepted:
             with _transaction(conn):
@@ -377,7 +327,7 @@ class Store:
                     return Accepted(accepted_at=row[1], created=False)
                 _check_recipients(conn, recipients)
                 _count_send(conn, sender, now, quota.envelopes_per_day)
-                if _stored_bytes(conn, sender) + size > quota.max_stored_bytes:
+                if _stored_bytes(conn, sender) + cost > quota.max_stored_bytes:
                     raise InsufficientStorage(_storage_detail(quota.max_stored_bytes))
                 accepted_at = iso(now)
                 cursor = conn.execute(
@@ -399,7 +349,7 @@ class Store:
                     "INSERT INTO inbox (recipient, kind, message_row) VALUES (?, 'message', ?)",
                     [(address, cursor.lastrowid) for address in recipients],
                 )
-                _add_usage(conn, sender, size)
+                _add_usage(conn, sender, cost)
             self._appended(recipients)
             return Accepted(accepted_at=accepted_at, created=True)
 
@@ -487,7 +437,7 @@ class Store:
                     conn.execute(f"DELETE FROM messages WHERE row_id IN ({marks})", chunk)
                 freed: dict[str, int] = {}
                 for _, sender, size in rows:
-                    freed[sender] = freed.get(sender, 0) + size
+                    freed[sender] = freed.get(sender, 0) + size + ROW_OVERHEAD
                 for sender, size in freed.items():
                     _add_usage(conn, sender, -size)
                 return len(rows)
@@ -506,92 +456,13 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA busy_timeout = 5000")
-        conn.create_function("utc_timestamp", 1, _sql_timestamp, deterministic=True)
-        _upgrade(conn, path)
+        conn.create_function("utc_timestamp", 1, sql_timestamp, deterministic=True)
+        with _transaction(conn):
+            upgrade(conn, path)
     except BaseException:
         conn.close()
         raise
     return conn
-
-
-def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the file to :data:`SCHEMA_VERSION`, all in one transaction."""
-    with _transaction(conn):
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: schema version {version} is newer than this backbone")
-        if version == 1:
-            _migrate_v1(conn)
-        _create_schema(conn)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    # Not executescript: it would commit the open transaction first.
-    for statement in SCHEMA:
-        conn.execute(statement)
-
-
-def _migrate_v1(conn: sqlite3.Connection) -> None:
-    """Version 1 -> 2, inside the caller's transaction.
-
-    v1 had message ids unique across senders and inbox rows naming a message by its bare id.
-    ``messages`` and ``inbox`` are rebuilt (row ids and cursors kept, and the cursor sequence
-    too, so cursors never go back); identities get an empty proof, files a tombstone flag, and
-    the stored-bytes counters are computed once. The receipts v1 made up itself on ack are
-    dropped: they were unsigned, and the v2 connector trusts only receipts the recipient signed.
-    Per-day envelope counts start empty.
-    """
-    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'").fetchone()
-    conn.execute("ALTER TABLE identities ADD COLUMN proof BLOB")
-    conn.execute("ALTER TABLE files ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
-    conn.execute("DROP INDEX IF EXISTS inbox_recipient_cursor")
-    conn.execute("ALTER TABLE messages RENAME TO messages_v1")
-    conn.execute("ALTER TABLE inbox RENAME TO inbox_v1")
-    _create_schema(conn)
-    conn.execute(
-        "INSERT INTO messages (row_id, id, sender, digest, envelope, size, accepted_at,"
-        " expires_at, expires_ts, held)"
-        " SELECT rowid, id, sender, digest, envelope, LENGTH(CAST(envelope AS BLOB)),"
-        " accepted_at, expires_at, utc_timestamp(expires_at), 0 FROM messages_v1"
-    )
-    conn.execute(
-        "INSERT INTO inbox (cursor, recipient, kind, message_row)"
-        " SELECT i.cursor, i.recipient, 'message', m.rowid"
-        " FROM inbox_v1 AS i JOIN messages_v1 AS m ON m.id = i.message_id"
-        " WHERE i.kind = 'message' ORDER BY i.cursor"
-    )
-    conn.execute(
-        "UPDATE messages SET held ="
-        " (SELECT COUNT(*) FROM inbox WHERE inbox.message_row = messages.row_id)"
-    )
-    conn.execute(
-        "INSERT INTO usage (address, stored_bytes)"
-        " SELECT owner, SUM(size) FROM files WHERE size IS NOT NULL GROUP BY owner"
-    )
-    conn.execute(
-        "INSERT INTO usage (address, stored_bytes)"
-        " SELECT sender, SUM(size) FROM messages WHERE true GROUP BY sender"
-        " ON CONFLICT (address) DO UPDATE SET stored_bytes = stored_bytes + excluded.stored_bytes"
-    )
-    conn.execute("DROP TABLE messages_v1")
-    conn.execute("DROP TABLE inbox_v1")
-    (highest,) = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM inbox").fetchone()
-    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'inbox'")
-    conn.execute(
-        "INSERT INTO sqlite_sequence (name, seq) VALUES ('inbox', ?)",
-        (max(highest, sequence[0] if sequence else 0),),
-    )
-
-
-def _sql_timestamp(value: object) -> float | None:
-    """``utc_timestamp(text)`` in SQL: the POSIX time of an ISO 8601 text, NULL if it is none."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return utc_timestamp(value)
-    except ValueError:
-        return None
 
 
 def _slices(values: Sequence[T]) -> Iterator[tuple[T, ...]]:
@@ -647,7 +518,10 @@ def _quota_wait(counts: Iterable[tuple[int, int]], total: int, per_day: int, now
 
 
 def _storage_detail(max_stored: int) -> str:
-    return f"The identity's files and envelopes may use at most {max_stored} bytes."
+    return (
+        f"The identity's files and envelopes may use at most {max_stored} bytes"
+        f" ({ROW_OVERHEAD} bytes more for each of them)."
+    )
 
 
 def _stored_bytes(conn: sqlite3.Connection, address: str) -> int:

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     backbone.add_argument("--host", default="127.0.0.1")
     backbone.add_argument("--port", type=int, default=8090)
     backbone.add_argument("--data-dir", type=Path, default=Path("./backbone-data"))
+    from backbone.options import add_limit_options
+
+    add_limit_options(backbone)
     backbone.set_defaults(func=_cmd_backbone)
 
     demo = commands.add_parser("demo", help="two connectors and a backbone, end to end")
@@ -161,9 +164,10 @@ async def _until_signalled() -> None:
 
 
 def _cmd_backbone(args: argparse.Namespace) -> int:
+    from backbone.options import limits_from
     from backbone.server import run
 
-    run(args.host, args.port, args.data_dir)
+    run(args.host, args.port, args.data_dir, **limits_from(args))
     return 0
 
 

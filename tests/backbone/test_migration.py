@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from backbone.schema import ROW_OVERHEAD, USAGE_BY_ADDRESS
 from connector.crypto import IdentityKeys, registration_proof
 from tests.backbone.conftest import Peer, StartBackbone, bearer, client_for, new_id
 
@@ -106,6 +107,9 @@ async def test_v1_data_dir_is_migrated(
     v1.db.execute(
         "INSERT INTO files VALUES (?, ?, ?, ?)", (new_id("FIL"), alice_keys.address, 700, ACCEPTED)
     )
+    v1.db.execute(  # claimed, never completed: its row counts too
+        "INSERT INTO files VALUES (?, ?, NULL, ?)", (new_id("FIL"), carol_keys.address, ACCEPTED)
+    )
     old_cursors = {
         recipient: cursor
         for cursor, recipient in v1.db.execute(
@@ -157,7 +161,9 @@ async def test_v1_data_dir_is_migrated(
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
         usage = dict(db.execute("SELECT address, stored_bytes FROM usage"))
         sizes = sum(len(canonical(e).encode()) for e in (acked, kept, fresh))
-        assert usage[alice_keys.address] == 700 + sizes
+        assert usage[alice_keys.address] == 700 + sizes + 4 * ROW_OVERHEAD  # 1 file, 3 envelopes
+        assert usage[carol_keys.address] == ROW_OVERHEAD
+        assert usage == dict(db.execute(USAGE_BY_ADDRESS))  # as v2 keeps it
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
