@@ -138,13 +138,15 @@ class SyncService:
         it; two pulls that fetch the same items store them once (ids are checked under the lock).
         A failed pull halves the page asked for next (a page too large to arrive in time, or to
         be read at all, then gets through), and each success doubles it back.
-        Returns the counts and whether items came (so there may be more).
+        Returns the counts and whether a full page came (so there may be more; a page the
+        platform cut short by bytes is taken up by the next pull).
         """
         async with self._sessions() as session:
             cursor = (await sync_state_repo.get(session)).cursor
             await session.commit()
         try:
-            page = await self._platform.fetch_inbox(cursor, self._page_size, wait)
+            asked = self._page_size
+            page = await self._platform.fetch_inbox(cursor, asked, wait)
         except platform_errors.PlatformError as exc:
             self._page_size = max(1, self._page_size // 2)
             await self._record_failure(str(exc))
@@ -164,7 +166,7 @@ class SyncService:
                 # same receipts again.
                 log.warning("ack of cursor %s failed: %s", page.cursor, exc)
         counts.pages = 1
-        return counts, bool(page.items)
+        return counts, len(page.items) >= asked
 
     async def health(self) -> str:
         """``ok``, or ``failing: ...`` once pulls keep failing (one failure is just a blip)."""
