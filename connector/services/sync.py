@@ -22,7 +22,7 @@ import asyncio
 import base64
 import binascii
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,7 +49,6 @@ from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import files as files_repo
 from storage.repositories import messages as messages_repo
-from storage.repositories import outbox as outbox_repo
 from storage.repositories import sync_state as sync_state_repo
 from storage.repositories.messages import Known, MessageRecord, Recipient
 
@@ -345,7 +344,7 @@ class SyncService:
         for _, message, files in stored:
             kind = "message.received" if message.status == "received" else "message.rejected"
             emit(session, kind, message, files)
-        counts.receipts = await self._apply_receipts(session, batch.receipts, now)
+        counts.receipts = await self._receipts.apply(session, batch.receipts, now)
         return counts
 
     async def _write_one_by_one(self, batch: _Batch, cursor: int, now: datetime) -> SyncCounts:
@@ -365,7 +364,7 @@ class SyncService:
                         arrival.reject(f"the message could not be stored: {type(exc).__name__}")
         try:
             async with self._sessions.begin() as session:
-                counts.receipts += await self._apply_receipts(session, batch.receipts, now)
+                counts.receipts += await self._receipts.apply(session, batch.receipts, now)
                 await self._advance(session, cursor, counts, now)
         except Exception:
             log.exception("applying %d receipts failed; they are dropped", len(batch.receipts))
@@ -509,61 +508,6 @@ class SyncService:
                 )
             )
         return answers
-
-    # -- receipts for what we sent --------------------------------------------------------------
-
-    async def _apply_receipts(
-        self, session: AsyncSession, receipts: list[Receipt], now: datetime
-    ) -> int:
-        """Mark recipients delivered, or the message failed when a recipient rejected it.
-
-        A ``delivered`` receipt counts only for the very envelope we sent (same digest). A
-        ``rejected`` one counts in any case (the recipient signed it), and the error says
-        whether what it refused differs from what we sent (altered on the way). Plain column
-        reads and bulk updates: a page of receipts costs a handful of statements.
-        """
-        by_message: dict[str, list[Receipt]] = {}
-        for receipt in receipts:
-            by_message.setdefault(receipt.message_id, []).append(receipt)
-        newly: list[messages_repo.RecipientState] = []
-        finished: list[int] = []
-        was_queued: set[int] = set()
-        refused: dict[int, str] = {}
-        for state in await messages_repo.outgoing_states(session, by_message):
-            for receipt in by_message[state.id]:
-                same = state.digest is not None and receipt.digest == state.digest
-                if receipt.status == "rejected":
-                    refused[state.seq] = f"rejected by the recipient {receipt.recipient}" + (
-                        "" if same else " (it received an envelope other than the one sent)"
-                    )
-                    continue
-                if not same:
-                    log.warning(
-                        "ignored a delivery receipt for %s: it is for another envelope", state.id
-                    )
-                    continue
-                for recipient in state.recipients:
-                    if recipient.address == receipt.recipient and recipient.delivered_at is None:
-                        recipient.delivered_at = min(receipt.at, now)
-                        newly.append(recipient)
-            delivered = all(r.delivered_at for r in state.recipients)
-            if state.status in ("queued", "sent") and delivered and state.seq not in refused:
-                finished.append(state.seq)
-                if state.status == "queued":  # the receipt beat the recording of "sent"
-                    was_queued.add(state.seq)
-            elif state.seq in refused and state.status == "queued":
-                was_queued.add(state.seq)
-        await messages_repo.set_delivered(session, newly)
-        await messages_repo.mark_delivered(session, finished, now)
-        failed = await messages_repo.mark_refused(session, refused, now)
-        await outbox_repo.remove_many(session, sorted(was_queued))
-        for record, files in await messages_repo.records(session, finished):
-            if record.seq in was_queued:  # every sent message gets its message.sent
-                emit(session, "message.sent", replace(record, status="sent"), files)
-            emit(session, "message.delivered", record, files)
-        for record, files in await messages_repo.records(session, failed):
-            emit(session, "message.failed", record, files)
-        return len(newly) + len(failed)
 
 
 def _digest(envelope: dict[str, Any]) -> bytes | None:
