@@ -17,7 +17,8 @@ The tree::
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── FileIntegrityFailed         502 file_integrity_failed
     ├── PeerKeyInvalid              502 peer_key_invalid; ``peers`` lists the addresses
-    └── PlatformUnavailable         503 platform_unavailable
+    ├── PlatformUnavailable         503 platform_unavailable
+    └── PlatformQuotaExceeded       507 platform_quota_exceeded
 
 Services raise these; one middleware in ``connector.api.problems`` turns them into RFC 9457
 problem JSON. Third-party errors are mapped into this tree where they enter our code.
@@ -153,6 +154,14 @@ class PeerKeyInvalid(ConnectorError):
     status = 502
     code = "peer_key_invalid"
     title = "Peer key invalid"
+
+
+class PlatformQuotaExceeded(ConnectorError):
+    """Our identity's quota at the platform is used up (stored bytes or envelopes per day)."""
+
+    status = 507
+    code = "platform_quota_exceeded"
+    title = "Platform quota exceeded"
 
 
 class PlatformUnavailable(ConnectorError):

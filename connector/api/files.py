@@ -45,7 +45,12 @@ _MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the f
     status=201,
     response=FileOut,
     content_type="multipart/form-data",
-    responses={413: "larger than files.max_size", 415: "not multipart/form-data"},
+    responses={
+        413: "larger than files.max_size",
+        415: "not multipart/form-data",
+        503: "the platform cannot be reached",
+        507: "our quota at the platform is used up (platform_quota_exceeded)",
+    },
 )
 async def upload_file(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]

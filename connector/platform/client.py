@@ -28,6 +28,7 @@ from connector.platform.errors import (
     PlatformError,
     PlatformFileNotFound,
     PlatformFileTooLarge,
+    PlatformQuotaExceeded,
     PlatformRejected,
     PlatformUnavailable,
     RecipientNotFound,
@@ -44,6 +45,7 @@ _JSON = {"Content-Type": "application/json"}
 # Renew a token this long before it expires (at most a tenth of its lifetime).
 _RENEW_MARGIN = 60.0
 _TRANSIENT_4XX = frozenset({408, 425, 429})
+_QUOTA_CODES = frozenset({"quota_exceeded", "insufficient_storage"})
 _INLINE_BODY_LIMIT = 512 * 1024
 # The platform bounds its pages at 8 MiB; a little more is allowed for JSON framing.
 DEFAULT_MAX_PAGE_BYTES = 9 * 1024 * 1024
@@ -506,6 +508,8 @@ def _error(status: int, raw: bytes) -> PlatformError:
         problem = {}
     code = str(problem.get("code") or f"http_{status}")
     detail = str(problem.get("detail") or raw[:200].decode("utf-8", "replace"))
+    if code in _QUOTA_CODES:
+        return PlatformQuotaExceeded(f"platform answered {status} {code}: {detail}")
     if status >= 500 or status in _TRANSIENT_4XX:
         return PlatformUnavailable(f"platform answered {status} {code}: {detail}")
     if code == "recipient_not_found":

@@ -5,7 +5,9 @@ and socket exceptions are translated once, in :func:`map_exceptions`, and never 
 
     PlatformError
      ├── PlatformUnavailable        transient: refused/reset connection, timeout, 5xx, 408, 429,
-     │                              a malformed answer. The caller may retry later.
+     │    │                         a malformed answer. The caller may retry later.
+     │    └── PlatformQuotaExceeded 429 quota_exceeded, 507 insufficient_storage: our identity's
+     │                              quota at the platform; it frees up with time or deletions
      └── PlatformRejected           permanent: a 4xx answer. ``status``, ``code``, ``detail``.
           ├── RecipientNotFound     404 recipient_not_found; ``addresses`` lists the unknown ones
           ├── IdentityNotFound      404 identity_not_found
@@ -27,6 +29,14 @@ class PlatformError(Exception):
 
 class PlatformUnavailable(PlatformError):
     """The platform could not be reached or did not answer properly; try again later."""
+
+
+class PlatformQuotaExceeded(PlatformUnavailable):
+    """Our identity used up a quota of the platform (envelopes per day, stored bytes).
+
+    Transient for a send (the outbox retries; the quota frees up), but worth telling apart for
+    an upload: the user can free space, and waiting in the request would not help.
+    """
 
 
 class PlatformRejected(PlatformError):

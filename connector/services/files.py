@@ -22,6 +22,7 @@ from connector.errors import (
     FileNotFound,
     FileTooLarge,
     Forbidden,
+    PlatformQuotaExceeded,
     PlatformUnavailable,
 )
 from connector.ids import new_file_id
@@ -103,6 +104,10 @@ class FileService:
                 raise cause from None
             if isinstance(exc, platform_errors.PlatformFileTooLarge):
                 raise FileTooLarge("the platform refused the file as too large") from None
+            if isinstance(exc, platform_errors.PlatformQuotaExceeded):
+                raise PlatformQuotaExceeded(
+                    f"the platform refused the file: our quota there is used up ({exc})"
+                ) from None
             raise PlatformUnavailable(f"file upload failed: {exc}") from None
         except BaseException:
             await self.discard(file_id)
