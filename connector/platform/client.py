@@ -439,24 +439,12 @@ def _typed_item(cursor: int, raw: dict[str, Any]) -> InboxItem:
             message_id=message_id if isinstance(message_id, str) else None,
         )
     if kind == "receipt":
-        receipt, message_id, recipient = (
-            raw.get("receipt"),
-            raw.get("messageId"),
-            raw.get("recipient"),
-        )
+        receipt, recipient = raw.get("receipt"), raw.get("recipient")
         if not isinstance(receipt, dict):
             raise _BadItem("receipt item without a receipt object")
-        if not isinstance(message_id, str) or not isinstance(recipient, str):
-            raise _BadItem("receipt item without messageId or recipient")
-        delivered_at = raw.get("deliveredAt")  # older platforms; nothing relies on it
-        return InboxItem(
-            cursor=cursor,
-            type="receipt",
-            message_id=message_id,
-            recipient=recipient,
-            receipt=receipt,
-            delivered_at=delivered_at if isinstance(delivered_at, str) else None,
-        )
+        if not isinstance(recipient, str):
+            raise _BadItem("receipt item without a recipient")
+        return InboxItem(cursor=cursor, type="receipt", recipient=recipient, receipt=receipt)
     raise _BadItem(f"unknown inbox item type {str(kind)[:40]!r}")
 
 

@@ -25,8 +25,9 @@ class InboxItem:
     """One inbox entry: an envelope addressed to us, or a receipt for one we sent.
 
     ``message`` items carry ``envelope`` (and ``message_id`` = its id, when it is a string);
-    ``receipt`` items carry ``message_id``, ``recipient`` (who acknowledged, as the platform says)
-    and ``receipt``, the object the recipient's connector signed (unverified here). An item the
+    ``receipt`` items carry ``recipient`` (who acknowledged, as the platform says) and
+    ``receipt``, the object the recipient's connector signed over the messages of one page
+    (unverified here). An item the
     platform sent malformed is ``invalid`` with an ``error``: it keeps its cursor, so the sync can
     skip it instead of stalling on it.
     """
@@ -36,7 +37,6 @@ class InboxItem:
     envelope: dict[str, Any] | None = None
     message_id: str | None = None
     recipient: str | None = None
-    delivered_at: str | None = None
     receipt: dict[str, Any] | None = None
     error: str | None = None
 

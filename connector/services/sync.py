@@ -34,7 +34,7 @@ from connector.crypto.at_rest import open_secret, seal_secret
 from connector.crypto.envelope import open_envelope
 from connector.crypto.errors import EnvelopeError
 from connector.crypto.keys import IdentityKeys
-from connector.crypto.receipts import Receipt, envelope_digest
+from connector.crypto.receipts import ReceiptItem, ReceiptStatus, envelope_digest
 from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
@@ -44,7 +44,7 @@ from connector.services.events import emit
 from connector.services.files import FILE_KEY_PURPOSE
 from connector.services.inbound import Header, Unstorable, freshness_problem, read_header
 from connector.services.peers import PeerDirectory, PeerKeys
-from connector.services.receipts import Outgoing, Receipts
+from connector.services.receipts import Outgoing, Receipts, Told
 from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import files as files_repo
@@ -95,7 +95,7 @@ class _Arrival:
 @dataclass
 class _Batch:
     arrivals: list[_Arrival] = field(default_factory=list)
-    receipts: list[Receipt] = field(default_factory=list)
+    receipts: list[Told] = field(default_factory=list)
 
 
 class SyncService:
@@ -204,7 +204,7 @@ class SyncService:
         except Exception:
             log.exception("storing a page of %d items failed; storing them one by one", len(items))
             counts = await self._write_one_by_one(batch, cursor, now)
-        return counts, await self._receipts.sign(self._answers(batch.arrivals, now))
+        return counts, await self._receipts.sign(self._answers(batch.arrivals), now)
 
     def _arrivals(self, items: list[InboxItem]) -> list[_Arrival]:
         """The page's envelopes that can be stored at all, once each per (sender, id)."""
@@ -484,8 +484,9 @@ class SyncService:
             digest=arrival.digest,
         )
 
-    def _answers(self, arrivals: list[_Arrival], now: datetime) -> list[Outgoing]:
-        """Our receipt for each envelope of the page: what we made of it, or made of it before."""
+    def _answers(self, arrivals: list[_Arrival]) -> list[Outgoing]:
+        """Our receipt item for each envelope of the page: what we made of it, or made of it
+        before (a repeat is answered as the first time)."""
         answers = []
         for arrival in arrivals:
             if arrival.skipped:
@@ -494,21 +495,12 @@ class SyncService:
             digest = known.digest if known is not None else arrival.digest
             if digest is None:
                 continue  # no digest, no receipt: the sender could not match it anyway
-            if known is not None:
-                accepted, at = known.status != "rejected", known.received_at or now
-            else:
-                accepted, at = arrival.body is not None, now
+            accepted = known.status != "rejected" if known is not None else arrival.body is not None
+            status: ReceiptStatus = "delivered" if accepted else "rejected"
             answers.append(
-                Outgoing(
-                    message_id=arrival.header.id,
-                    sender=arrival.header.sender,
-                    status="delivered" if accepted else "rejected",
-                    digest=digest,
-                    at=at,
-                )
+                Outgoing(arrival.header.sender, ReceiptItem(arrival.header.id, digest, status))
             )
         return answers
-
 
 def _digest(envelope: dict[str, Any]) -> bytes | None:
     """The envelope's digest; None when it is not canonical JSON (it cannot have been signed)."""

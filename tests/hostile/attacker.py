@@ -213,7 +213,7 @@ class Attacker:
 # receipts, as pinned in issue8-spec.md (written here from the spec, not imported, so the
 # tests do not depend on the code they check)
 
-RECEIPT_CONTEXT = b"connector-receipt-v1\x00"
+RECEIPT_CONTEXT = b"connector-receipt-v2\x00"
 
 
 def _canonical(value: Mapping[str, Any]) -> bytes:
@@ -236,15 +236,14 @@ def forge_receipt(
     digest: str,
     status: str = "delivered",
 ) -> dict[str, Any]:
-    """A receipt object in the pinned shape, signed by ``signer`` (who may not be the recipient)."""
+    """A receipt object in the pinned shape (one page's messages of one sender; here one),
+    signed by ``signer`` (who may not be the recipient)."""
     receipt: dict[str, Any] = {
-        "version": 1,
-        "messageId": message_id,
+        "version": 2,
         "sender": sender,
         "recipient": recipient,
-        "status": status,
-        "digest": digest,
         "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "messages": [{"id": message_id, "digest": digest, "status": status}],
     }
     receipt["signature"] = b64(signer.sign(RECEIPT_CONTEXT + _canonical(receipt)))
     return receipt

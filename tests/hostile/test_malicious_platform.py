@@ -141,7 +141,8 @@ async def test_swapped_exchange_key_is_refused_and_nothing_is_sealed_to_it(
 def _receipt_item(
     cursor: int, message_id: str, recipient: str, receipt: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """A receipt item as the platform serves it; ``deliveredAt`` keeps the v1 shape too."""
+    """A receipt item as the platform serves it; ``messageId`` and ``deliveredAt`` keep the
+    shape of a platform that writes receipts itself (v1), so that forgery is tried too."""
     item: dict[str, Any] = {
         "cursor": cursor,
         "type": "receipt",
@@ -191,7 +192,11 @@ async def test_forged_receipt_for_a_message_never_delivered(
             return (await _message(alice, first["id"]))["status"] == "delivered"
 
         await eventually(first_delivered, "a genuine receipt for the first message")
-        genuine = next(r for r in proxy.upstream_receipts if r["messageId"] == first["id"])
+        genuine = next(
+            r
+            for r in proxy.upstream_receipts
+            if first["id"] in {m["id"] for m in r["receipt"]["messages"]}
+        )
     envelope = await _swallowed_send(alice, proxy, carol)
     message_id = envelope["id"]
 
