@@ -50,8 +50,9 @@ class Settings:
     """Items of one inbox page (always at least one item)."""
     max_receipts: int = 1000
     """Receipts in one ack (400 ``invalid_request``)."""
-    max_receipt_bytes: int = 2 * KIB
-    """One receipt object as compact JSON (400 ``invalid_request``)."""
+    max_receipt_bytes: int = 128 * KIB
+    """One receipt object as compact JSON (400 ``invalid_request``); one receipt covers up to
+    1000 messages of one sender, so this is about 120 bytes per message."""
     challenges_per_address: int = 16
     """Outstanding challenges per address; a new one drops the oldest."""
     max_challenges: int = 100_000

@@ -1,9 +1,10 @@
 """Per-recipient inbox: cursor paging, long-poll, acknowledgement relaying signed receipts.
 
-The backbone does not make up receipts: the recipient's connector signs them and posts them with
-its ack, and the backbone relays each into the sender's inbox only when it belongs to a message
-that ack removes. It does not check the signature (the sender does, with the key it pinned); the
-receipt's shape is checked only so that what is relayed is small and names a real message.
+The backbone does not make up receipts: the recipient's connector signs one per sender and page
+(covering many messages) and posts them with its ack, and the backbone relays each into the
+sender's inbox only when every message it covers is a message of that sender that the ack removes.
+It does not check the signature (the sender does, with the key it pinned); the receipt's shape is
+checked only so that what is relayed is small and names real messages.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from backbone.validation import (
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_WAIT = 60.0
+MAX_RECEIPT_MESSAGES = 1000
+"""Messages one receipt may cover (a page holds at most ``MAX_LIMIT`` items)."""
 
 
 def _item_json(row: InboxRow) -> str:
@@ -38,7 +41,7 @@ def _item_json(row: InboxRow) -> str:
     if row.kind == "message":
         return f'{{"cursor":{row.cursor},"type":"message","envelope":{row.envelope or "null"}}}'
     return (
-        f'{{"cursor":{row.cursor},"type":"receipt","messageId":{dumps(row.message_id)},'
+        f'{{"cursor":{row.cursor},"type":"receipt",'
         f'"recipient":{dumps(row.receipt_from)},"receipt":{row.receipt or "null"}}}'
     )
 
@@ -83,13 +86,24 @@ def _receipt(raw: object, max_bytes: int) -> PostedReceipt:
         raise InvalidRequest("A receipt holds text that is not valid Unicode.") from None
     if len(text.encode()) > max_bytes:
         raise InvalidRequest(f"A receipt may be at most {max_bytes} bytes of JSON.")
-    message_id = raw.get("messageId")
-    if not isinstance(message_id, str) or not MESSAGE_ID.fullmatch(message_id):
-        raise InvalidRequest(f"A receipt's 'messageId' must match {MESSAGE_ID.pattern}.")
+    messages = raw.get("messages")
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_RECEIPT_MESSAGES:
+        raise InvalidRequest(
+            f"A receipt's 'messages' must be a list of 1 to {MAX_RECEIPT_MESSAGES} objects."
+        )
+    ids: list[str] = []
+    for entry in messages:
+        message_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(message_id, str) or not MESSAGE_ID.fullmatch(message_id):
+            raise InvalidRequest(
+                f"Each of a receipt's 'messages' must be an object whose 'id' matches"
+                f" {MESSAGE_ID.pattern}."
+            )
+        ids.append(message_id)
     return PostedReceipt(
         sender=_address(raw, "sender"),
-        message_id=message_id,
         recipient=_address(raw, "recipient"),
+        message_ids=tuple(ids),
         text=text,
     )
 

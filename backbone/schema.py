@@ -77,7 +77,7 @@ SCHEMA = (
         recipient    TEXT NOT NULL,
         kind         TEXT NOT NULL,    -- 'message' | 'receipt'
         message_row  INTEGER,          -- messages: messages.row_id
-        message_id   TEXT,             -- receipts: the message id as its sender chose it
+        message_id   TEXT,             -- unused since receipts cover many messages (NULL)
         receipt_from TEXT,             -- receipts: the recipient who posted it
         receipt      TEXT              -- receipts: the posted object (compact JSON)
     )""",

@@ -78,7 +78,7 @@ class Quota:
 class InboxRow:
     cursor: int
     kind: str
-    message_id: str | None
+    message_id: str | None  # message items: the envelope's id
     envelope: str | None  # message items: the stored envelope JSON text
     receipt_from: str | None
     receipt: str | None  # receipt items: the posted object as JSON text
@@ -86,11 +86,13 @@ class InboxRow:
 
 @dataclass(frozen=True, slots=True)
 class PostedReceipt:
-    """A receipt an acknowledging recipient posted, checked for shape by the handler."""
+    """A receipt an acknowledging recipient posted, checked for shape by the handler.
+
+    One receipt covers messages of one sender (typically all of that sender's in one page)."""
 
     sender: str
-    message_id: str
     recipient: str
+    message_ids: tuple[str, ...]  # messages[].id, in the order posted
     text: str  # the object as compact JSON, relayed as is
 
 
@@ -360,12 +362,15 @@ class Store:
     ) -> list[InboxRow]:
         """The next items, at most ``limit`` and ``max_bytes`` of them, but at least one.
 
-        Sizes are looked at first, so an over-long page is never read into memory.
+        Sizes are looked at first, so an over-long page is never read into memory. A message item
+        counts its envelope's bytes, a receipt item the bytes of its posted object and of the
+        recipient that posted it (both UTF-8, as they are sent); each also ``ITEM_OVERHEAD``.
         """
 
         def job(conn: sqlite3.Connection) -> list[InboxRow]:
             sizes = conn.execute(
-                "SELECT i.cursor, COALESCE(m.size, LENGTH(i.receipt), 0)"
+                "SELECT i.cursor, COALESCE(m.size, LENGTH(CAST(i.receipt AS BLOB))"
+                " + COALESCE(LENGTH(CAST(i.receipt_from AS BLOB)), 0), 0)"
                 " FROM inbox AS i LEFT JOIN messages AS m ON m.row_id = i.message_row"
                 " WHERE i.recipient = ? AND i.cursor > ? ORDER BY i.cursor LIMIT ?",
                 (address, after, limit),
@@ -390,8 +395,9 @@ class Store:
     ) -> tuple[int, int]:
         """Drop the caller's items up to ``cursor``; relay its receipts for the messages dropped.
 
-        A receipt is relayed only when it names the caller as recipient and its (sender,
-        messageId) is a message item this ack removes; at most one per message. Answers
+        A receipt is relayed (as one receipt item in its sender's inbox) only when it names the
+        caller as recipient and every message it covers is a message item from its sender that
+        this ack removes, none covered by a receipt relayed before it in the same ack. Answers
         (items removed, receipts relayed).
         """
 
@@ -408,9 +414,9 @@ class Store:
                     "DELETE FROM inbox WHERE recipient = ? AND cursor <= ?", (address, cursor)
                 ).rowcount
                 conn.executemany(
-                    "INSERT INTO inbox (recipient, kind, message_id, receipt_from, receipt)"
-                    " VALUES (?, 'receipt', ?, ?, ?)",
-                    [(r.sender, r.message_id, address, r.text) for r in relayed],
+                    "INSERT INTO inbox (recipient, kind, receipt_from, receipt)"
+                    " VALUES (?, 'receipt', ?, ?)",
+                    [(r.sender, address, r.text) for r in relayed],
                 )
             self._appended(list(dict.fromkeys(r.sender for r in relayed)))
             return acked, len(relayed)
@@ -553,21 +559,37 @@ def _page_end(sizes: Sequence[tuple[int, int]], max_bytes: int) -> int:
 def _relayable(
     conn: sqlite3.Connection, address: str, cursor: int, receipts: Sequence[PostedReceipt]
 ) -> list[PostedReceipt]:
-    """The receipts this ack relays: the caller's, for message items it acknowledges."""
-    chosen: dict[tuple[str, str], PostedReceipt] = {}
-    for receipt in receipts:
-        key = (receipt.sender, receipt.message_id)
-        if receipt.recipient != address or key in chosen:
-            continue
-        held = conn.execute(
-            "SELECT 1 FROM messages AS m JOIN inbox AS i ON i.message_row = m.row_id"
-            " WHERE m.sender = ? AND m.id = ?"
-            " AND i.recipient = ? AND i.kind = 'message' AND i.cursor <= ?",
-            (receipt.sender, receipt.message_id, address, cursor),
-        ).fetchone()
-        if held is not None:
-            chosen[key] = receipt
-    return list(chosen.values())
+    """The receipts this ack relays, in the order posted.
+
+    One query per slice of senders reads the ids of the message items this ack removes, as a set
+    per sender; each receipt is then a few set operations, with no query per message.
+    """
+    mine = [r for r in receipts if r.recipient == address]
+    if not mine:
+        return []
+    acked: dict[str, set[str]] = {}
+    for chunk in _slices(list(dict.fromkeys(r.sender for r in mine))):
+        marks = ",".join("?" * len(chunk))
+        for sender, message_id in conn.execute(
+            "SELECT m.sender, m.id FROM inbox AS i JOIN messages AS m ON m.row_id = i.message_row"
+            f" WHERE i.recipient = ? AND i.cursor <= ? AND i.kind = 'message'"
+            f" AND m.sender IN ({marks})",
+            (address, cursor, *chunk),
+        ):
+            acked.setdefault(sender, set()).add(message_id)
+    covered: dict[str, set[str]] = {}
+    chosen: list[PostedReceipt] = []
+    for receipt in mine:
+        ids = frozenset(receipt.message_ids)
+        done = covered.setdefault(receipt.sender, set())
+        if (
+            len(ids) == len(receipt.message_ids)  # an id twice in one receipt covers it twice
+            and ids <= acked.get(receipt.sender, set())
+            and ids.isdisjoint(done)
+        ):
+            done |= ids
+            chosen.append(receipt)
+    return chosen
 
 
 def _identity(conn: sqlite3.Connection, address: str) -> Identity | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,22 +32,53 @@ def iso(moment: datetime) -> str:
 
 
 def receipt_for(
-    envelope: Mapping[str, Any], recipient: str, status: str = "delivered", **changes: Any
+    envelopes: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    recipient: str,
+    status: str = "delivered",
+    **changes: Any,
 ) -> dict[str, Any]:
-    """A receipt shaped as the connector signs it. The backbone never checks the signature
-    (the sender does), so random bytes stand in for it here."""
-    receipt = {
-        "version": 1,
-        "messageId": envelope["id"],
-        "sender": envelope["sender"],
+    """A receipt shaped as the connector signs it (v2: one per sender and page, covering
+    ``envelopes``, which share a sender). The backbone never checks the signature (the sender
+    does), so random bytes stand in for it and the digests here."""
+    batch = [envelopes] if isinstance(envelopes, Mapping) else list(envelopes)
+    receipt: dict[str, Any] = {
+        "version": 2,
+        "sender": batch[0]["sender"],
         "recipient": recipient,
-        "status": status,
-        "digest": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "at": datetime.now(UTC).isoformat(),
+        "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "messages": [
+            {
+                "id": envelope["id"],
+                "digest": base64.b64encode(secrets.token_bytes(32)).decode(),
+                "status": status,
+            }
+            for envelope in batch
+        ],
         "signature": base64.b64encode(secrets.token_bytes(64)).decode(),
     }
     receipt.update(changes)
     return receipt
+
+
+async def raw_inbox(
+    session: aiohttp.ClientSession, url: str, client: PlatformClient, after: int = 0
+) -> list[dict[str, Any]]:
+    """The items of one inbox page as the backbone sent them (JSON), read as ``client``."""
+    async with session.get(
+        f"{url}/v1/inbox",
+        params={"after": str(after), "limit": "1000"},
+        headers={"Authorization": f"Bearer {await client._bearer()}"},
+    ) as response:
+        assert response.status == 200
+        items: list[dict[str, Any]] = (await response.json())["items"]
+        return items
+
+
+async def raw_receipts(
+    session: aiohttp.ClientSession, url: str, client: PlatformClient
+) -> list[dict[str, Any]]:
+    """The receipt items of ``client``'s inbox, as sent."""
+    return [item for item in await raw_inbox(session, url, client) if item["type"] == "receipt"]
 
 
 async def bearer(peer: Peer) -> dict[str, str]:

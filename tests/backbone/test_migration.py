@@ -14,7 +14,15 @@ import pytest
 
 from backbone.schema import ROW_OVERHEAD, USAGE_BY_ADDRESS
 from connector.crypto import IdentityKeys, registration_proof
-from tests.backbone.conftest import Peer, StartBackbone, bearer, client_for, new_id
+from tests.backbone.conftest import (
+    Peer,
+    StartBackbone,
+    bearer,
+    client_for,
+    new_id,
+    raw_receipts,
+    receipt_for,
+)
 
 V1_SCHEMA = """
 CREATE TABLE identities (
@@ -149,12 +157,10 @@ async def test_v1_data_dir_is_migrated(
     await alice_client.send_message(fresh)
     page = await bob.fetch_inbox(0)
     assert page.items[-1].cursor > sequence
-    receipt = {"messageId": kept["id"], "sender": alice_keys.address, "recipient": bob_keys.address}
+    receipt = receipt_for(kept, bob_keys.address)
     await bob.ack(page.items[0].cursor, [receipt])
-    receipts = (await alice_client.fetch_inbox(0)).items
-    assert [(r.type, r.message_id, r.receipt) for r in receipts] == [
-        ("receipt", kept["id"], receipt)
-    ]
+    receipts = await raw_receipts(session, backbone.url, alice_client)
+    assert [(r["recipient"], r["receipt"]) for r in receipts] == [(bob_keys.address, receipt)]
     await backbone.stop()
 
     with sqlite3.connect(data_dir / "backbone.sqlite3") as db:
