@@ -6,7 +6,8 @@ Everything the rest of the connector needs is re-exported here; the submodules a
 - :mod:`.at_rest`: the master key and secrets sealed under it in the database;
 - :mod:`.stream`: chunked streaming file encryption (constant memory, tamper-evident);
 - :mod:`.envelope`: signed, multi-recipient message envelopes;
-- :mod:`.receipts`: receipts the recipient signs, tied to one envelope by its digest;
+- :mod:`.receipts`: receipts the recipient signs, one per sender and inbox page, each item
+  tied to one envelope by its digest;
 - :mod:`.errors`: the exception tree.
 """
 
@@ -27,8 +28,11 @@ from .keys import (
     verify_signature,
 )
 from .receipts import (
+    MAX_RECEIPT_MESSAGES,
     RECEIPT_CONTEXT,
+    RECEIPT_VERSION,
     Receipt,
+    ReceiptItem,
     ReceiptStatus,
     envelope_digest,
     parse_receipt,
@@ -50,7 +54,9 @@ __all__ = [
     "ADDRESS_PREFIX",
     "AUTH_CONTEXT",
     "DEFAULT_CHUNK_SIZE",
+    "MAX_RECEIPT_MESSAGES",
     "RECEIPT_CONTEXT",
+    "RECEIPT_VERSION",
     "REGISTRATION_CONTEXT",
     "CryptoError",
     "EnvelopeError",
@@ -58,6 +64,7 @@ __all__ = [
     "IntegrityError",
     "Receipt",
     "ReceiptError",
+    "ReceiptItem",
     "ReceiptStatus",
     "SignatureError",
     "StreamDecryptor",

@@ -37,7 +37,8 @@ class IntegrityError(CryptoError):
 
 
 class ReceiptError(CryptoError):
-    """A receipt does not have the pinned shape (types, lengths, encodings, time range).
+    """A receipt does not have the pinned shape (fields, 1..1000 items with unique ids, types,
+    lengths, encodings, time range).
 
     Raised by ``parse_receipt`` only; a well-formed receipt with a bad signature is not an
     error but ``verify_receipt(...) is False``, so the caller decides what to log.
