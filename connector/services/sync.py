@@ -502,6 +502,7 @@ class SyncService:
             )
         return answers
 
+
 def _digest(envelope: dict[str, Any]) -> bytes | None:
     """The envelope's digest; None when it is not canonical JSON (it cannot have been signed)."""
     try:
