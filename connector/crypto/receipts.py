@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from connector.clock import aware_in_range
 from connector.ids import MESSAGE_ID
 
 from .errors import ReceiptError
@@ -76,7 +77,6 @@ _ADDRESS_LENGTH = 35
 _DIGEST_LENGTH = 4 * ((_DIGEST_SIZE + 2) // 3)
 _SIGNATURE_LENGTH = 4 * ((_SIGNATURE_SIZE + 2) // 3)
 _AT_LENGTH = len("2026-12-01T20:00:00.000000+00:00")
-_MIN_YEAR, _MAX_YEAR = 2000, 9999
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +151,12 @@ def sign_receipt(
             raise ValueError(f"items[{index}].digest must be {_DIGEST_SIZE} bytes")
         if not isinstance(item.status, str) or item.status not in _STATUSES:
             raise ValueError(f"items[{index}].status must be 'delivered' or 'rejected'")
-    if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+    if not isinstance(at, datetime):
         raise ValueError("at must be an aware datetime")
     try:
-        utc = at.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("at is out of range in UTC") from None
-    if not _MIN_YEAR <= utc.year <= _MAX_YEAR:
-        raise ValueError(f"at must be in the years {_MIN_YEAR}..{_MAX_YEAR}")
+        utc = aware_in_range(at)
+    except ValueError as exc:
+        raise ValueError(f"at {exc}") from None
     receipt = _unsigned(sender, keys.address, utc, items)
     signature = keys.sign(RECEIPT_CONTEXT + _canonical(receipt))
     receipt["signature"] = _b64encode(signature)
@@ -362,14 +360,10 @@ def _parse_at(value: object) -> datetime:
         at = datetime.fromisoformat(value)
     except ValueError:
         raise ReceiptError("receipt field 'at' is not an ISO 8601 time") from None
-    if at.tzinfo is None:
-        raise ReceiptError("receipt field 'at' has no UTC offset")
     try:
-        utc = at.astimezone(UTC)
-    except OverflowError:
-        raise ReceiptError("receipt field 'at' is out of range in UTC") from None
-    if not _MIN_YEAR <= utc.year <= _MAX_YEAR:
-        raise ReceiptError(f"receipt field 'at' is outside the years {_MIN_YEAR}..{_MAX_YEAR}")
+        utc = aware_in_range(at)
+    except ValueError as exc:
+        raise ReceiptError(f"receipt field 'at' {exc}") from None
     if utc.isoformat(timespec="microseconds") != value:
         raise ReceiptError("receipt field 'at' is not in UTC with microseconds, as signed")
     return utc

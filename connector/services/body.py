@@ -9,7 +9,7 @@ that do not add up are refused here, before anything is stored.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from connector.clock import aware_in_range
 from connector.crypto.stream import MAX_CHUNK_SIZE, ciphertext_size
 
 MAX_ATTACHMENTS = 100
@@ -29,7 +30,6 @@ MAX_TAGS = 50
 MAX_CONTENT_DEPTH = 64
 MAX_FILE_SIZE = 1 << 50  # far past any platform's limit; fits a BIGINT with room for the tags
 _MIN_CHUNK_SIZE = 4096
-_EARLIEST, _LATEST = 2000, 9999
 
 
 def _no_controls(value: str) -> str:
@@ -48,19 +48,6 @@ def _utf8(value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("is not valid Unicode text (lone surrogate)") from None
     return value
-
-
-def aware_in_range(value: datetime) -> datetime:
-    """A time with an offset, in UTC, in years 2000..9999 (so it converts without overflow)."""
-    if value.tzinfo is None:
-        raise ValueError("must have a UTC offset")
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of range") from None
-    if not _EARLIEST <= utc.year <= _LATEST:
-        raise ValueError(f"must be in the years {_EARLIEST}..{_LATEST}")
-    return utc
 
 
 Line = Annotated[str, AfterValidator(_no_controls)]

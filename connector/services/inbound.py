@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from connector.clock import aware_in_range
 from connector.crypto.keys import is_valid_address
 from connector.ids import MESSAGE_ID
-from connector.services.body import aware_in_range
 
 MAX_RECIPIENTS = 1000
 """More than the platform accepts; what is stored of a rejected item's recipient list."""
