@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from connector.clock import aware_in_range
 from connector.ids import FILE_ID
+from connector.services.body import Line, _check_json
 
 
 class _Model(BaseModel):
@@ -37,9 +39,22 @@ def _file_id(value: str) -> str:
     return value
 
 
+def _storable(content: dict[str, Any]) -> dict[str, Any]:
+    """Content a peer accepts and a JSON answer can carry: bounded depth, valid Unicode.
+
+    The same check the receiving side makes (``connector.services.body``), so what we accept
+    is never refused by the peer, and a lone surrogate is never stored to break every later
+    page of the message list and the event feed.
+    """
+    _check_json(content)
+    return content
+
+
 Address = Annotated[str, AfterValidator(_address)]
 FileIdStr = Annotated[str, AfterValidator(_file_id)]
-Tag = Annotated[str, Field(min_length=1, max_length=100)]
+Tag = Annotated[Line, Field(min_length=1, max_length=100)]
+Content = Annotated[dict[str, Any], AfterValidator(_storable)]
+AwareTime = Annotated[datetime, AfterValidator(aware_in_range)]
 
 
 class FileOut(_Model):
@@ -102,10 +117,10 @@ class EventOut(_Model):
 
 class SendMessageRequest(_Request):
     recipients: Annotated[list[Address], Field(min_length=1, max_length=100)]
-    content: dict[str, Any]
+    content: Content
     attachments: Annotated[list[FileIdStr], Field(max_length=100)] = []
-    name: Annotated[str, Field(min_length=1, max_length=255)] | None = None
-    correlation_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    name: Annotated[Line, Field(min_length=1, max_length=255)] | None = None
+    correlation_key: Annotated[Line, Field(min_length=1, max_length=255)] | None = None
     time_to_live: Annotated[int, Field(gt=0, le=365 * 24 * 3600)] | None = None
     tags: Annotated[list[Tag], Field(max_length=50)] = []
 
@@ -180,8 +195,8 @@ class MessageListQuery(_Query):
     correlation_key: str | None = None
     status: MessageStatus | None = None
     unread: bool | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    created_after: AwareTime | None = None
+    created_before: AwareTime | None = None
     order: Literal["asc", "desc"] = "desc"
 
 

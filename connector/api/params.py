@@ -35,6 +35,8 @@ async def json_body(request: web.Request, model: type[M]) -> M:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"the body is not valid JSON: {exc}", status=400) from None
+    except RecursionError:  # the decoder recurses per level; a hostile depth ends here
+        raise ValidationFailed("the body is nested too deeply to be read", status=400) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
