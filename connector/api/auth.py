@@ -30,6 +30,10 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         key = request.headers.get(HEADER, "")
         if not key:
             raise Unauthorized(f"the {HEADER} header is missing")
+        if not _printable_ascii(key):
+            # Keys are printable ASCII; anything else (raw UTF-8 or latin-1 bytes, which aiohttp
+            # hands over as text) is no key, and could not be hashed or compared as one.
+            raise Unauthorized("the API key is not valid")
         principal = await request.app[API_KEYS].authenticate(key)
         if principal is None:
             hmac.compare_digest(key, key)  # same work whether or not the key exists
@@ -39,3 +43,7 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         request[PRINCIPAL] = principal
     response: web.StreamResponse = await handler(request)
     return response
+
+
+def _printable_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
