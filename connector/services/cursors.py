@@ -12,6 +12,7 @@ import base64
 import json
 from datetime import datetime
 
+from connector.clock import aware_in_range
 from connector.errors import ValidationFailed
 
 _MAX_SEQ = 2**63 - 1
@@ -43,7 +44,10 @@ def decode_timed(kind: str, cursor: str, *, field: str, hint: str) -> tuple[date
         created_at, key = json.loads(_unpack(kind, cursor))
         if not isinstance(created_at, str) or not isinstance(key, str):
             raise ValueError(cursor)
-        return datetime.fromisoformat(created_at), key
+        if not key.isascii() or not key.isprintable():  # ids are; a crafted one may not be
+            raise ValueError(cursor)
+        # a crafted cursor may hold a naive or out-of-range time; SQL would fail comparing it
+        return aware_in_range(datetime.fromisoformat(created_at)), key
     except (ValueError, TypeError):
         raise _invalid(field, hint) from None
 
