@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, web
 from aiohttp.hdrs import CONTENT_TYPE
+from aiohttp.http import HttpProcessingError
 
 from connector.api.appkeys import RUNTIME
 from connector.api.params import json_response, query
@@ -24,7 +25,7 @@ from connector.errors import (
 )
 from connector.runtime import Runtime
 from connector.schemas import FileListQuery, FileOut, FilePage
-from connector.services.files import FileMetadata, UploadedBlob
+from connector.services.files import FileMetadata, UploadedBlob, safe_filename
 from connector.services.views import file_out
 from storage.models import File
 
@@ -36,6 +37,8 @@ _MAX_PARTS = 32
 _MAX_TEXT = 64 * 1024
 _TEXT_FIELDS = ("title", "description", "expiresAt", "tags")
 _MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the file
+_MAX_MIMETYPE = 255  # the column, and what a peer accepts in an attachment descriptor
+OCTET_STREAM = "application/octet-stream"
 
 
 @routes.post(
@@ -46,8 +49,12 @@ _MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the f
     response=FileOut,
     content_type="multipart/form-data",
     responses={
+        400: "validation_failed: the multipart body is malformed, or a part header holds "
+        "control characters or bytes that are not UTF-8",
         413: "larger than files.max_size",
         415: "not multipart/form-data",
+        422: "validation_failed: no part named 'file', an unknown part, or a form field that "
+        "does not fit (expiresAt, tags, lengths)",
         503: "the platform cannot be reached",
         507: "our quota at the platform is used up (platform_quota_exceeded)",
     },
@@ -73,7 +80,7 @@ async def _read_form(
     request: web.Request, runtime: Runtime
 ) -> tuple[UploadedBlob, str, str, dict[str, list[str]]]:
     blob: UploadedBlob | None = None
-    filename, mimetype = "file", "application/octet-stream"
+    filename, mimetype = "file", OCTET_STREAM
     fields: dict[str, list[str]] = {}
     try:
         reader = await request.multipart()
@@ -82,14 +89,15 @@ async def _read_form(
             parts += 1
             if parts > _MAX_PARTS or not isinstance(part, BodyPartReader):
                 raise ValidationFailed("too many or nested parts in the form", status=400)
+            _check_part_headers(part, parts)
             if part.name == "file":
                 if blob is not None:
                     raise ValidationFailed("only one part named 'file' is allowed", status=422)
-                filename = _filename(part.filename)
+                filename = safe_filename(_filename(part.filename))
                 mimetype = (
-                    part.headers.get(CONTENT_TYPE)
+                    _mimetype(part.headers.get(CONTENT_TYPE))
                     or mimetypes.guess_type(filename)[0]
-                    or "application/octet-stream"
+                    or OCTET_STREAM
                 )
                 blob = await runtime.files.upload(_pieces(part))
             elif part.name in _TEXT_FIELDS:
@@ -99,10 +107,15 @@ async def _read_form(
                     f"unknown form part {part.name!r}; expected file, {', '.join(_TEXT_FIELDS)}",
                     status=422,
                 )
-    except ValueError as exc:  # aiohttp's reader: truncated or malformed body
+    except (ValueError, HttpProcessingError) as exc:
+        # aiohttp's reader: a truncated or malformed body (ValueError), or part headers its
+        # parser refuses, such as control characters or an over-long line (HttpProcessingError)
         if blob is not None:
             await runtime.files.discard(blob.file_id)
-        raise ValidationFailed(f"the multipart body is malformed: {exc}", status=400) from None
+        detail = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        raise ValidationFailed(
+            f"the multipart body is malformed: {_shown(str(detail))}", status=400
+        ) from None
     except ConnectorError:
         if blob is not None:
             await runtime.files.discard(blob.file_id)
@@ -110,6 +123,40 @@ async def _read_form(
     if blob is None:
         raise ValidationFailed("the form has no part named 'file'", status=422)
     return blob, filename, mimetype, fields
+
+
+def _check_part_headers(part: BodyPartReader, number: int) -> None:
+    """400 for part headers that are not UTF-8 text without control characters (HTAB aside).
+
+    aiohttp decodes part headers as UTF-8 with ``surrogateescape``, so bytes that are not UTF-8
+    arrive here as lone surrogates; neither they nor control characters belong in a name.
+    """
+    for name, value in part.headers.items():
+        for text in (name, value):
+            if not all(c == "\t" or _printable(c) for c in text):
+                raise ValidationFailed(
+                    f"the header {_shown(name)} of form part {number} holds control characters "
+                    "or bytes that are not UTF-8",
+                    status=400,
+                    errors=[{"field": f"part {number}: {_shown(name)}", "message": "not text"}],
+                )
+
+
+def _printable(c: str) -> bool:
+    code = ord(c)
+    return not (code < 32 or code == 127 or 0xD800 <= code <= 0xDFFF)
+
+
+def _shown(text: str) -> str:
+    """``text`` safe to put in a JSON answer (lone surrogates and controls escaped)."""
+    return text.encode("ascii", "backslashreplace").decode()
+
+
+def _mimetype(value: str | None) -> str | None:
+    """``value`` if it can be stored and served as a Content-Type; else None (guess instead)."""
+    if not value or len(value) > _MAX_MIMETYPE or not all(32 <= ord(c) < 127 for c in value):
+        return None
+    return value
 
 
 def _filename(raw: str | None) -> str:
@@ -200,6 +247,7 @@ def _tags(raw: str) -> list[str]:
     summary="List files, newest first; owner=own|peer",
     query=FileListQuery,
     response=FilePage,
+    responses={400: "validation_failed: a parameter or the cursor is not valid"},
 )
 async def list_files(request: web.Request) -> web.StreamResponse:
     params = query(request, FileListQuery)
@@ -259,7 +307,7 @@ async def stream_plaintext(
     first = await anext(pieces, b"")
     response = web.StreamResponse(
         headers={
-            "Content-Type": file.mimetype,
+            "Content-Type": _mimetype(file.mimetype) or OCTET_STREAM,
             "Content-Disposition": content_disposition(file.filename),
             "Content-Length": str(file.size),
             "X-Content-SHA256": file.sha256,
@@ -281,6 +329,11 @@ async def stream_plaintext(
 
 
 def content_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII fallback and the exact UTF-8 name (RFC 6266, RFC 8187)."""
+    """``attachment`` with an ASCII fallback and the UTF-8 name (RFC 6266, RFC 8187).
+
+    The name is reduced to its safe base name here too: rows stored before names were, and
+    names peers send with their attachments, never carry a path or a control character.
+    """
+    filename = safe_filename(filename)
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -84,6 +84,10 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     summary="List messages with filters, newest first by default (keyset pagination)",
     query=MessageListQuery,
     response=MessagePage,
+    responses={
+        400: "validation_failed: a parameter (such as a createdAfter without a UTC offset) "
+        "or the cursor is not valid"
+    },
 )
 async def list_messages(request: web.Request) -> web.StreamResponse:
     params = query(request, MessageListQuery)

@@ -39,6 +39,37 @@ FILE_KEY_PURPOSE = "file.key"
 _QUEUE_DEPTH = 4  # ciphertext pieces in flight between encryption and the platform upload
 
 
+MAX_FILENAME = 255
+"""Characters kept of a file name; peers take up to 4096, file systems about 255 bytes."""
+FALLBACK_FILENAME = "file"
+
+
+def safe_filename(raw: str) -> str:
+    """The base name of ``raw``, without control characters, UTF-8 kept; never empty.
+
+    Both ``/`` and ``\\`` count as separators (a browser on Windows sends ``C:\\x\\y``), so
+    ``../../etc/passwd`` becomes ``passwd``; a name that is nothing but a path, or ``.``/``..``,
+    becomes ``file``. Used for names as they arrive and again when one is served.
+    """
+    kept = "".join(c for c in raw if _printable(c))
+    base = kept.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if base in ("", ".", ".."):
+        return FALLBACK_FILENAME
+    if len(base) > MAX_FILENAME:
+        stem, dot, suffix = base.rpartition(".")
+        if dot and stem and len(suffix) <= 16:
+            base = stem[: MAX_FILENAME - len(suffix) - 1].rstrip() + "." + suffix
+        else:
+            base = base[:MAX_FILENAME]
+    return base
+
+
+def _printable(c: str) -> bool:
+    """Not a C0/C1 control character (NUL, CR, LF, ESC, DEL, ...) and not a lone surrogate."""
+    code = ord(c)
+    return not (code < 32 or 127 <= code < 160 or 0xD800 <= code <= 0xDFFF)
+
+
 @dataclass(frozen=True)
 class UploadedBlob:
     """The result of streaming one file to the platform, before it is recorded."""
