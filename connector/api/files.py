@@ -217,6 +217,12 @@ def _metadata(filename: str, mimetype: str, fields: dict[str, list[str]]) -> Fil
     tags: list[str] = []
     for raw in fields.get("tags", []):
         tags.extend(_tags(raw))
+    # what a peer accepts in the attachment descriptor: no NUL in texts, no controls in tags
+    for name in ("title", "description"):
+        if "\x00" in (single(name) or ""):
+            raise ValidationFailed(f"{name} must not contain NUL", status=422)
+    if any(not all(_printable(c) for c in tag) for tag in tags):
+        raise ValidationFailed("tags must not contain control characters", status=422)
     return FileMetadata(
         filename=filename,
         mimetype=mimetype,

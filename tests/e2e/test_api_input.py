@@ -224,6 +224,20 @@ async def test_stored_mimetype_with_control_characters(alice: Api) -> None:
         assert await response.read() == b"data"
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("title", "a\x00b"), ("description", "\x00"), ("tags", "ok,a\nb")]
+)
+async def test_upload_text_fields_a_peer_would_refuse(alice: Api, field: str, value: str) -> None:
+    form = (
+        f'Content-Disposition: form-data; name="{field}"\r\n\r\n{value}\r\n--{BOUNDARY}\r\n'
+        'Content-Disposition: form-data; name="file"; filename="a.txt"'
+    ).encode()
+    status, body = await _upload_raw(alice, form)
+    assert (status, body["code"]) == (422, "validation_failed"), body
+    _, page = await alice.json("GET", "/api/v1/files")
+    assert page["items"] == []
+
+
 async def test_openapi_documents_the_input_problems(alice: Api) -> None:
     _, document = await alice.json("GET", "/api/v1/openapi.json")
     paths = document["paths"]
