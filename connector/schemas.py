@@ -14,7 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from connector.clock import aware_in_range
 from connector.ids import FILE_ID
-from connector.services.body import Line, _check_json
+from connector.services.body import Line, check_json
 
 
 class _Model(BaseModel):
@@ -46,7 +46,7 @@ def _storable(content: dict[str, Any]) -> dict[str, Any]:
     is never refused by the peer, and a lone surrogate is never stored to break every later
     page of the message list and the event feed.
     """
-    _check_json(content)
+    check_json(content)
     return content
 
 

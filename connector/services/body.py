@@ -95,14 +95,14 @@ class MessageBody(_BodyModel):
 
     @model_validator(mode="after")
     def _content_is_storable(self) -> MessageBody:
-        _check_json(self.content)
+        check_json(self.content)
         return self
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
 
-def _check_json(value: object) -> None:
+def check_json(value: object) -> None:
     """Nesting at most MAX_CONTENT_DEPTH deep, and every string valid Unicode text.
 
     Iterative, so a hostile depth costs a loop, not the stack.
