@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import mimetypes
 import os
 import re
 import sys
+import tempfile
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from tqdm import tqdm
@@ -38,9 +41,24 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     upload.add_argument("--description")
     upload.add_argument("--tag", action="append", default=[], dest="tags")
     _client_options(upload, _files_upload)
-    download = file_commands.add_parser("download", help="download a file's plaintext")
-    download.add_argument("id")
-    download.add_argument("-o", "--output", type=Path, help="file or folder (default: its name)")
+    download = file_commands.add_parser(
+        "download",
+        help="download a file's plaintext",
+        description="Download a file's plaintext. It is written to a temporary file next to the "
+        "target and moved into place only when complete and its SHA-256 matches the "
+        "connector's X-Content-SHA256; otherwise nothing is kept and the exit status is 1.",
+    )
+    download.add_argument("id", help="the file's id (as listed by GET /api/v1/files)")
+    download.add_argument(
+        "-o",
+        "--output",
+        help="a file name, or a folder: an existing folder or one given with a trailing / "
+        "(created if missing) gets the file under the name the sender chose, reduced to a "
+        "safe base name (default: the current folder)",
+    )
+    download.add_argument(
+        "-f", "--force", action="store_true", help="overwrite a file that already exists"
+    )
     _client_options(download, _files_download)
 
     messages = commands.add_parser("messages", help="send and list messages (client)")
@@ -64,8 +82,16 @@ def _client_options(
     parser: argparse.ArgumentParser,
     action: Callable[[aiohttp.ClientSession, str, argparse.Namespace], Awaitable[int]],
 ) -> None:
-    parser.add_argument("--url", default=os.environ.get("CONNECTOR_URL", _DEFAULT_URL))
-    parser.add_argument("--api-key", default=os.environ.get("CONNECTOR_API_KEY"))
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("CONNECTOR_URL", _DEFAULT_URL),
+        help=f"the connector's base URL (default: CONNECTOR_URL or {_DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("CONNECTOR_API_KEY"),
+        help="an API key for the connector (default: CONNECTOR_API_KEY)",
+    )
     parser.set_defaults(func=lambda args: _run(action, args))
 
 
@@ -157,37 +183,139 @@ async def _files_upload(session: aiohttp.ClientSession, url: str, args: argparse
 async def _files_download(
     session: aiohttp.ClientSession, url: str, args: argparse.Namespace
 ) -> int:
-    async with session.get(f"{url}/api/v1/files/{args.id}/download") as response:
+    async with session.get(f"{url}/api/v1/files/{quote(args.id, safe='')}/download") as response:
         await _check(response)
-        name = _filename(response.headers.get("Content-Disposition", "")) or args.id
-        target: Path = args.output or Path(name)
-        if target.is_dir():
-            target = target / name
+        fallback = safe_filename(args.id) or "download"
+        name = safe_filename(_filename(response.headers.get("Content-Disposition", ""))) or fallback
+        target = _target(args.output, name, force=args.force)
+        expected = response.headers.get("X-Content-SHA256", "").strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise ClientError("the connector sent no X-Content-SHA256; nothing kept")
         total = int(response.headers.get("Content-Length", 0)) or None
-        partial = target.with_name(target.name + ".part")
-        written = 0
-        with (
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar,
-            partial.open("wb") as fh,
-        ):
-            async for chunk in response.content.iter_chunked(_PIECE):
-                await asyncio.to_thread(fh.write, chunk)
-                written += len(chunk)
-                bar.update(len(chunk))
-        if total is not None and written != total:
+        fd, temp = tempfile.mkstemp(prefix=".connector-", suffix=".part", dir=target.parent)
+        partial = Path(temp)
+        try:
+            digest = hashlib.sha256()
+            written = 0
+            with (
+                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar,
+                os.fdopen(fd, "wb") as fh,
+            ):
+                try:
+                    async for chunk in response.content.iter_chunked(_PIECE):
+                        await asyncio.to_thread(fh.write, chunk)
+                        digest.update(chunk)
+                        written += len(chunk)
+                        bar.update(len(chunk))
+                except aiohttp.ClientPayloadError:
+                    raise ClientError(
+                        f"download cut short ({written} of {total or '?'} bytes); nothing kept"
+                    ) from None
+            if total is not None and written != total:
+                raise ClientError(f"download cut short ({written} of {total} bytes); nothing kept")
+            if digest.hexdigest() != expected:
+                raise ClientError(
+                    "the download's SHA-256 does not match the connector's X-Content-SHA256; "
+                    "nothing kept"
+                )
+            _mode_as_created(partial)
+            _move_into_place(partial, target, force=args.force)
+        finally:
             partial.unlink(missing_ok=True)
-            raise ClientError(f"download cut short ({written} of {total} bytes); nothing kept")
-        partial.replace(target)
     print(target)
     return 0
 
 
+def _target(output: str | None, name: str, *, force: bool) -> Path:
+    """Where the download goes: ``output`` as a file, or ``name`` inside the folder it names.
+
+    An existing folder, or any ``output`` ending in a path separator, is a folder (created if
+    missing); so is the current folder when there is no ``output``.
+    """
+    if output is None:
+        target = Path(name)
+    elif output.endswith(("/", os.sep)) or Path(output).is_dir():
+        folder = Path(output)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ClientError(f"cannot create the folder {output}: {exc.strerror}") from None
+        target = folder / name
+    else:
+        target = Path(output)
+        if not target.parent.is_dir():
+            raise ClientError(f"no such folder: {target.parent} (end -o with / to create it)")
+    if target.is_dir():
+        raise ClientError(f"{target} is a folder; give another name with -o")
+    if (target.exists() or target.is_symlink()) and not force:
+        raise ClientError(f"{target} already exists; use --force to overwrite it")
+    return target
+
+
+def _mode_as_created(path: Path) -> None:
+    """Give the temporary file (created 0600) the mode an ordinary new file would get."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def _move_into_place(partial: Path, target: Path, *, force: bool) -> None:
+    if force:
+        partial.replace(target)
+        return
+    try:  # a hard link never replaces a file that appeared meanwhile
+        os.link(partial, target)
+    except FileExistsError:
+        raise ClientError(f"{target} already exists; use --force to overwrite it") from None
+    except OSError:  # no hard links on this file system
+        if target.exists() or target.is_symlink():
+            raise ClientError(f"{target} already exists; use --force to overwrite it") from None
+        partial.replace(target)
+
+
 def _filename(disposition: str) -> str | None:
-    match = re.search(r"filename\*=UTF-8''([^;]+)", disposition)
+    """The name in a ``Content-Disposition``: ``filename*`` (RFC 8187) if it decodes, else
+    ``filename``."""
+    match = re.search(r"filename\*\s*=\s*([\w!#$%&+^`{}~-]*)'[^']*'([^\s;]+)", disposition, re.I)
+    if match and match.group(1).lower() in ("utf-8", ""):
+        try:
+            return unquote(match.group(2), errors="strict")
+        except UnicodeDecodeError:
+            pass
+    match = re.search(r'(?<![*\w])filename\s*=\s*"((?:[^"\\]|\\.)*)"', disposition, re.I)
     if match:
-        return Path(unquote(match.group(1))).name
-    match = re.search(r'filename="([^"]+)"', disposition)
-    return Path(match.group(1)).name if match else None
+        return re.sub(r"\\(.)", r"\1", match.group(1))
+    match = re.search(r"(?<![*\w])filename\s*=\s*([^\s;\"]+)", disposition, re.I)
+    return match.group(1) if match else None
+
+
+_NAME_BYTES = 255
+
+
+def safe_filename(name: str | None) -> str:
+    """``name`` reduced to a safe base name, or ``""`` when nothing is left.
+
+    A peer chose it, so: only its last path part (``/`` and ``\\`` both count), no control or
+    format characters (newlines, escapes, bidi overrides), no leading dots (so no ``..`` and no
+    ``.bashrc``), no leading or trailing spaces, and at most 255 bytes of UTF-8, keeping the
+    extension. Everything else, non-ASCII letters included, is kept.
+    """
+    if not name:
+        return ""
+    kept = "".join(c for c in name if unicodedata.category(c) not in _UNSAFE_CATEGORIES)
+    base = re.split(r"[/\\]", kept)[-1]
+    base = base.lstrip(". \t").rstrip(". \t")
+    if len(base.encode()) > _NAME_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        if not dot or len(ext.encode()) > 32:
+            stem, dot, ext = base, "", ""
+        room = _NAME_BYTES - len((dot + ext).encode())
+        stem = stem.encode()[:room].decode(errors="ignore").rstrip(". ")
+        base = stem + dot + ext
+    return base
+
+
+_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 async def _messages_send(session: aiohttp.ClientSession, url: str, args: argparse.Namespace) -> int:
