@@ -138,7 +138,6 @@ class Receipts:
             by_message.setdefault(entry.item.message_id, []).append(entry)
         newly: list[messages_repo.RecipientState] = []
         finished: list[int] = []
-        was_queued: set[int] = set()
         refused: dict[int, str] = {}
         for state in await messages_repo.outgoing_states(session, by_message):
             for entry in by_message[state.id]:
@@ -168,16 +167,18 @@ class Receipts:
             delivered = all(r.delivered_at for r in state.recipients)
             if state.status in ("queued", "sent") and delivered and state.seq not in refused:
                 finished.append(state.seq)
-                if state.status == "queued":  # the receipt beat the recording of "sent"
-                    was_queued.add(state.seq)
-            elif state.seq in refused and state.status == "queued":
-                was_queued.add(state.seq)
         await messages_repo.set_delivered(session, newly)
-        await messages_repo.mark_delivered(session, finished, now)
+        # What changes is decided by the updates themselves, not by the read above: on
+        # PostgreSQL the outbox may record "sent" (or "expired") in between, and each message
+        # must get exactly one message.sent and at most one final event.
+        sent_now = await messages_repo.finish_queued_many(
+            session, finished, status="sent", at=now, error=None
+        )
+        delivered_now = await messages_repo.mark_delivered(session, finished, now)
         failed = await messages_repo.mark_refused(session, refused, now)
-        await outbox_repo.remove_many(session, sorted(was_queued))
-        for record, files in await messages_repo.records(session, finished):
-            if record.seq in was_queued:  # every sent message gets its message.sent
+        await outbox_repo.remove_many(session, sorted(sent_now | set(failed)))
+        for record, files in await messages_repo.records(session, sorted(delivered_now)):
+            if record.seq in sent_now:  # the receipt beat the recording of "sent"
                 emit(session, "message.sent", replace(record, status="sent"), files)
             emit(session, "message.delivered", record, files)
         for record, files in await messages_repo.records(session, failed):

@@ -419,14 +419,17 @@ async def set_delivered(session: AsyncSession, delivered: Sequence[RecipientStat
         )
 
 
-async def mark_delivered(session: AsyncSession, seqs: Sequence[int], at: datetime) -> None:
-    """queued or sent -> delivered (a queued one gets ``sent_at`` too); one statement."""
-    if seqs:
-        await session.execute(
-            update(_MESSAGES)
-            .where(_MESSAGES.c.seq.in_(list(seqs)), _MESSAGES.c.status.in_(("queued", "sent")))
-            .values(status="delivered", sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
-        )
+async def mark_delivered(session: AsyncSession, seqs: Sequence[int], at: datetime) -> set[int]:
+    """queued or sent -> delivered (a queued one gets ``sent_at`` too); the seqs changed."""
+    if not seqs:
+        return set()
+    result = await session.execute(
+        update(_MESSAGES)
+        .where(_MESSAGES.c.seq.in_(list(seqs)), _MESSAGES.c.status.in_(("queued", "sent")))
+        .values(status="delivered", sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
+        .returning(_MESSAGES.c.seq)
+    )
+    return set(result.scalars())
 
 
 async def mark_refused(session: AsyncSession, errors: dict[int, str], at: datetime) -> list[int]:
