@@ -20,6 +20,8 @@ log = logging.getLogger("connector")
 
 T = TypeVar("T")
 
+_KEYS_CREATE_HINT = "connector keys create --name NAME --scope '*' (add --config as for serve)"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -134,7 +136,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         print(f"  API docs:  {url}/api/docs", flush=True)
         if runtime.bootstrap_key:
             print(f"  API key:   {runtime.bootstrap_key}", flush=True)
-            print("  (generated because no api.keys are configured; header X-API-KEY)", flush=True)
+            print(
+                "  (made because no API key exists; header X-API-KEY. Shown only now, and it\n"
+                "   stops working once any other key exists: api.keys or `connector keys create`)",
+                flush=True,
+            )
+        else:
+            print(f"  API key:   make one with: {_KEYS_CREATE_HINT}", flush=True)
         shown_key = runtime.bootstrap_key or "<your key>"
         print(
             f"  try:       curl -H 'X-API-KEY: {shown_key}' {url}/api/v1/account/identity",

@@ -1,0 +1,46 @@
+"""Secrets kept: the bootstrap key shown once and retired, private files, long API keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from connector.runtime import open_runtime
+from connector.settings import load_settings
+
+_LONG_KEY = "config-key-0123456789abcdef"
+
+
+async def test_bootstrap_key_is_shown_once_and_retired_by_another_key(
+    tmp_path: Path, backbone: str
+) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "d", platform={"url": backbone})
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        key = runtime.bootstrap_key
+        assert key is not None and await runtime.api_keys.authenticate(key) is not None
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        assert runtime.bootstrap_key is None  # not shown again on a later start
+        assert await runtime.api_keys.authenticate(key) is not None  # but still works
+        await runtime.api_keys.create("erp", ["messages:read"])
+        assert await runtime.api_keys.authenticate(key) is None  # retired at once
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        assert runtime.bootstrap_key is None  # and no new one: a key exists
+    for path in (tmp_path / "d").rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes()
+
+
+async def test_a_configured_key_retires_the_bootstrap_key(tmp_path: Path, backbone: str) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "d", platform={"url": backbone})
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        key = runtime.bootstrap_key
+        assert key is not None
+    configured = load_settings(
+        None,
+        data_dir=tmp_path / "d",
+        platform={"url": backbone},
+        api={"keys": [{"name": "erp", "key": _LONG_KEY}]},
+    )
+    async with open_runtime(configured, run_scheduler=False) as runtime:
+        assert runtime.bootstrap_key is None
+        assert await runtime.api_keys.authenticate(key) is None
+        assert await runtime.api_keys.authenticate(_LONG_KEY) is not None
