@@ -208,12 +208,12 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 async def _create_key(settings: Settings, name: str, scopes: list[str]) -> str:
     from connector.crypto.at_rest import load_or_create_master_key
-    from connector.runtime import MASTER_KEY_ENV
+    from connector.runtime import MASTER_KEY_ENV, prepare_data_dir
     from connector.services.api_keys import ApiKeyService
     from storage.engine import create_engine, create_sessions
     from storage.migrate import upgrade
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
     engine = create_engine(settings.database_url)
     try:

@@ -7,6 +7,7 @@ tests all start a connector through it, and it tears everything down in reverse 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ from connector.services.peers import PeerDirectory
 from connector.services.sealing import Sealer
 from connector.services.sync import SyncService
 from connector.services.transitions import StatusRecorder
-from connector.settings import Settings
+from connector.settings import SQLITE_FILENAME, Settings
 from scheduler import JobScheduler
 from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
@@ -74,7 +75,7 @@ class Runtime:
 async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> AsyncIterator[Runtime]:
     """Start every part of a connector for ``settings``; stop them all on exit."""
     async with AsyncExitStack() as stack:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(settings)
         if settings.webhooks or settings.publishers:
             log.warning(
                 "[[webhooks]] and [[publishers]] are accepted but not delivered yet in this "
@@ -179,6 +180,29 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             scheduler.start()
             stack.push_async_callback(scheduler.stop)
         yield runtime
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Make ``data_dir`` (0700) and its SQLite files (0600), whatever the umask.
+
+    SQLite creates its ``-wal`` and ``-shm`` files with the database file's mode, so making the
+    database file first, private, keeps them private too; files from older versions are
+    tightened on each start.
+    """
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    if settings.database.url:
+        return
+    database = data_dir / SQLITE_FILENAME
+    fd = os.open(database, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(data_dir / (SQLITE_FILENAME + suffix), 0o600)
 
 
 def _freshness_window(settings: Settings) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from connector.runtime import open_runtime
@@ -44,3 +46,20 @@ async def test_a_configured_key_retires_the_bootstrap_key(tmp_path: Path, backbo
         assert runtime.bootstrap_key is None
         assert await runtime.api_keys.authenticate(key) is None
         assert await runtime.api_keys.authenticate(_LONG_KEY) is not None
+
+
+async def test_data_dir_is_private_whatever_the_umask(tmp_path: Path, backbone: str) -> None:
+    data_dir = tmp_path / "d"
+    settings = load_settings(None, data_dir=data_dir, platform={"url": backbone})
+    previous = os.umask(0)
+    try:
+        async with open_runtime(settings, run_scheduler=False) as runtime:
+            await runtime.api_keys.create("erp", ["*"])  # a write, so the WAL exists
+            assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+            names = {path.name for path in data_dir.iterdir() if path.is_file()}
+            assert {"master.key", "connector.sqlite3", "connector.sqlite3-wal"} <= names
+            for name in names:
+                mode = stat.S_IMODE(os.stat(data_dir / name).st_mode)
+                assert mode == 0o600, (name, oct(mode))
+    finally:
+        os.umask(previous)
