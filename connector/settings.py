@@ -65,7 +65,7 @@ class PlatformSettings(_Section):
 
 class ApiKeyConfig(_Section):
     name: str
-    key: Annotated[str, Field(min_length=8)]
+    key: Annotated[str, Field(min_length=16)]
     scopes: list[str] = ["*"]
 
     @field_validator("scopes")

@@ -6,8 +6,11 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from connector.runtime import open_runtime
-from connector.settings import load_settings
+from connector.services.api_keys import new_key
+from connector.settings import ConfigError, load_settings
 
 _LONG_KEY = "config-key-0123456789abcdef"
 
@@ -63,3 +66,13 @@ async def test_data_dir_is_private_whatever_the_umask(tmp_path: Path, backbone: 
                 assert mode == 0o600, (name, oct(mode))
     finally:
         os.umask(previous)
+
+
+def test_configured_api_keys_are_at_least_16_characters(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[[api.keys]]\nname = "erp"\nkey = "short-key-15chr"\n')
+    with pytest.raises(ConfigError, match=r"api\.keys\.0\.key: .*at least 16 characters"):
+        load_settings(config)
+    config.write_text('[[api.keys]]\nname = "erp"\nkey = "sixteen-chars-ok"\n')
+    assert load_settings(config).api.keys[0].key == "sixteen-chars-ok"
+    assert len(new_key()) >= 40  # what `connector keys create` makes
