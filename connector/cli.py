@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -39,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"connector: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"connector: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
@@ -99,10 +104,49 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 # -- serve ---------------------------------------------------------------------------------------
 
 
+class StartupError(Exception):
+    """``serve`` cannot start: one line says why (the data dir is in use, the port is taken)."""
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from connector.runtime import DataDirLocked, data_dir_lock, prepare_data_dir
+
     settings = load_settings(args.config)
-    _run(serve(settings))
+    prepare_data_dir(settings)
+    try:
+        # Before anything starts (scheduler, embedded backbone): one clear line, exit 1.
+        with data_dir_lock(settings.data_dir):
+            _check_port_free(settings.server.host, settings.server.port)
+            _run(serve(settings))
+    except DataDirLocked as exc:
+        raise StartupError(str(exc)) from None
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail early, naming the port, when another program already listens on it."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise _port_error(host, port, exc) from None
+
+
+def _port_error(host: str, port: int, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"port {port} on {host} is in use by another program "
+            "(set server.port, or CONNECTOR_SERVER__PORT)"
+        )
+    return StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
@@ -125,7 +169,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # taken since the early check
+            raise _port_error(settings.server.host, settings.server.port, exc) from None
         runtime = app[RUNTIME]
         host, port = runner.addresses[0][:2]
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

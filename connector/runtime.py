@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -43,6 +45,7 @@ from storage.repositories import sync_state as sync_state_repo
 log = logging.getLogger(__name__)
 
 MASTER_KEY_ENV = "CONNECTOR_MASTER_KEY"
+LOCK_FILENAME = "connector.lock"
 _OUTBOX_INTERVAL = 1.0
 _RECEIPT_GATHERING = 0.1
 
@@ -76,6 +79,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
     """Start every part of a connector for ``settings``; stop them all on exit."""
     async with AsyncExitStack() as stack:
         prepare_data_dir(settings)
+        stack.enter_context(data_dir_lock(settings.data_dir))
         if settings.webhooks or settings.publishers:
             log.warning(
                 "[[webhooks]] and [[publishers]] are accepted but not delivered yet in this "
@@ -203,6 +207,49 @@ def prepare_data_dir(settings: Settings) -> None:
     for suffix in ("-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(data_dir / (SQLITE_FILENAME + suffix), 0o600)
+
+
+class DataDirLocked(Exception):
+    """Another process runs a connector on this ``data_dir``."""
+
+    def __init__(self, data_dir: Path, pid: str) -> None:
+        super().__init__(
+            f"another connector is running with data dir {data_dir.resolve()} (pid {pid or '?'})"
+        )
+
+
+_held_locks: dict[Path, list[int]] = {}  # lock file -> [fd, holders in this process]
+
+
+@contextmanager
+def data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/connector.lock`` (``flock``) or raise :class:`DataDirLocked`.
+
+    One lock per process and data dir, shared by nested holders (``connector serve`` takes it
+    before binding its port, the runtime again inside); the kernel drops it when the process
+    ends, however it ends.
+    """
+    path = (data_dir / LOCK_FILENAME).resolve()
+    held = _held_locks.get(path)
+    if held is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DataDirLocked(data_dir, pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held = _held_locks[path] = [fd, 0]
+    held[1] += 1
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if not held[1]:
+            del _held_locks[path]
+            os.close(held[0])  # releases the lock
 
 
 def _freshness_window(settings: Settings) -> float:

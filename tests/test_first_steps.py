@@ -1,0 +1,76 @@
+"""First steps as a user takes them: real subprocesses, always terminated."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tests.test_cli import CLI, _run
+
+
+@asynccontextmanager
+async def _serving(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """``connector serve --config config`` until its banner is out; yields it and the banner."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        banner = ""
+        while "try:" not in banner:
+            line = await asyncio.wait_for(process.stdout.readline(), 60)
+            assert line, "serve exited before printing its banner"
+            banner += line.decode()
+        yield process, banner
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+def _config(path: Path, data_dir: Path, port: int = 0) -> Path:
+    path.write_text(f'data_dir = "{data_dir}"\n[server]\nport = {port}\n')
+    return path
+
+
+async def test_second_serve_on_the_data_dir_or_port_says_so_in_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    async with _serving(_config(tmp_path / "a.toml", data_dir)) as (first, banner):
+        assert "API key:   ck_" in banner
+        port = re.search(r"listening on http://\S+:(\d+)", banner)
+        assert port, banner
+
+        code, out, err = await _run(
+            "serve", "--config", str(_config(tmp_path / "b.toml", data_dir))
+        )
+        assert code == 1, out + err
+        assert err.strip().splitlines() == [
+            f"connector: another connector is running with data dir {data_dir} (pid {first.pid})"
+        ]
+        assert "listening" not in out and "backbone" not in out + err
+
+        other = _config(tmp_path / "c.toml", tmp_path / "other", int(port.group(1)))
+        code, out, err = await _run("serve", "--config", str(other))
+        assert code == 1, out + err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"port {port.group(1)} on 127.0.0.1 is in use" in lines[0], err
+        assert "listening" not in out
+    assert first.returncode == 0
+
+    # Later starts do not print the bootstrap key again: they say how to make a key.
+    async with _serving(_config(tmp_path / "a.toml", data_dir)) as (_, banner):
+        assert "ck_" not in banner
+        assert "connector keys create" in banner
