@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connector", description="End-to-end encrypted messages and files between companies."
     )
+    from connector.api.health import connector_version
+
+    parser.add_argument("--version", action="version", version=f"connector {connector_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the API and the scheduler")

@@ -7,8 +7,10 @@ import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 
+from tests.conftest import Api
 from tests.test_cli import CLI, _run
 
 
@@ -74,3 +76,12 @@ async def test_second_serve_on_the_data_dir_or_port_says_so_in_one_line(tmp_path
     async with _serving(_config(tmp_path / "a.toml", data_dir)) as (_, banner):
         assert "ck_" not in banner
         assert "connector keys create" in banner
+
+
+async def test_version_on_the_command_line_and_in_health(alice: Api) -> None:
+    installed = version("connector")
+    code, out, err = await _run("--version")
+    assert (code, out.strip()) == (0, f"connector {installed}"), err
+    async with alice.http.get(alice.url + "/health") as response:
+        assert response.status == 200
+        assert (await response.json())["version"] == installed

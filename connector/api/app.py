@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
@@ -34,7 +33,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
     )
     for table in _TABLES:
         table.add_to(app)
-    app[openapi.DOCUMENT] = openapi.build_document(route_specs(), _version())
+    app[openapi.DOCUMENT] = openapi.build_document(route_specs(), health.connector_version())
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, run_scheduler=run_scheduler) as runtime:
@@ -54,10 +53,3 @@ def route_specs() -> list[RouteSpec]:
 def attach_runtime(app: web.Application, runtime: Runtime) -> None:
     app[RUNTIME] = runtime
     app[API_KEYS] = runtime.api_keys
-
-
-def _version() -> str:
-    try:
-        return version("connector")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.0.0"
