@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from connector.runtime import open_runtime
 from connector.services.api_keys import new_key
 from connector.settings import ConfigError, load_settings
+from tests.conftest import Api
 
 _LONG_KEY = "config-key-0123456789abcdef"
 
@@ -76,3 +79,26 @@ def test_configured_api_keys_are_at_least_16_characters(tmp_path: Path) -> None:
     config.write_text('[[api.keys]]\nname = "erp"\nkey = "sixteen-chars-ok"\n')
     assert load_settings(config).api.keys[0].key == "sixteen-chars-ok"
     assert len(new_key()) >= 40  # what `connector keys create` makes
+
+
+async def test_access_log_has_one_line_per_request_and_never_the_key(
+    alice: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = alice.headers["X-API-KEY"]
+    with caplog.at_level(logging.INFO, logger="connector.access"):
+        async with alice.http.get(
+            alice.url + "/api/v1/messages?limit=5&cursor=secret-cursor", headers=alice.headers
+        ) as response:
+            assert response.status == 400  # not a cursor: refused, and still logged
+            ok_id = response.headers["X-Request-Id"]
+        async with alice.http.get(
+            alice.url + "/api/v1/messages", headers={"X-API-KEY": key + "-wrong"}
+        ) as response:
+            assert response.status == 401
+            refused_id = response.headers["X-Request-Id"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "connector.access"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(rf"GET /api/v1/messages 400 \d+\.\dms id={ok_id}", lines[0]), lines
+    assert re.fullmatch(rf"GET /api/v1/messages 401 \d+\.\dms id={refused_id}", lines[1]), lines
+    assert ok_id != refused_id
+    assert key not in caplog.text and "secret-cursor" not in caplog.text

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from connector.api import account, events, files, health, messages, metrics, openapi
+from connector.api import access_log, account, events, files, health, messages, metrics, openapi
 from connector.api.appkeys import API_KEYS, RUNTIME
 from connector.api.auth import auth_middleware
 from connector.api.problems import problem_middleware
@@ -28,7 +28,7 @@ _TABLES = (
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Application:
     """The application for ``settings``; the runtime starts and stops with it."""
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware],
+        middlewares=[access_log.access_log_middleware, problem_middleware, auth_middleware],
         client_max_size=2 << 20,  # JSON bodies; file uploads stream past this limit
     )
     for table in _TABLES:
@@ -42,6 +42,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
 
     app.cleanup_ctx.append(runtime_context)
     app.on_shutdown.append(events.end_long_polls)
+    app.on_response_prepare.append(access_log.add_request_id)
     return app
 
 
