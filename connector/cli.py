@@ -22,6 +22,21 @@ log = logging.getLogger("connector")
 
 T = TypeVar("T")
 
+_SERVER_ENVIRONMENT = """\
+environment variables:
+  CONNECTOR_CONFIG      config file for serve and keys create (as --config)
+  CONNECTOR_<SECTION>__<KEY>  any config key, e.g. CONNECTOR_SERVER__PORT=9000
+  CONNECTOR_MASTER_KEY  base64 of the 32-byte master key, instead of <data_dir>/master.key
+  CONNECTOR_LOG_LEVEL   DEBUG, INFO (default; one access-log line per request), WARNING, ERROR
+"""
+_ENVIRONMENT = (
+    _SERVER_ENVIRONMENT
+    + """\
+  CONNECTOR_URL         connector URL for the client commands (as --url)
+  CONNECTOR_API_KEY     API key for the client commands (as --api-key)
+"""
+)
+
 _KEYS_CREATE_HINT = "connector keys create --name NAME --scope '*' (add --config as for serve)"
 
 
@@ -53,37 +68,69 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="connector", description="End-to-end encrypted messages and files between companies."
+        prog="connector",
+        description="End-to-end encrypted messages and files between companies.",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from connector.api.health import connector_version
 
     parser.add_argument("--version", action="version", version=f"connector {connector_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the API and the scheduler")
+    serve = commands.add_parser(
+        "serve",
+        help="run the API and the scheduler",
+        epilog=_SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_option(serve)
     serve.set_defaults(func=_cmd_serve)
 
     backbone = commands.add_parser("backbone", help="run the reference platform server")
-    backbone.add_argument("--host", default="127.0.0.1")
-    backbone.add_argument("--port", type=int, default=8090)
-    backbone.add_argument("--data-dir", type=Path, default=Path("./backbone-data"))
+    backbone.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    backbone.add_argument(
+        "--port", type=int, default=8090, help="port to listen on (default: %(default)s)"
+    )
+    backbone.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("./backbone-data"),
+        help="folder for the backbone's database and files (default: %(default)s)",
+    )
     from backbone.options import add_limit_options
 
     add_limit_options(backbone)
     backbone.set_defaults(func=_cmd_backbone)
 
     demo = commands.add_parser("demo", help="two connectors and a backbone, end to end")
-    demo.add_argument("--size-mib", type=float, default=5.0, help="size of the demo file")
+    demo.add_argument(
+        "--size-mib", type=float, default=5.0, help="size of the demo file (default: %(default)s)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = key_commands.add_parser("create", help="make a new API key and print it once")
+    create = key_commands.add_parser(
+        "create",
+        help="make a new API key and print it once",
+        epilog=_SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_option(create)
-    create.add_argument("--name", required=True)
     create.add_argument(
-        "--scope", action="append", required=True, choices=SCOPES, dest="scopes", metavar="SCOPE"
+        "--name", required=True, help="a name for the key, e.g. the system using it"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=SCOPES,
+        dest="scopes",
+        metavar="SCOPE",
+        help=f"what the key may do; repeat for several: {', '.join(SCOPES)}",
     )
     create.set_defaults(func=_cmd_keys_create)
 
@@ -100,7 +147,8 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ["CONNECTOR_CONFIG"])
         if os.environ.get("CONNECTOR_CONFIG")
         else None,
-        help="TOML config file (default: $CONNECTOR_CONFIG, else built-in defaults)",
+        help="TOML config file (default: $CONNECTOR_CONFIG, else built-in defaults); any key "
+        "can also be set by CONNECTOR_<SECTION>__<KEY>, e.g. CONNECTOR_SERVER__PORT=9000",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import re
 import signal
@@ -9,7 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+from connector.cli import _parser
 from tests.conftest import Api
 from tests.test_cli import CLI, _run
 
@@ -85,3 +88,34 @@ async def test_version_on_the_command_line_and_in_health(alice: Api) -> None:
     async with alice.http.get(alice.url + "/health") as response:
         assert response.status == 200
         assert (await response.json())["version"] == installed
+
+
+def test_every_option_has_help_naming_its_environment_variables() -> None:
+    parser = _parser()
+    commands = _subcommands(parser)
+    for name in ("serve", "backbone", "demo", "keys create"):  # the client commands: client_cli
+        for action in commands[name]._actions:
+            assert action.help, f"connector {name} {action.dest}: no help"
+    top = parser.format_help()
+    for variable in (
+        "CONNECTOR_CONFIG",
+        "CONNECTOR_URL",
+        "CONNECTOR_API_KEY",
+        "CONNECTOR_LOG_LEVEL",
+        "CONNECTOR_MASTER_KEY",
+    ):
+        assert variable in top, variable
+    for name in ("serve", "keys create"):
+        text = commands[name].format_help()
+        for variable in ("CONNECTOR_CONFIG", "CONNECTOR_LOG_LEVEL", "CONNECTOR_MASTER_KEY"):
+            assert variable in text, (name, variable)
+
+
+def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[prefix + name] = sub
+                found.update(_subcommands(sub, prefix + name + " "))
+    return found
