@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -95,6 +97,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         sessions = create_sessions(engine, after_commit=notifier.after_commit)
 
         platform_url = settings.platform.url
+        warn_if_plaintext(platform_url)
         if platform_url == "embedded":
             platform_url = await stack.enter_async_context(_embedded_backbone(settings))
 
@@ -207,6 +210,32 @@ def prepare_data_dir(settings: Settings) -> None:
     for suffix in ("-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(data_dir / (SQLITE_FILENAME + suffix), 0o600)
+
+
+def warn_if_plaintext(platform_url: str) -> bool:
+    """Log a warning (and return True) for plain ``http://`` to a host beyond loopback.
+
+    Envelopes are end-to-end encrypted either way, but the platform request signatures,
+    addresses and traffic pattern then travel readable and unauthenticated on the network.
+    """
+    parts = urlsplit(platform_url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return False
+    log.warning(
+        "platform.url %s is plain http:// to a host beyond loopback: metadata travels "
+        "unencrypted and the platform is not authenticated; use https://",
+        platform_url,
+    )
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class DataDirLocked(Exception):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import stat
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from connector.runtime import open_runtime
+from connector.runtime import open_runtime, warn_if_plaintext
 from connector.services.api_keys import new_key
 from connector.settings import ConfigError, load_settings
 from tests.conftest import Api
@@ -102,3 +104,39 @@ async def test_access_log_has_one_line_per_request_and_never_the_key(
     assert re.fullmatch(rf"GET /api/v1/messages 401 \d+\.\dms id={refused_id}", lines[1]), lines
     assert ok_id != refused_id
     assert key not in caplog.text and "secret-cursor" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://platform.example.com:8090", True),
+        ("http://10.0.0.5:8090", True),
+        ("http://[2001:db8::1]:8090", True),
+        ("https://platform.example.com", False),
+        ("http://127.0.0.1:8090", False),
+        ("http://localhost:8090", False),
+        ("http://[::1]:8090", False),
+        ("embedded", False),
+    ],
+)
+def test_plain_http_platform_beyond_loopback_warns(
+    url: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="connector.runtime"):
+        assert warn_if_plaintext(url) is warned
+    assert ("plain http://" in caplog.text) is warned
+
+
+async def test_start_up_warns_about_plain_http(
+    tmp_path: Path, backbone: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A name that is not loopback (it does not resolve): the warning comes first at start-up.
+    url = backbone.replace("127.0.0.1", "platform.invalid")
+    settings = load_settings(None, data_dir=tmp_path / "d", platform={"url": url})
+    with (
+        caplog.at_level(logging.WARNING, logger="connector.runtime"),
+        contextlib.suppress(aiohttp.ClientError, OSError),  # unreachable: may fail or retry later
+    ):
+        async with open_runtime(settings, run_scheduler=False):
+            pass
+    assert f"platform.url {url} is plain http://" in caplog.text
