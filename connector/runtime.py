@@ -7,11 +7,11 @@ tests all start a connector through it, and it tears everything down in reverse 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import ipaddress
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -198,18 +198,24 @@ def prepare_data_dir(settings: Settings) -> None:
     """
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
+    _make_private(data_dir, 0o700)
     if settings.database.url:
         return
     database = data_dir / SQLITE_FILENAME
-    fd = os.open(database, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    os.close(os.open(database, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        _make_private(data_dir / (SQLITE_FILENAME + suffix), 0o600)
+
+
+def _make_private(path: Path, mode: int) -> None:
+    """``chmod`` where needed; only warns when we may not (a volume owned by another user)."""
     try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    for suffix in ("-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(data_dir / (SQLITE_FILENAME + suffix), 0o600)
+        if stat.S_IMODE(path.stat().st_mode) != mode:
+            os.chmod(path, mode)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        log.warning("cannot make %s private (mode %s): not its owner", path, oct(mode))
 
 
 def warn_if_plaintext(platform_url: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from connector.cli import _parser
 from tests.conftest import Api
-from tests.test_cli import CLI, _run
+from tests.test_cli import CLI
 
 
 @asynccontextmanager
@@ -46,6 +46,20 @@ async def _serving(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Proce
                 await process.wait()
 
 
+async def _run_to_end(*args: str, within: float = 60) -> tuple[int, str, str]:
+    """Run ``connector *args`` to its end; killed, never left behind, if it outlives ``within``."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
 def _config(path: Path, data_dir: Path, port: int = 0) -> Path:
     path.write_text(f'data_dir = "{data_dir}"\n[server]\nport = {port}\n')
     return path
@@ -58,9 +72,8 @@ async def test_second_serve_on_the_data_dir_or_port_says_so_in_one_line(tmp_path
         port = re.search(r"listening on http://\S+:(\d+)", banner)
         assert port, banner
 
-        code, out, err = await _run(
-            "serve", "--config", str(_config(tmp_path / "b.toml", data_dir))
-        )
+        second = _config(tmp_path / "b.toml", data_dir)
+        code, out, err = await _run_to_end("serve", "--config", str(second))
         assert code == 1, out + err
         assert err.strip().splitlines() == [
             f"connector: another connector is running with data dir {data_dir} (pid {first.pid})"
@@ -68,7 +81,7 @@ async def test_second_serve_on_the_data_dir_or_port_says_so_in_one_line(tmp_path
         assert "listening" not in out and "backbone" not in out + err
 
         other = _config(tmp_path / "c.toml", tmp_path / "other", int(port.group(1)))
-        code, out, err = await _run("serve", "--config", str(other))
+        code, out, err = await _run_to_end("serve", "--config", str(other))
         assert code == 1, out + err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and f"port {port.group(1)} on 127.0.0.1 is in use" in lines[0], err
@@ -83,7 +96,7 @@ async def test_second_serve_on_the_data_dir_or_port_says_so_in_one_line(tmp_path
 
 async def test_version_on_the_command_line_and_in_health(alice: Api) -> None:
     installed = version("connector")
-    code, out, err = await _run("--version")
+    code, out, err = await _run_to_end("--version")
     assert (code, out.strip()) == (0, f"connector {installed}"), err
     async with alice.http.get(alice.url + "/health") as response:
         assert response.status == 200
