@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -19,6 +21,23 @@ from connector.settings import SCOPES, ConfigError, Settings, load_settings
 log = logging.getLogger("connector")
 
 T = TypeVar("T")
+
+_SERVER_ENVIRONMENT = """\
+environment variables:
+  CONNECTOR_CONFIG      config file for serve and keys create (as --config)
+  CONNECTOR_<SECTION>__<KEY>  any config key, e.g. CONNECTOR_SERVER__PORT=9000
+  CONNECTOR_MASTER_KEY  base64 of the 32-byte master key, instead of <data_dir>/master.key
+  CONNECTOR_LOG_LEVEL   DEBUG, INFO (default; one access-log line per request), WARNING, ERROR
+"""
+_ENVIRONMENT = (
+    _SERVER_ENVIRONMENT
+    + """\
+  CONNECTOR_URL         connector URL for the client commands (as --url)
+  CONNECTOR_API_KEY     API key for the client commands (as --api-key)
+"""
+)
+
+_KEYS_CREATE_HINT = "connector keys create --name NAME --scope '*' (add --config as for serve)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"connector: {exc}", file=sys.stderr)
         return 2
+    except StartupError as exc:
+        print(f"connector: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into `head` and the like
@@ -46,34 +68,69 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="connector", description="End-to-end encrypted messages and files between companies."
+        prog="connector",
+        description="End-to-end encrypted messages and files between companies.",
+        epilog=_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from connector.api.health import connector_version
+
+    parser.add_argument("--version", action="version", version=f"connector {connector_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the API and the scheduler")
+    serve = commands.add_parser(
+        "serve",
+        help="run the API and the scheduler",
+        epilog=_SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_option(serve)
     serve.set_defaults(func=_cmd_serve)
 
     backbone = commands.add_parser("backbone", help="run the reference platform server")
-    backbone.add_argument("--host", default="127.0.0.1")
-    backbone.add_argument("--port", type=int, default=8090)
-    backbone.add_argument("--data-dir", type=Path, default=Path("./backbone-data"))
+    backbone.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    backbone.add_argument(
+        "--port", type=int, default=8090, help="port to listen on (default: %(default)s)"
+    )
+    backbone.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("./backbone-data"),
+        help="folder for the backbone's database and files (default: %(default)s)",
+    )
     from backbone.options import add_limit_options
 
     add_limit_options(backbone)
     backbone.set_defaults(func=_cmd_backbone)
 
     demo = commands.add_parser("demo", help="two connectors and a backbone, end to end")
-    demo.add_argument("--size-mib", type=float, default=5.0, help="size of the demo file")
+    demo.add_argument(
+        "--size-mib", type=float, default=5.0, help="size of the demo file (default: %(default)s)"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     keys = commands.add_parser("keys", help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = key_commands.add_parser("create", help="make a new API key and print it once")
+    create = key_commands.add_parser(
+        "create",
+        help="make a new API key and print it once",
+        epilog=_SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_option(create)
-    create.add_argument("--name", required=True)
     create.add_argument(
-        "--scope", action="append", required=True, choices=SCOPES, dest="scopes", metavar="SCOPE"
+        "--name", required=True, help="a name for the key, e.g. the system using it"
+    )
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=SCOPES,
+        dest="scopes",
+        metavar="SCOPE",
+        help=f"what the key may do; repeat for several: {', '.join(SCOPES)}",
     )
     create.set_defaults(func=_cmd_keys_create)
 
@@ -90,17 +147,57 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
         default=Path(os.environ["CONNECTOR_CONFIG"])
         if os.environ.get("CONNECTOR_CONFIG")
         else None,
-        help="TOML config file (default: $CONNECTOR_CONFIG, else built-in defaults)",
+        help="TOML config file (default: $CONNECTOR_CONFIG, else built-in defaults); any key "
+        "can also be set by CONNECTOR_<SECTION>__<KEY>, e.g. CONNECTOR_SERVER__PORT=9000",
     )
 
 
 # -- serve ---------------------------------------------------------------------------------------
 
 
+class StartupError(Exception):
+    """``serve`` cannot start: one line says why (the data dir is in use, the port is taken)."""
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from connector.runtime import DataDirLocked, data_dir_lock, prepare_data_dir
+
     settings = load_settings(args.config)
-    _run(serve(settings))
+    prepare_data_dir(settings)
+    try:
+        # Before anything starts (scheduler, embedded backbone): one clear line, exit 1.
+        with data_dir_lock(settings.data_dir):
+            _check_port_free(settings.server.host, settings.server.port)
+            _run(serve(settings))
+    except DataDirLocked as exc:
+        raise StartupError(str(exc)) from None
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail early, naming the port, when another program already listens on it."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise _port_error(host, port, exc) from None
+
+
+def _port_error(host: str, port: int, exc: OSError) -> StartupError:
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"port {port} on {host} is in use by another program "
+            "(set server.port, or CONNECTOR_SERVER__PORT)"
+        )
+    return StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
@@ -123,7 +220,10 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # taken since the early check
+            raise _port_error(settings.server.host, settings.server.port, exc) from None
         runtime = app[RUNTIME]
         host, port = runner.addresses[0][:2]
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -134,7 +234,13 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         print(f"  API docs:  {url}/api/docs", flush=True)
         if runtime.bootstrap_key:
             print(f"  API key:   {runtime.bootstrap_key}", flush=True)
-            print("  (generated because no api.keys are configured; header X-API-KEY)", flush=True)
+            print(
+                "  (made because no API key exists; header X-API-KEY. Shown only now, and it\n"
+                "   stops working once any other key exists: api.keys or `connector keys create`)",
+                flush=True,
+            )
+        else:
+            print(f"  API key:   make one with: {_KEYS_CREATE_HINT}", flush=True)
         shown_key = runtime.bootstrap_key or "<your key>"
         print(
             f"  try:       curl -H 'X-API-KEY: {shown_key}' {url}/api/v1/account/identity",
@@ -200,12 +306,12 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 async def _create_key(settings: Settings, name: str, scopes: list[str]) -> str:
     from connector.crypto.at_rest import load_or_create_master_key
-    from connector.runtime import MASTER_KEY_ENV
+    from connector.runtime import MASTER_KEY_ENV, prepare_data_dir
     from connector.services.api_keys import ApiKeyService
     from storage.engine import create_engine, create_sessions
     from storage.migrate import upgrade
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
     engine = create_engine(settings.database_url)
     try:

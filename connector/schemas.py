@@ -168,6 +168,7 @@ class SyncStatus(_Model):
 
 class HealthOut(_Model):
     status: Literal["healthy", "unhealthy"]
+    version: str
     checks: dict[str, str]
 
 

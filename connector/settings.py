@@ -30,6 +30,9 @@ SCOPES = (
 )
 
 
+SQLITE_FILENAME = "connector.sqlite3"
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names each offending key."""
 
@@ -62,7 +65,7 @@ class PlatformSettings(_Section):
 
 class ApiKeyConfig(_Section):
     name: str
-    key: Annotated[str, Field(min_length=8)]
+    key: Annotated[str, Field(min_length=16)]
     scopes: list[str] = ["*"]
 
     @field_validator("scopes")
@@ -150,7 +153,7 @@ class Settings(BaseSettings):
         """The SQLAlchemy URL to use: the configured one, or SQLite inside ``data_dir``."""
         if self.database.url:
             return self.database.url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'connector.sqlite3').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILENAME).resolve()}"
 
 
 def load_settings(config_path: Path | None = None, **overrides: object) -> Settings:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
-from connector.api import account, events, files, health, messages, metrics, openapi
+from connector.api import access_log, account, events, files, health, messages, metrics, openapi
 from connector.api.appkeys import API_KEYS, RUNTIME
 from connector.api.auth import auth_middleware
 from connector.api.problems import problem_middleware
@@ -29,12 +28,12 @@ _TABLES = (
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Application:
     """The application for ``settings``; the runtime starts and stops with it."""
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware],
+        middlewares=[access_log.access_log_middleware, problem_middleware, auth_middleware],
         client_max_size=2 << 20,  # JSON bodies; file uploads stream past this limit
     )
     for table in _TABLES:
         table.add_to(app)
-    app[openapi.DOCUMENT] = openapi.build_document(route_specs(), _version())
+    app[openapi.DOCUMENT] = openapi.build_document(route_specs(), health.connector_version())
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, run_scheduler=run_scheduler) as runtime:
@@ -43,6 +42,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
 
     app.cleanup_ctx.append(runtime_context)
     app.on_shutdown.append(events.end_long_polls)
+    app.on_response_prepare.append(access_log.add_request_id)
     return app
 
 
@@ -54,10 +54,3 @@ def route_specs() -> list[RouteSpec]:
 def attach_runtime(app: web.Application, runtime: Runtime) -> None:
     app[RUNTIME] = runtime
     app[API_KEYS] = runtime.api_keys
-
-
-def _version() -> str:
-    try:
-        return version("connector")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.0.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 from sqlalchemy import text
@@ -14,6 +15,14 @@ from connector.schemas import HealthOut
 
 routes = RouteTable("health")
 _CHECK_TIMEOUT = 3.0
+
+
+def connector_version() -> str:
+    """The installed package's version (``connector --version``, ``/health``, OpenAPI)."""
+    try:
+        return version("connector")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
 
 
 @routes.get(
@@ -45,5 +54,7 @@ async def health(request: web.Request) -> web.StreamResponse:
         checks["sync"] = f"failing: {type(exc).__name__}: {exc}"
     checks["scheduler"] = "ok" if runtime.scheduler.running else "failing: not running"
     healthy = all(value == "ok" for value in checks.values())
-    body = HealthOut(status="healthy" if healthy else "unhealthy", checks=checks)
+    body = HealthOut(
+        status="healthy" if healthy else "unhealthy", version=connector_version(), checks=checks
+    )
     return json_response(body, 200 if healthy else 503)

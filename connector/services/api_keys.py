@@ -11,14 +11,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from connector.clock import utcnow
-from connector.crypto.at_rest import open_secret, seal_secret
 from connector.settings import SCOPES, ApiKeyConfig
 from storage.engine import Sessions
 from storage.models import ApiKey
 from storage.repositories import api_keys as api_keys_repo
 
-_BOOTSTRAP_PURPOSE = "api_key.bootstrap"
 _PREFIX = "ck_"
 
 
@@ -59,7 +59,8 @@ class ApiKeyService:
             if row is None:
                 return None
             principal = Principal(row.name, frozenset(row.scopes), digest)
-            self._cache[digest] = principal
+            if row.source != "bootstrap":  # looked up each time: it goes once another key exists
+                self._cache[digest] = principal
         return principal
 
     async def create(self, name: str, scopes: list[str], *, source: str = "cli") -> str:
@@ -69,6 +70,7 @@ class ApiKeyService:
         key = new_key()
         async with self._sessions.begin() as session:
             await api_keys_repo.add(session, self._row(name, key, scopes, source))
+            await _retire_bootstrap(session)
         return key
 
     async def sync_configured(self, configured: list[ApiKeyConfig]) -> None:
@@ -84,25 +86,23 @@ class ApiKeyService:
                     await api_keys_repo.add(
                         session, self._row(item.name, item.key, item.scopes, "config")
                     )
+            if await api_keys_repo.count_other_than(session, "bootstrap"):
+                await _retire_bootstrap(session)
 
     async def bootstrap_key(self) -> str | None:
-        """With no key at all, make one with every scope; returns it (sealed at rest) or None.
+        """With no key at all, make one with every scope and return it; else None.
 
-        It is kept sealed with the master key so that ``connector serve`` can print it again on
-        every start of a development set-up, until a real key is configured.
+        The key is returned only by the start that makes it (``connector serve`` prints it
+        then, once) and only its hash is kept. It works until any other key exists: a
+        configured one or one made by ``connector keys create`` removes it.
         """
         async with self._sessions.begin() as session:
             for row in await api_keys_repo.by_source(session, "bootstrap"):
-                if row.sealed_key is not None:
-                    return open_secret(
-                        self._master_key, row.sealed_key, _BOOTSTRAP_PURPOSE
-                    ).decode()
+                row.sealed_key = None  # older versions kept it sealed to print it every start
             if await api_keys_repo.count(session):
                 return None
             key = new_key()
-            row = self._row("bootstrap", key, ["*"], "bootstrap")
-            row.sealed_key = seal_secret(self._master_key, key.encode(), _BOOTSTRAP_PURPOSE)
-            await api_keys_repo.add(session, row)
+            await api_keys_repo.add(session, self._row("bootstrap", key, ["*"], "bootstrap"))
             return key
 
     @staticmethod
@@ -115,3 +115,8 @@ class ApiKeyService:
             sealed_key=None,
             created_at=utcnow(),
         )
+
+
+async def _retire_bootstrap(session: AsyncSession) -> None:
+    for row in await api_keys_repo.by_source(session, "bootstrap"):
+        await api_keys_repo.delete(session, row)

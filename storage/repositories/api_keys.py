@@ -20,6 +20,11 @@ async def count(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)
 
 
+async def count_other_than(session: AsyncSession, source: str) -> int:
+    query = select(func.count()).select_from(ApiKey).where(ApiKey.source != source)
+    return int(await session.scalar(query) or 0)
+
+
 async def add(session: AsyncSession, key: ApiKey) -> None:
     session.add(key)
     await session.flush()

@@ -1,0 +1,56 @@
+"""The access log: one line per request on logger ``connector.access``.
+
+Each line holds the method, the path (never the query string, which may carry cursors or other
+secrets, and never a header, so never the API key), the status, the duration in milliseconds
+and a request id, which the response carries as ``X-Request-Id`` so that a caller can quote it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("connector.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    request_id = secrets.token_hex(8)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response: web.StreamResponse = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    except BaseException:
+        status = 499 if request.transport is None or request.transport.is_closing() else 500
+        raise
+    finally:
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %d %.1fms id=%s",
+                request.method,
+                request.rel_url.raw_path,  # as sent, percent-encoded; no query string
+                status,
+                (time.perf_counter() - started) * 1000,
+                request_id,
+            )
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the id on every response, streamed ones too."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id

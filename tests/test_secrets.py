@@ -1,0 +1,142 @@
+"""Secrets kept: the bootstrap key shown once and retired, private files, long API keys."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from connector.runtime import open_runtime, warn_if_plaintext
+from connector.services.api_keys import new_key
+from connector.settings import ConfigError, load_settings
+from tests.conftest import Api
+
+_LONG_KEY = "config-key-0123456789abcdef"
+
+
+async def test_bootstrap_key_is_shown_once_and_retired_by_another_key(
+    tmp_path: Path, backbone: str
+) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "d", platform={"url": backbone})
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        key = runtime.bootstrap_key
+        assert key is not None and await runtime.api_keys.authenticate(key) is not None
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        assert runtime.bootstrap_key is None  # not shown again on a later start
+        assert await runtime.api_keys.authenticate(key) is not None  # but still works
+        await runtime.api_keys.create("erp", ["messages:read"])
+        assert await runtime.api_keys.authenticate(key) is None  # retired at once
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        assert runtime.bootstrap_key is None  # and no new one: a key exists
+    for path in (tmp_path / "d").rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes()
+
+
+async def test_a_configured_key_retires_the_bootstrap_key(tmp_path: Path, backbone: str) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "d", platform={"url": backbone})
+    async with open_runtime(settings, run_scheduler=False) as runtime:
+        key = runtime.bootstrap_key
+        assert key is not None
+    configured = load_settings(
+        None,
+        data_dir=tmp_path / "d",
+        platform={"url": backbone},
+        api={"keys": [{"name": "erp", "key": _LONG_KEY}]},
+    )
+    async with open_runtime(configured, run_scheduler=False) as runtime:
+        assert runtime.bootstrap_key is None
+        assert await runtime.api_keys.authenticate(key) is None
+        assert await runtime.api_keys.authenticate(_LONG_KEY) is not None
+
+
+async def test_data_dir_is_private_whatever_the_umask(tmp_path: Path, backbone: str) -> None:
+    data_dir = tmp_path / "d"
+    settings = load_settings(None, data_dir=data_dir, platform={"url": backbone})
+    previous = os.umask(0)
+    try:
+        async with open_runtime(settings, run_scheduler=False) as runtime:
+            await runtime.api_keys.create("erp", ["*"])  # a write, so the WAL exists
+            assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+            names = {path.name for path in data_dir.iterdir() if path.is_file()}
+            assert {"master.key", "connector.sqlite3", "connector.sqlite3-wal"} <= names
+            for name in names:
+                mode = stat.S_IMODE(os.stat(data_dir / name).st_mode)
+                assert mode == 0o600, (name, oct(mode))
+    finally:
+        os.umask(previous)
+
+
+def test_configured_api_keys_are_at_least_16_characters(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[[api.keys]]\nname = "erp"\nkey = "short-key-15chr"\n')
+    with pytest.raises(ConfigError, match=r"api\.keys\.0\.key: .*at least 16 characters"):
+        load_settings(config)
+    config.write_text('[[api.keys]]\nname = "erp"\nkey = "sixteen-chars-ok"\n')
+    assert load_settings(config).api.keys[0].key == "sixteen-chars-ok"
+    assert len(new_key()) >= 40  # what `connector keys create` makes
+
+
+async def test_access_log_has_one_line_per_request_and_never_the_key(
+    alice: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = alice.headers["X-API-KEY"]
+    with caplog.at_level(logging.INFO, logger="connector.access"):
+        async with alice.http.get(
+            alice.url + "/api/v1/messages?limit=5&cursor=secret-cursor", headers=alice.headers
+        ) as response:
+            assert response.status == 400  # not a cursor: refused, and still logged
+            ok_id = response.headers["X-Request-Id"]
+        async with alice.http.get(
+            alice.url + "/api/v1/messages", headers={"X-API-KEY": key + "-wrong"}
+        ) as response:
+            assert response.status == 401
+            refused_id = response.headers["X-Request-Id"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "connector.access"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(rf"GET /api/v1/messages 400 \d+\.\dms id={ok_id}", lines[0]), lines
+    assert re.fullmatch(rf"GET /api/v1/messages 401 \d+\.\dms id={refused_id}", lines[1]), lines
+    assert ok_id != refused_id
+    assert key not in caplog.text and "secret-cursor" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://platform.example.com:8090", True),
+        ("http://10.0.0.5:8090", True),
+        ("http://[2001:db8::1]:8090", True),
+        ("https://platform.example.com", False),
+        ("http://127.0.0.1:8090", False),
+        ("http://localhost:8090", False),
+        ("http://[::1]:8090", False),
+        ("embedded", False),
+    ],
+)
+def test_plain_http_platform_beyond_loopback_warns(
+    url: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="connector.runtime"):
+        assert warn_if_plaintext(url) is warned
+    assert ("plain http://" in caplog.text) is warned
+
+
+async def test_start_up_warns_about_plain_http(
+    tmp_path: Path, backbone: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A name that is not loopback (it does not resolve): the warning comes first at start-up.
+    url = backbone.replace("127.0.0.1", "platform.invalid")
+    settings = load_settings(None, data_dir=tmp_path / "d", platform={"url": url})
+    with (
+        caplog.at_level(logging.WARNING, logger="connector.runtime"),
+        contextlib.suppress(aiohttp.ClientError, OSError),  # unreachable: may fail or retry later
+    ):
+        async with open_runtime(settings, run_scheduler=False):
+            pass
+    assert f"platform.url {url} is plain http://" in caplog.text
