@@ -25,6 +25,7 @@ from connector.errors import (
 )
 from connector.runtime import Runtime
 from connector.schemas import FileListQuery, FileOut, FilePage
+from connector.services.body import line_char
 from connector.services.files import FileMetadata, UploadedBlob, safe_filename
 from connector.services.views import file_out
 from storage.models import File
@@ -133,18 +134,13 @@ def _check_part_headers(part: BodyPartReader, number: int) -> None:
     """
     for name, value in part.headers.items():
         for text in (name, value):
-            if not all(c == "\t" or _printable(c) for c in text):
+            if not all(c == "\t" or line_char(c) for c in text):
                 raise ValidationFailed(
                     f"the header {_shown(name)} of form part {number} holds control characters "
                     "or bytes that are not UTF-8",
                     status=400,
                     errors=[{"field": f"part {number}: {_shown(name)}", "message": "not text"}],
                 )
-
-
-def _printable(c: str) -> bool:
-    code = ord(c)
-    return not (code < 32 or code == 127 or 0xD800 <= code <= 0xDFFF)
 
 
 def _shown(text: str) -> str:
@@ -221,7 +217,7 @@ def _metadata(filename: str, mimetype: str, fields: dict[str, list[str]]) -> Fil
     for name in ("title", "description"):
         if "\x00" in (single(name) or ""):
             raise ValidationFailed(f"{name} must not contain NUL", status=422)
-    if any(not all(_printable(c) for c in tag) for tag in tags):
+    if any(not all(line_char(c) for c in tag) for tag in tags):
         raise ValidationFailed("tags must not contain control characters", status=422)
     return FileMetadata(
         filename=filename,

@@ -32,9 +32,21 @@ MAX_FILE_SIZE = 1 << 50  # far past any platform's limit; fits a BIGINT with roo
 _MIN_CHUNK_SIZE = 4096
 
 
+def _control(c: str) -> bool:
+    """A C0 control character (NUL, CR, LF, ESC, ...) or DEL."""
+    code = ord(c)
+    return code < 32 or code == 127
+
+
+def line_char(c: str) -> bool:
+    """Whether ``c`` may stand in a one-line text (a name, a tag, a header): not a control
+    character and not a lone surrogate (what :data:`Line` refuses, one character at a time)."""
+    return not _control(c) and not 0xD800 <= ord(c) <= 0xDFFF
+
+
 def _no_controls(value: str) -> str:
     """Text for columns and headers: no control characters (NUL, CR, LF, ...) at all."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if any(_control(c) for c in value):
         raise ValueError("must not contain control characters")
     return _utf8(value)
 

@@ -29,6 +29,7 @@ from connector.ids import new_file_id
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.services import cursors
+from connector.services.body import line_char
 from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import files as files_repo
@@ -65,9 +66,8 @@ def safe_filename(raw: str) -> str:
 
 
 def _printable(c: str) -> bool:
-    """Not a C0/C1 control character (NUL, CR, LF, ESC, DEL, ...) and not a lone surrogate."""
-    code = ord(c)
-    return not (code < 32 or 127 <= code < 160 or 0xD800 <= code <= 0xDFFF)
+    """What a one-line text may hold (``body.line_char``), and no C1 control either."""
+    return line_char(c) and not 0x80 <= ord(c) < 0xA0
 
 
 @dataclass(frozen=True)
