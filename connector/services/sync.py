@@ -290,7 +290,8 @@ class SyncService:
         self, arrival: _Arrival, senders: dict[str, PeerKeys | str], now: datetime
     ) -> None:
         envelope, header = arrival.envelope, arrival.header
-        arrival.digest = _digest(envelope)
+        if arrival.digest is None:  # not yet worked out while recognising repeats
+            arrival.digest = _digest(envelope)
         sender = senders.get(header.sender)
         problem = (
             "; ".join(header.problems)
