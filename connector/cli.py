@@ -160,7 +160,7 @@ class StartupError(Exception):
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from connector.runtime import DataDirLocked, data_dir_lock, prepare_data_dir
+    from connector.data_dir import DataDirLocked, data_dir_lock, prepare_data_dir
 
     settings = load_settings(args.config)
     prepare_data_dir(settings)
@@ -306,7 +306,8 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 async def _create_key(settings: Settings, name: str, scopes: list[str]) -> str:
     from connector.crypto.at_rest import load_or_create_master_key
-    from connector.runtime import MASTER_KEY_ENV, prepare_data_dir
+    from connector.data_dir import prepare_data_dir
+    from connector.runtime import MASTER_KEY_ENV
     from connector.services.api_keys import ApiKeyService
     from storage.engine import create_engine, create_sessions
     from storage.migrate import upgrade
