@@ -232,8 +232,8 @@ class EventFeed:
 
 
 def encode_cursor(seq: int) -> str:
-    return cursors.encode("e", seq)
+    return cursors.encode(cursors.EVENTS, seq)
 
 
 def decode_cursor(cursor: str) -> int:
-    return cursors.decode("e", cursor, field="after", hint="the event feed")
+    return cursors.decode(cursors.EVENTS, cursor, field="after", hint="the event feed")

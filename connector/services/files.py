@@ -221,8 +221,8 @@ class FileService:
     ) -> tuple[list[File], str | None]:
         is_own = {"own": True, "peer": False, None: None}[owner]
         before = (
-            cursors.decode_timed("f", cursor, field="cursor", hint="the file list")
-            if cursor
+            cursors.decode_timed(cursors.FILES, cursor, field="cursor", hint="the file list")
+            if cursor is not None
             else None
         )
         async with self._sessions() as session:
@@ -230,7 +230,7 @@ class FileService:
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            next_cursor = cursors.encode_timed("f", last.created_at, last.id)
+            next_cursor = cursors.encode_timed(cursors.FILES, last.created_at, last.id)
         return rows[:limit], next_cursor
 
     def file_key(self, file: File) -> bytes:

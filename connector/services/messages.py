@@ -311,7 +311,9 @@ class MessageService:
     ) -> tuple[list[tuple[MessageRecord, list[File]]], str | None]:
         """A page of messages with their attachments' files, and the next page's cursor."""
         after_seq = (
-            cursors.decode("s", cursor, field="cursor", hint="the message list") if cursor else None
+            cursors.decode(cursors.MESSAGES, cursor, field="cursor", hint="the message list")
+            if cursor is not None
+            else None
         )
         async with self._sessions() as session:
             rows = await messages_repo.page(
@@ -321,7 +323,7 @@ class MessageService:
         if len(rows) > limit:
             last_seq = rows[limit - 1][0].seq
             assert last_seq is not None
-            next_cursor = cursors.encode("s", last_seq)
+            next_cursor = cursors.encode(cursors.MESSAGES, last_seq)
         return rows[:limit], next_cursor
 
     async def set_read(self, message_id: str, read: bool) -> Message:
