@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger("connector.access")
 
@@ -54,3 +55,28 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
+
+
+class MalformedRequestFilter(logging.Filter):
+    """One line, without a traceback or the request's bytes, for a request aiohttp refuses.
+
+    aiohttp's parser answers a malformed request (a NUL or a control character in a header,
+    say) with 400 itself, before any middleware, and logs it on ``aiohttp.server`` at ERROR with
+    a traceback that quotes the offending bytes, which may hold an API key. Bad input is not an
+    error of ours: it is told at INFO, by status and kind only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            record.msg, record.args = (
+                "refused a malformed request: %d %s",
+                (
+                    error.code,
+                    type(error).__name__,
+                ),
+            )
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
