@@ -6,15 +6,27 @@ so that a typo is an error, not a silently ignored option.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
 
 from connector.clock import aware_in_range
+from connector.crypto.keys import ADDRESS_PATTERN, is_valid_address
 from connector.ids import FILE_ID
-from connector.services.body import Line, check_json
+from connector.services import cursors
+from connector.services.body import Line, Text, check_json
 
 
 class _Model(BaseModel):
@@ -26,8 +38,6 @@ class _Request(_Model):
 
 
 def _address(value: str) -> str:
-    from connector.crypto.keys import is_valid_address
-
     if not is_valid_address(value):
         raise ValueError("not a valid address (id1 followed by 32 base32 characters)")
     return value
@@ -50,11 +60,40 @@ def _storable(content: dict[str, Any]) -> dict[str, Any]:
     return content
 
 
-Address = Annotated[str, AfterValidator(_address)]
-FileIdStr = Annotated[str, AfterValidator(_file_id)]
+# Years 2001..9998 as written, so that any offset keeps the time in the years 2000..9999 that
+# every time we store must fall in (connector.clock.aware_in_range).
+_YEAR = r"(200[1-9]|20[1-9][0-9]|2[1-9][0-9]{2}|[3-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+TIME_PATTERN = (
+    rf"^{_YEAR}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+"""An RFC 3339 time with an offset, as the API takes it: the document states exactly this."""
+_TIME = re.compile(TIME_PATTERN)
+
+
+def _rfc3339(value: object) -> object:
+    """Times are RFC 3339 text with an offset; not numbers, not ISO 8601's other spellings."""
+    if not isinstance(value, str) or not _TIME.match(value):
+        raise ValueError(
+            "must be an RFC 3339 time with an offset, such as 2026-01-31T12:00:00Z "
+            "(years 2001..9998)"
+        )
+    return value
+
+
+def _pattern(pattern: str) -> Any:
+    return Field(json_schema_extra={"pattern": pattern})
+
+
+Address = Annotated[str, AfterValidator(_address), _pattern(ADDRESS_PATTERN)]
+FileIdStr = Annotated[str, AfterValidator(_file_id), _pattern(FILE_ID.pattern)]
 Tag = Annotated[Line, Field(min_length=1, max_length=100)]
 Content = Annotated[dict[str, Any], AfterValidator(_storable)]
-AwareTime = Annotated[datetime, AfterValidator(aware_in_range)]
+AwareTime = Annotated[
+    datetime, BeforeValidator(_rfc3339), AfterValidator(aware_in_range), _pattern(TIME_PATTERN)
+]
+Filter = Annotated[Line, Field(min_length=1, max_length=255)]
+"""A name or correlation key: what a message can carry, so what a filter can match."""
 
 
 class FileOut(_Model):
@@ -119,10 +158,32 @@ class SendMessageRequest(_Request):
     recipients: Annotated[list[Address], Field(min_length=1, max_length=100)]
     content: Content
     attachments: Annotated[list[FileIdStr], Field(max_length=100)] = []
-    name: Annotated[Line, Field(min_length=1, max_length=255)] | None = None
-    correlation_key: Annotated[Line, Field(min_length=1, max_length=255)] | None = None
+    name: Filter | None = None
+    correlation_key: Filter | None = None
     time_to_live: Annotated[int, Field(gt=0, le=365 * 24 * 3600)] | None = None
     tags: Annotated[list[Tag], Field(max_length=50)] = []
+
+
+def _tag_list(value: object) -> object:
+    """``a, b`` or ``["a", "b"]`` (or several such parts): trimmed, without empty ones or
+    repeats."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list):
+        return value
+    tags: list[object] = []
+    for text in texts:
+        tags.extend(_tags_in(text) if isinstance(text, str) else [text])
+    return list(dict.fromkeys(t.strip() if isinstance(t, str) else t for t in tags))
+
+
+def _tags_in(text: str) -> list[str]:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        with contextlib.suppress(ValueError):
+            pieces = json.loads(stripped)
+            if isinstance(pieces, list) and all(isinstance(v, str) for v in pieces):
+                return [v for v in pieces if v.strip()]
+    return [v for v in stripped.split(",") if v.strip()]
 
 
 class MessagePage(_Model):
@@ -138,6 +199,37 @@ class FilePage(_Model):
 class EventPage(_Model):
     items: list[EventOut]
     next_cursor: str | None
+
+
+_TAG_PIECE = r"[^,\x00-\x1f\x7f]{0,100}"
+TAGS_PATTERN = rf"^{_TAG_PIECE}(,{_TAG_PIECE}){{0,49}}$"
+
+
+class UploadForm(_Request):
+    """The text parts of an upload (``multipart/form-data``), beside the part ``file``.
+
+    What a peer accepts in an attachment descriptor (``connector.services.body``), so a file
+    that uploads can always be attached.
+    """
+
+    title: Annotated[Text, Field(max_length=65536)] | None = None
+    description: Annotated[Text, Field(max_length=65536)] | None = None
+    expires_at: AwareTime | None = Field(
+        None, description="when the housekeeping job deletes the file (here and at the platform)"
+    )
+    tags: Annotated[
+        list[Tag],
+        Field(max_length=50),
+        BeforeValidator(_tag_list),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "pattern": TAGS_PATTERN,
+                "description": "comma-separated (a JSON array of strings is read too); "
+                "at most 50, each 1-100 characters after trimming",
+            }
+        ),
+    ] = []
 
 
 class IdentityOut(_Model):
@@ -180,20 +272,32 @@ class Problem(_Model):
     code: str
 
 
-class _Query(_Request):
-    limit: Annotated[int, Field(ge=1, le=1000)] = 50
-    cursor: str | None = None
+def _cursor(pattern: str) -> Any:
+    # The pattern is documented, not enforced here: the list's decoder enforces it, and still
+    # reads the base64 cursors that versions before 0.2 handed out.
+    return Field(
+        None,
+        json_schema_extra={"pattern": pattern},
+        description="the nextCursor of an earlier answer; absent: from the beginning",
+    )
 
 
-class FileListQuery(_Query):
+_Limit = Annotated[int, Field(ge=1, le=1000)]
+
+
+class FileListQuery(_Request):
+    limit: _Limit = 50
+    cursor: str | None = _cursor(cursors.timed_pattern(cursors.FILES))
     owner: Literal["own", "peer"] | None = None
 
 
-class MessageListQuery(_Query):
+class MessageListQuery(_Request):
+    limit: _Limit = 50
+    cursor: str | None = _cursor(cursors.seq_pattern(cursors.MESSAGES))
     direction: Literal["incoming", "outgoing"] | None = None
-    peer: str | None = None
-    name: str | None = None
-    correlation_key: str | None = None
+    peer: Address | None = None
+    name: Filter | None = None
+    correlation_key: Filter | None = None
     status: MessageStatus | None = None
     unread: bool | None = None
     created_after: AwareTime | None = None
@@ -211,10 +315,8 @@ def _comma_separated(value: object) -> object:
 
 
 class EventListQuery(_Request):
-    after: Annotated[str, Field(min_length=1, max_length=100)] | None = Field(
-        None, description="the nextCursor of an earlier answer; absent: from the beginning"
-    )
-    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+    after: str | None = _cursor(cursors.seq_pattern(cursors.EVENTS))
+    limit: _Limit = 50
     type: Annotated[list[EventType], BeforeValidator(_comma_separated)] | None = Field(
         None, description="only events of this type; several comma-separated"
     )

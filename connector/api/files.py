@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import mimetypes
 from collections.abc import AsyncIterator
-from datetime import datetime
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, web
@@ -15,7 +13,7 @@ from aiohttp.hdrs import CONTENT_TYPE
 from aiohttp.http import HttpProcessingError
 
 from connector.api.appkeys import RUNTIME
-from connector.api.params import json_response, query
+from connector.api.params import form_of, json_response, query
 from connector.api.routing import RouteTable
 from connector.errors import (
     ConnectorError,
@@ -23,8 +21,9 @@ from connector.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from connector.ids import FILE_ID
 from connector.runtime import Runtime
-from connector.schemas import FileListQuery, FileOut, FilePage
+from connector.schemas import FileListQuery, FileOut, FilePage, UploadForm
 from connector.services.body import line_char
 from connector.services.files import FileMetadata, UploadedBlob, safe_filename
 from connector.services.views import file_out
@@ -35,7 +34,7 @@ routes = RouteTable("files")
 
 _PIECE = 1 << 20
 _MAX_PARTS = 32
-_MAX_TEXT = 64 * 1024
+_MAX_TEXT = 4 * 65536  # bytes: room for the 65,536 characters a title may have, in UTF-8
 _TEXT_FIELDS = ("title", "description", "expiresAt", "tags")
 _MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the file
 _MAX_MIMETYPE = 255  # the column, and what a peer accepts in an attachment descriptor
@@ -49,6 +48,12 @@ OCTET_STREAM = "application/octet-stream"
     status=201,
     response=FileOut,
     content_type="multipart/form-data",
+    form=UploadForm,
+    links={
+        "file": ("get_file", {"id": "$response.body#/id"}),
+        "download": ("download_file", {"id": "$response.body#/id"}),
+        "delete": ("delete_file", {"id": "$response.body#/id"}),
+    },
     responses={
         400: "validation_failed: the multipart body is malformed, or a part header holds "
         "control characters or bytes that are not UTF-8",
@@ -196,51 +201,20 @@ async def _text(part: BodyPartReader) -> str:
 
 
 def _metadata(filename: str, mimetype: str, fields: dict[str, list[str]]) -> FileMetadata:
-    def single(name: str) -> str | None:
-        values = fields.get(name)
-        if values and len(values) > 1:
+    """The form's text parts, checked as :class:`UploadForm` (which the document shows)."""
+    for name, values in fields.items():
+        if len(values) > 1 and name != "tags":
             raise ValidationFailed(f"form field {name!r} given more than once", status=422)
-        return values[0] if values else None
-
-    expires_at = None
-    if raw := single("expiresAt"):
-        try:
-            expires_at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise ValidationFailed("expiresAt is not an ISO 8601 time", status=422) from None
-        if expires_at.tzinfo is None:
-            raise ValidationFailed("expiresAt needs a timezone (e.g. Z)", status=422)
-    tags: list[str] = []
-    for raw in fields.get("tags", []):
-        tags.extend(_tags(raw))
-    # what a peer accepts in the attachment descriptor: no NUL in texts, no controls in tags
-    for name in ("title", "description"):
-        if "\x00" in (single(name) or ""):
-            raise ValidationFailed(f"{name} must not contain NUL", status=422)
-    if any(not all(line_char(c) for c in tag) for tag in tags):
-        raise ValidationFailed("tags must not contain control characters", status=422)
+    raw = {name: values if name == "tags" else values[0] for name, values in fields.items()}
+    form = form_of(UploadForm, raw)
     return FileMetadata(
         filename=filename,
         mimetype=mimetype,
-        title=single("title"),
-        description=single("description"),
-        expires_at=expires_at,
-        tags=tuple(dict.fromkeys(tags)),
+        title=form.title,
+        description=form.description,
+        expires_at=form.expires_at,
+        tags=tuple(form.tags),
     )
-
-
-def _tags(raw: str) -> list[str]:
-    """Tags as a JSON array or comma-separated."""
-    stripped = raw.strip()
-    if stripped.startswith("["):
-        try:
-            values = json.loads(stripped)
-        except ValueError:
-            raise ValidationFailed("tags is not a JSON array of strings", status=422) from None
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise ValidationFailed("tags is not a JSON array of strings", status=422)
-        return [v.strip() for v in values if v.strip()]
-    return [v.strip() for v in stripped.split(",") if v.strip()]
 
 
 @routes.get(
@@ -263,6 +237,7 @@ async def list_files(request: web.Request) -> web.StreamResponse:
     "/api/v1/files/{id}",
     scope="files:read",
     summary="One file's metadata",
+    path_patterns={"id": FILE_ID.pattern},
     response=FileOut,
     responses={404: "no such file"},
 )
@@ -275,6 +250,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     "/api/v1/files/{id}/download",
     scope="files:read",
     summary="The file's plaintext, streamed and verified",
+    path_patterns={"id": FILE_ID.pattern},
     content_type="application/octet-stream",
     responses={404: "no such file", 502: "the stored ciphertext failed verification"},
 )
@@ -288,6 +264,7 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     "/api/v1/files/{id}",
     scope="files:write",
     summary="Delete an own file (here and at the platform)",
+    path_patterns={"id": FILE_ID.pattern},
     status=204,
     responses={403: "not an own file", 404: "no such file"},
 )

@@ -9,13 +9,17 @@ from aiohttp import web
 from connector.api.appkeys import PRINCIPAL, RUNTIME
 from connector.api.files import stream_plaintext
 from connector.api.params import json_body, json_response, query
-from connector.api.routing import RouteTable
+from connector.api.routing import Header, RouteTable
+from connector.ids import FILE_ID, MESSAGE_ID
 from connector.schemas import MessageListQuery, MessageOut, MessagePage, SendMessageRequest
 from connector.services import idempotency
 from connector.services.views import message_out
 from storage.repositories.messages import MessageFilter
 
 routes = RouteTable("messages")
+
+_IDS = {"id": MESSAGE_ID.pattern, "fileId": FILE_ID.pattern}
+_CREATED = {"id": "$response.body#/id"}
 
 
 def _respond_async(request: web.Request) -> bool:
@@ -35,13 +39,27 @@ def _respond_async(request: web.Request) -> bool:
     body=SendMessageRequest,
     response=MessageOut,
     headers={
-        "Idempotency-Key": "1-255 printable ASCII characters; a repeat with the same key and "
-        "body answers as the first request did (header Idempotent-Replayed: true)",
-        "Prefer": "respond-async: answer 202 at once and let the outbox send it",
+        "Idempotency-Key": Header(
+            "1-255 printable ASCII characters; a repeat with the same key and body answers as "
+            "the first request did (header Idempotent-Replayed: true)",
+            # HTTP drops spaces around a header value, so the key neither starts nor ends with one
+            {"type": "string", "pattern": r"^[!-~]([ -~]{0,253}[!-~])?$"},
+        ),
+        "Prefer": Header("respond-async: answer 202 at once and let the outbox send it"),
+    },
+    links={
+        "message": ("get_message", _CREATED),
+        "markRead": ("mark_read", _CREATED),
+        "markUnread": ("mark_unread", _CREATED),
+        "attachment": (
+            "download_attachment",
+            {**_CREATED, "fileId": "$response.body#/attachments/0/id"},
+        ),
     },
     responses={
         202: "accepted and queued; the outbox sends it",
-        400: "validation_failed (also for an Idempotency-Key that is not 1-255 printable ASCII)",
+        400: "validation_failed: the body is not JSON, or the Idempotency-Key is not 1-255 "
+        "printable ASCII",
         404: "recipient_not_found",
         409: "idempotency_in_progress: a request with this Idempotency-Key is still running",
         422: "validation_failed, file_not_found, or idempotency_key_reused (the "
@@ -112,6 +130,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     "/api/v1/messages/{id}",
     scope="messages:read",
     summary="One message",
+    path_patterns=_IDS,
     response=MessageOut,
     responses={404: "no such message"},
 )
@@ -124,6 +143,7 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     "/api/v1/messages/{id}/read",
     scope="messages:read",
     summary="Mark read",
+    path_patterns=_IDS,
     response=MessageOut,
     responses={404: "no such message"},
 )
@@ -136,6 +156,7 @@ async def mark_read(request: web.Request) -> web.StreamResponse:
     "/api/v1/messages/{id}/read",
     scope="messages:read",
     summary="Mark unread",
+    path_patterns=_IDS,
     response=MessageOut,
     responses={404: "no such message"},
 )
@@ -148,6 +169,7 @@ async def mark_unread(request: web.Request) -> web.StreamResponse:
     "/api/v1/messages/{id}/attachments/{fileId}/download",
     scope="files:read",
     summary="An attachment's plaintext, streamed and verified",
+    path_patterns=_IDS,
     content_type="application/octet-stream",
     responses={404: "no such message or attachment", 502: "ciphertext failed verification"},
 )

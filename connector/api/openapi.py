@@ -45,14 +45,18 @@ def build_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
 
 
 def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
-    problem = {"application/problem+json": {"schema": refs[Problem]}}
     operation: dict[str, Any] = {
         "summary": spec.summary,
         "operationId": spec.handler.__name__,
         "tags": [spec.tag],
         "parameters": [
             *(
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": _string(spec.path_patterns.get(name)),
+                }
                 for name in re.findall(r"{(\w+)}", spec.path)
             ),
             *(
@@ -60,10 +64,10 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
                     "name": name,
                     "in": "header",
                     "required": False,
-                    "description": description,
-                    "schema": {"type": "string"},
+                    "description": header.description,
+                    "schema": header.schema,
                 }
-                for name, description in spec.headers.items()
+                for name, header in spec.headers.items()
             ),
         ],
         "responses": {},
@@ -76,56 +80,99 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
         required = set(schema.get("required", []))
         for name, prop in schema.get("properties", {}).items():
             operation["parameters"].append(
-                {"name": name, "in": "query", "required": name in required, "schema": prop}
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": name in required,
+                    **({"description": prop["description"]} if "description" in prop else {}),
+                    "schema": _without_null(prop),
+                }
             )
     if spec.body is not None:
         operation["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": refs[spec.body]}},
         }
-    elif spec.content_type == "multipart/form-data":
+    elif spec.form is not None:
         operation["requestBody"] = {
             "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {
-                                "type": "string",
-                                "contentMediaType": "application/octet-stream",
-                            },
-                            "title": {"type": "string"},
-                            "description": {"type": "string"},
-                            "expiresAt": {"type": "string", "format": "date-time"},
-                            "tags": {"type": "string", "description": "comma-separated or JSON"},
-                        },
-                    }
-                }
-            },
+            "content": {"multipart/form-data": {"schema": _form_schema(spec.form)}},
         }
     ok: dict[str, Any] = {"description": "success"}
     if spec.response is not None:
         ok["content"] = {"application/json": {"schema": refs[spec.response]}}
+    elif spec.content_type == "application/json":  # a document of its own (this one)
+        ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+    elif spec.content_type and spec.content_type.startswith("text/"):
+        ok["content"] = {spec.content_type: {"schema": {"type": "string"}}}
     elif spec.content_type and spec.content_type != "multipart/form-data":
         ok["content"] = {spec.content_type: {"schema": {"type": "string", "format": "binary"}}}
+    if spec.links:
+        ok["links"] = {
+            name: {"operationId": operation_id, "parameters": parameters}
+            for name, (operation_id, parameters) in spec.links.items()
+        }
     operation["responses"][str(spec.status)] = ok
-    for status, description in spec.responses.items():
+    for status, description in _answers(spec).items():
         entry: dict[str, Any] = {"description": description}
         if status >= 400:
-            entry["content"] = problem
+            entry["content"] = {"application/problem+json": {"schema": refs[Problem]}}
         elif spec.response is not None:
             entry["content"] = ok.get("content")
         operation["responses"][str(status)] = entry
-    if spec.scope != PUBLIC:
-        operation["responses"].setdefault(
-            "401", {"description": "missing or unknown API key", "content": problem}
-        )
-        operation["responses"].setdefault(
-            "403", {"description": "the key lacks the scope", "content": problem}
-        )
     return operation
+
+
+def _answers(spec: RouteSpec) -> dict[int, str]:
+    """The route's own answers, and those every route of its kind can give."""
+    answers = dict(spec.responses)
+    if spec.query is not None or spec.body is not None or spec.headers:
+        answers.setdefault(400, "validation_failed: a parameter or header is not valid")
+    if spec.body is not None:
+        answers.setdefault(400, "validation_failed: the body is not JSON")
+        answers.setdefault(413, "payload_too_large: the body is larger than 2 MiB")
+        answers.setdefault(415, "unsupported_media_type: the body is not application/json")
+        answers.setdefault(422, "validation_failed: the body does not fit the schema")
+    if spec.scope != PUBLIC:
+        answers.setdefault(401, "unauthorized: missing or unknown API key")
+        answers.setdefault(403, "forbidden: the key lacks the scope")
+    return dict(sorted(answers.items()))
+
+
+def _string(pattern: str | None) -> dict[str, Any]:
+    return {"type": "string", "pattern": pattern} if pattern else {"type": "string"}
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without pydantic's ``null`` branch: a query or form value is text,
+    never null, and absence is what "optional" already says."""
+    options = schema.get("anyOf")
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "title", "default")}
+    if options:
+        kept = [o for o in options if o.get("type") != "null"]
+        if len(kept) == 1:
+            return {**rest, **kept[0]}
+        return {**rest, "anyOf": kept}
+    return rest
+
+
+def _form_schema(form: type[BaseModel]) -> dict[str, Any]:
+    """The multipart body: the part ``file`` and the form's text parts, nothing else."""
+    schema = form.model_json_schema(by_alias=True)
+    properties = {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "contentMediaType": "application/octet-stream",
+        },
+        **{name: _without_null(prop) for name, prop in schema["properties"].items()},
+    }
+    return {
+        "type": "object",
+        "required": ["file"],
+        "properties": properties,
+        "additionalProperties": False,
+    }
 
 
 _SWAGGER = """<!doctype html>

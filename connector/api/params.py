@@ -37,11 +37,7 @@ async def json_body(request: web.Request, model: type[M]) -> M:
         raise ValidationFailed(f"the body is not valid JSON: {exc}", status=400) from None
     except RecursionError:  # the decoder recurses per level; a hostile depth ends here
         raise ValidationFailed("the body is nested too deeply to be read", status=400) from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = _errors(exc)
-        raise ValidationFailed(_summary(errors), status=422, errors=errors) from None
+    return _validated(model, data, status=422)
 
 
 def query(request: web.Request, model: type[M]) -> M:
@@ -50,11 +46,20 @@ def query(request: web.Request, model: type[M]) -> M:
     for name in request.query:
         values = request.query.getall(name)
         raw[name] = values if len(values) > 1 else values[0]
+    return _validated(model, raw, status=400)
+
+
+def form_of(model: type[M], fields: dict[str, Any]) -> M:
+    """A form's text parts as ``model``; 422 with the offending part named."""
+    return _validated(model, fields, status=422)
+
+
+def _validated(model: type[M], raw: object, *, status: int) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         errors = _errors(exc)
-        raise ValidationFailed(_summary(errors), status=400, errors=errors) from None
+        raise ValidationFailed(_summary(errors), status=status, errors=errors) from None
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:

@@ -15,6 +15,15 @@ from pydantic import BaseModel
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
+@dataclass(frozen=True)
+class Header:
+    """An optional request header a route reads, with the exact rule it enforces."""
+
+    description: str
+    schema: dict[str, object] = field(default_factory=lambda: {"type": "string"})
+
+
 PUBLIC = "public"
 
 
@@ -35,8 +44,15 @@ class RouteSpec:
     """Other answers worth documenting: status -> description."""
     content_type: str | None = None
     """For bodies that are not JSON (multipart uploads) and answers that are not JSON."""
-    headers: dict[str, str] = field(default_factory=dict)
-    """Optional request headers the route reads: name -> description."""
+    form: type[BaseModel] | None = None
+    """For multipart uploads: the text parts beside the part ``file``."""
+    path_patterns: dict[str, str] = field(default_factory=dict)
+    """Path parameter -> the pattern its values have (others answer 404)."""
+    headers: dict[str, Header] = field(default_factory=dict)
+    """Optional request headers the route reads."""
+    links: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    """OpenAPI links from the success answer: name -> (operationId, path parameter -> runtime
+    expression), so a client or a fuzzer can follow a created resource to the routes using it."""
 
 
 _SPEC_ATTRIBUTE = "__route_spec__"

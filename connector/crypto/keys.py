@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 __all__ = [
+    "ADDRESS_PATTERN",
     "ADDRESS_PREFIX",
     "AUTH_CONTEXT",
     "REGISTRATION_CONTEXT",
@@ -43,7 +44,8 @@ _KEY_SIZE = 32
 # 20 bytes = 160 bits = exactly 32 base32 characters, so there is never padding to strip and
 # every string matching this pattern is a well-formed address.
 _ADDRESS_DIGEST_BYTES = 20
-_ADDRESS_RE = re.compile(ADDRESS_PREFIX + r"[a-z2-7]{32}")
+ADDRESS_PATTERN = "^" + ADDRESS_PREFIX + r"[a-z2-7]{32}$"
+_ADDRESS_RE = re.compile(ADDRESS_PATTERN)
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUBLIC = serialization.PublicFormat.Raw

@@ -62,8 +62,15 @@ def _utf8(value: str) -> str:
     return value
 
 
-Line = Annotated[str, AfterValidator(_no_controls)]
-Text = Annotated[str, AfterValidator(_utf8)]
+LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+"""What :data:`Line` admits, for JSON Schema (which has no notion of lone surrogates)."""
+TEXT_PATTERN = r"^[^\x00]*$"
+"""What :data:`Text` admits, for JSON Schema."""
+
+Line = Annotated[
+    str, AfterValidator(_no_controls), Field(json_schema_extra={"pattern": LINE_PATTERN})
+]
+Text = Annotated[str, AfterValidator(_utf8), Field(json_schema_extra={"pattern": TEXT_PATTERN})]
 Time = Annotated[datetime, AfterValidator(aware_in_range)]
 Tag = Annotated[Line, StringConstraints(min_length=1, max_length=100)]
 
