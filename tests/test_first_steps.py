@@ -8,6 +8,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from connector.cli import _parser
 from tests.conftest import Api
 from tests.processes import run_to_end, serving
@@ -57,12 +59,23 @@ async def test_version_on_the_command_line_and_in_health(alice: Api) -> None:
         assert (await response.json())["version"] == installed
 
 
-def test_every_option_has_help_naming_its_environment_variables() -> None:
+def test_every_option_has_help_naming_its_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "ck_must-never-show-in-help-0123456789"
+    monkeypatch.setenv("CONNECTOR_API_KEY", secret)
     parser = _parser()
     commands = _subcommands(parser)
-    for name in ("serve", "backbone", "demo", "keys create"):  # the client commands: client_cli
-        for action in commands[name]._actions:
-            assert action.help, f"connector {name} {action.dest}: no help"
+    client = ("files upload", "files download", "messages send", "messages list")
+    assert {"serve", "backbone", "demo", "keys create", *client} <= set(commands)
+    for name, command in {"": parser, **commands}.items():
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):  # each subcommand's own help
+                for choice in action._choices_actions:
+                    assert choice.help, f"connector {name} {choice.dest}: no help"
+            else:
+                assert action.help, f"connector {name} {action.dest}: no help"
+        assert secret not in command.format_help(), name
     top = parser.format_help()
     for variable in (
         "CONNECTOR_CONFIG",
@@ -76,6 +89,10 @@ def test_every_option_has_help_naming_its_environment_variables() -> None:
         text = commands[name].format_help()
         for variable in ("CONNECTOR_CONFIG", "CONNECTOR_LOG_LEVEL", "CONNECTOR_MASTER_KEY"):
             assert variable in text, (name, variable)
+    for name in client:
+        options = {action.dest: action.help or "" for action in commands[name]._actions}
+        assert "$CONNECTOR_URL" in options["url"], name
+        assert "$CONNECTOR_API_KEY" in options["api_key"], name
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, Any]:
