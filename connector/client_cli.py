@@ -36,10 +36,24 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     files = commands.add_parser("files", help="upload and download files (client)")
     file_commands = files.add_subparsers(dest="files_command", required=True, metavar="ACTION")
     upload = file_commands.add_parser("upload", help="upload a file, print its File JSON")
-    upload.add_argument("path", type=Path)
-    upload.add_argument("--title")
-    upload.add_argument("--description")
-    upload.add_argument("--tag", action="append", default=[], dest="tags")
+    upload.add_argument(
+        "path",
+        type=Path,
+        help="the file to upload; streamed and encrypted piece by piece, so any size up to the "
+        "connector's files.max_size works",
+    )
+    upload.add_argument("--title", help="a title kept with the file (the File's title)")
+    upload.add_argument(
+        "--description", help="a longer description kept with the file (the File's description)"
+    )
+    upload.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        dest="tags",
+        metavar="TAG",
+        help="a tag kept with the file; repeat for several",
+    )
     _client_options(upload, _files_upload)
     download = file_commands.add_parser(
         "download",
@@ -66,15 +80,50 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         dest="messages_command", required=True, metavar="ACTION"
     )
     send = message_commands.add_parser("send", help="send a message, uploading attachments")
-    send.add_argument("--to", action="append", required=True, dest="recipients")
-    send.add_argument("--content", default="{}", help="a JSON object")
-    send.add_argument("--attach", action="append", default=[], type=Path, dest="attachments")
-    send.add_argument("--name")
-    send.add_argument("--correlation-key")
+    send.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        dest="recipients",
+        metavar="ADDRESS",
+        help="a recipient's address (id1..., as GET /api/v1/account/identity shows it); "
+        "repeat for several",
+    )
+    send.add_argument(
+        "--content",
+        default="{}",
+        help="the message's content, a JSON object (default: %(default)s)",
+    )
+    send.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        type=Path,
+        dest="attachments",
+        metavar="PATH",
+        help="a file to upload and attach; repeat for several",
+    )
+    send.add_argument(
+        "--name",
+        help="the message name a receiving process waits for, e.g. order.paid (BPMN message name)",
+    )
+    send.add_argument(
+        "--correlation-key",
+        help="the key that finds the waiting process instance, e.g. order-4711",
+    )
     _client_options(send, _messages_send)
     listing = message_commands.add_parser("list", help="list messages as JSON lines")
-    listing.add_argument("--direction", choices=["incoming", "outgoing"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--direction",
+        choices=["incoming", "outgoing"],
+        help="only received (incoming) or only sent (outgoing) messages (default: both)",
+    )
+    listing.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        help="how many of the newest messages to list, 1 to 1000 (default: %(default)s)",
+    )
     _client_options(listing, _messages_list)
 
 
@@ -85,12 +134,12 @@ def _client_options(
     parser.add_argument(
         "--url",
         default=os.environ.get("CONNECTOR_URL", _DEFAULT_URL),
-        help=f"the connector's base URL (default: CONNECTOR_URL or {_DEFAULT_URL})",
+        help=f"the connector's base URL (default: $CONNECTOR_URL, else {_DEFAULT_URL})",
     )
     parser.add_argument(
         "--api-key",
         default=os.environ.get("CONNECTOR_API_KEY"),
-        help="an API key for the connector (default: CONNECTOR_API_KEY)",
+        help="an API key for the connector, sent as X-API-KEY (default: $CONNECTOR_API_KEY)",
     )
     parser.set_defaults(func=lambda args: _run(action, args))
 

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
 from connector.local import running_connector
 from connector.settings import load_settings
-
-CLI = [sys.executable, "-m", "connector.cli"]
-
-
-async def _run(
-    *args: str, env: dict[str, str] | None = None, within: float = 120
-) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), within)
-    return process.returncode or 0, out.decode(), err.decode()
+from tests.processes import run_to_end, serving
 
 
 async def test_demo_succeeds() -> None:
-    code, out, err = await _run("demo", "--size-mib", "2")
+    code, out, err = await run_to_end("demo", "--size-mib", "2")
     assert code == 0, out + err
     assert "checksums match" in out
     assert "delivered" in out
@@ -41,7 +24,7 @@ async def test_demo_succeeds() -> None:
 async def test_keys_create_then_use(tmp_path: Path, backbone: str) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'data_dir = "{tmp_path / "data"}"\n[platform]\nurl = "{backbone}"\n')
-    code, out, err = await _run(
+    code, out, err = await run_to_end(
         "keys", "create", "--config", str(config), "--name", "erp", "--scope", "messages:read"
     )
     assert code == 0, err
@@ -64,35 +47,21 @@ async def test_keys_create_then_use(tmp_path: Path, backbone: str) -> None:
 
 
 async def test_bad_scope_and_bad_config_are_clear(tmp_path: Path) -> None:
-    code, _, err = await _run("keys", "create", "--name", "x", "--scope", "everything")
+    code, _, err = await run_to_end("keys", "create", "--name", "x", "--scope", "everything")
     assert code == 2 and "invalid choice" in err
     config = tmp_path / "bad.toml"
     config.write_text("[server]\nprot = 1\n")
-    code, _, err = await _run("serve", "--config", str(config))
+    code, _, err = await run_to_end("serve", "--config", str(config))
     assert code == 2 and "server.prot: unknown key" in err and "Traceback" not in err
 
 
 async def test_serve_prints_url_and_key_then_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'data_dir = "{tmp_path / "data"}"\n[server]\nport = 0\n')
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    banner = ""
-    try:
-        while "try:" not in banner:
-            line = await asyncio.wait_for(process.stdout.readline(), 60)
-            assert line, "serve exited before printing its banner"
-            banner += line.decode()
-        url = re.search(r"listening on (http://\S+)", banner)
-        key = re.search(r"API key:\s+(\S+)", banner)
-        assert url and key, banner
+    async with serving("--config", str(config)) as served:
+        url = re.search(r"listening on (http://\S+)", served.banner)
+        key = re.search(r"API key:\s+(\S+)", served.banner)
+        assert url and key, served.banner
         async with aiohttp.ClientSession() as http:
             async with http.get(url.group(1) + "/health") as response:
                 assert response.status == 200
@@ -101,9 +70,5 @@ async def test_serve_prints_url_and_key_then_stops_on_sigterm(tmp_path: Path) ->
             ) as response:
                 assert response.status == 200
                 assert (await response.json())["address"].startswith("id1")
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        served.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.process.wait(), 30) == 0

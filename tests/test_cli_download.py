@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from connector.cli import main
 from tests.conftest import Api
+from tests.processes import REPO, run_to_end
 
 KEY = "test-key-0123456789abcdef"
 
@@ -30,18 +30,7 @@ async def _cli(*args: str) -> int:
 
 
 async def _subprocess(*args: str, cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "connector.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    return process.returncode or 0, out.decode(), err.decode()
+    return await run_to_end(*args, cwd=cwd, env={"PYTHONPATH": str(REPO)})
 
 
 def _disposition(name: str) -> str:

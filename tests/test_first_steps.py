@@ -3,61 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
-import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from connector.cli import _parser
 from tests.conftest import Api
-from tests.test_cli import CLI
-
-
-@asynccontextmanager
-async def _serving(config: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
-    """``connector serve --config config`` until its banner is out; yields it and the banner."""
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    try:
-        banner = ""
-        while "try:" not in banner:
-            line = await asyncio.wait_for(process.stdout.readline(), 60)
-            assert line, "serve exited before printing its banner"
-            banner += line.decode()
-        yield process, banner
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def _run_to_end(*args: str, within: float = 60) -> tuple[int, str, str]:
-    """Run ``connector *args`` to its end; killed, never left behind, if it outlives ``within``."""
-    process = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), within)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return process.returncode or 0, out.decode(), err.decode()
+from tests.processes import run_to_end, serving
 
 
 def _config(path: Path, data_dir: Path, port: int = 0) -> Path:
@@ -67,48 +22,60 @@ def _config(path: Path, data_dir: Path, port: int = 0) -> Path:
 
 async def test_second_serve_on_the_data_dir_or_port_says_so_in_one_line(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    async with _serving(_config(tmp_path / "a.toml", data_dir)) as (first, banner):
-        assert "API key:   ck_" in banner
-        port = re.search(r"listening on http://\S+:(\d+)", banner)
-        assert port, banner
+    async with serving("--config", str(_config(tmp_path / "a.toml", data_dir))) as first:
+        pid = first.process.pid
+        assert "API key:   ck_" in first.banner
+        port = re.search(r"listening on http://\S+:(\d+)", first.banner)
+        assert port, first.banner
 
         second = _config(tmp_path / "b.toml", data_dir)
-        code, out, err = await _run_to_end("serve", "--config", str(second))
+        code, out, err = await run_to_end("serve", "--config", str(second))
         assert code == 1, out + err
         assert err.strip().splitlines() == [
-            f"connector: another connector is running with data dir {data_dir} (pid {first.pid})"
+            f"connector: another connector is running with data dir {data_dir} (pid {pid})"
         ]
         assert "listening" not in out and "backbone" not in out + err
 
         other = _config(tmp_path / "c.toml", tmp_path / "other", int(port.group(1)))
-        code, out, err = await _run_to_end("serve", "--config", str(other))
+        code, out, err = await run_to_end("serve", "--config", str(other))
         assert code == 1, out + err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and f"port {port.group(1)} on 127.0.0.1 is in use" in lines[0], err
         assert "listening" not in out
-    assert first.returncode == 0
+    assert first.process.returncode == 0
 
     # Later starts do not print the bootstrap key again: they say how to make a key.
-    async with _serving(_config(tmp_path / "a.toml", data_dir)) as (_, banner):
-        assert "ck_" not in banner
-        assert "connector keys create" in banner
+    async with serving("--config", str(_config(tmp_path / "a.toml", data_dir))) as again:
+        assert "ck_" not in again.banner
+        assert "connector keys create" in again.banner
 
 
 async def test_version_on_the_command_line_and_in_health(alice: Api) -> None:
     installed = version("connector")
-    code, out, err = await _run_to_end("--version")
+    code, out, err = await run_to_end("--version")
     assert (code, out.strip()) == (0, f"connector {installed}"), err
     async with alice.http.get(alice.url + "/health") as response:
         assert response.status == 200
         assert (await response.json())["version"] == installed
 
 
-def test_every_option_has_help_naming_its_environment_variables() -> None:
+def test_every_option_has_help_naming_its_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "ck_must-never-show-in-help-0123456789"
+    monkeypatch.setenv("CONNECTOR_API_KEY", secret)
     parser = _parser()
     commands = _subcommands(parser)
-    for name in ("serve", "backbone", "demo", "keys create"):  # the client commands: client_cli
-        for action in commands[name]._actions:
-            assert action.help, f"connector {name} {action.dest}: no help"
+    client = ("files upload", "files download", "messages send", "messages list")
+    assert {"serve", "backbone", "demo", "keys create", *client} <= set(commands)
+    for name, command in {"": parser, **commands}.items():
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):  # each subcommand's own help
+                for choice in action._choices_actions:
+                    assert choice.help, f"connector {name} {choice.dest}: no help"
+            else:
+                assert action.help, f"connector {name} {action.dest}: no help"
+        assert secret not in command.format_help(), name
     top = parser.format_help()
     for variable in (
         "CONNECTOR_CONFIG",
@@ -122,6 +89,10 @@ def test_every_option_has_help_naming_its_environment_variables() -> None:
         text = commands[name].format_help()
         for variable in ("CONNECTOR_CONFIG", "CONNECTOR_LOG_LEVEL", "CONNECTOR_MASTER_KEY"):
             assert variable in text, (name, variable)
+    for name in client:
+        options = {action.dest: action.help or "" for action in commands[name]._actions}
+        assert "$CONNECTOR_URL" in options["url"], name
+        assert "$CONNECTOR_API_KEY" in options["api_key"], name
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,14 +15,7 @@ from backbone.options import LARGEST, positive_int
 from connector.crypto import IdentityKeys, registration_proof
 from tests.backbone.conftest import Peer, client_for
 from tests.backbone.test_quotas import put_envelope
-from tests.test_cli import CLI, _run
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.processes import CLI, free_port, run_to_end, stop
 
 
 @asynccontextmanager
@@ -66,12 +57,9 @@ async def backbone_process(data_dir: Path, *flags: str) -> AsyncIterator[tuple[s
             else:
                 pytest.fail("connector backbone never answered /v1/health")
         yield url, limits
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 30) == 0
+        assert await stop(process) == 0
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop(process)
 
 
 async def registered(url: str, session: aiohttp.ClientSession) -> Peer:
@@ -101,7 +89,7 @@ async def test_envelopes_per_day_from_the_command_line(tmp_path: Path) -> None:
 
 
 async def test_bad_limits_are_refused_with_one_clear_line() -> None:
-    code, out, err = await _run("backbone", "--envelopes-per-day", "0", within=60)
+    code, out, err = await run_to_end("backbone", "--envelopes-per-day", "0", within=60)
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.splitlines()[-1] == (
         "connector backbone: error: argument --envelopes-per-day:"

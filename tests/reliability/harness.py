@@ -9,12 +9,9 @@ whether it passed or not.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -22,26 +19,15 @@ from typing import Any
 
 import aiohttp
 
-CLI = [sys.executable, "-m", "connector.cli"]
-REPO = Path(__file__).resolve().parents[2]
+from tests.processes import CLI, REPO, clean_env, free_port
 
 HEALTH_TIMEOUT = 45.0
 """Seconds a (re)started process may take to answer ``/health`` 200 (shared CI machine)."""
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (bind to 0, read it, close it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _child_env() -> dict[str, str]:
     # The test runner's own CONNECTOR_* variables would override the config file.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return clean_env(PYTHONUNBUFFERED="1")
 
 
 class Proc:

@@ -1,0 +1,234 @@
+"""The README's tour, typed as written: its shell blocks, read from README.md itself, run in bash
+against a real ``connector serve`` started the way the quickstart starts it.
+
+The only changes to what a user types: the port (the test takes a free one), and
+``.venv/bin/connector`` is this environment's ``connector``. The API key is pasted from the
+banner into ``export KEY=``, as the README tells the user to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from connector.cli import _parser
+from tests.processes import REPO, clean_env, serving
+
+README = REPO / "README.md"
+TOUR = "A five-minute tour"
+README_URL = "http://127.0.0.1:8080"
+KEY_PLACEHOLDER = "export KEY=ck_..."
+CONNECTOR = ".venv/bin/connector"
+DONE = "==> tour block {} exited 0"
+
+
+def sections(markdown: str) -> dict[str, str]:
+    """The README's ``## `` sections by heading."""
+    parts = re.split(r"^## (.+)$", markdown, flags=re.M)
+    return {heading.strip(): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def shell_blocks(section: str) -> list[str]:
+    """Every fenced ``sh``/``bash``/``shell`` block of a section, in order."""
+    return re.findall(r"^```(?:sh|bash|shell)\n(.*?)^```$", section, flags=re.M | re.S)
+
+
+def tour_blocks() -> list[str]:
+    tour = sections(README.read_text(encoding="utf-8")).get(TOUR)
+    assert tour is not None, f"README.md has no section '## {TOUR}'"
+    blocks = shell_blocks(tour)
+    assert blocks, f"README.md's '{TOUR}' has no shell blocks"
+    return blocks
+
+
+def connector_executable() -> str:
+    """``connector`` of the environment running the tests (what ``.venv/bin/connector`` is)."""
+    found = shutil.which("connector", path=str(Path(sys.executable).parent))
+    assert found, f"no connector executable next to {sys.executable}"
+    return found
+
+
+def as_typed(blocks: list[str], url: str, key: str) -> str:
+    """One bash script: the blocks in order, as a user types them into one terminal.
+
+    ``set -euo pipefail`` makes any failing command (curl -f on an error status included) end
+    it; after each block a line says it finished.
+    """
+    text = "\n".join(blocks)
+    assert text.count(f"export URL={README_URL}") == 1, "the tour no longer exports URL"
+    assert text.count(KEY_PLACEHOLDER) == 1, "the tour no longer has `export KEY=ck_...`"
+    script = ["set -euo pipefail"]
+    for number, block in enumerate(blocks, 1):
+        block = block.replace(f"export URL={README_URL}", f"export URL={url}")
+        block = block.replace(KEY_PLACEHOLDER, f"export KEY={key}")
+        block = block.replace(CONNECTOR, connector_executable())
+        script += [block, f"printf '\\n%s\\n' '{DONE.format(number)}'"]
+    return "\n".join(script) + "\n"
+
+
+async def run_bash(script: Path, cwd: Path, within: float = 240) -> tuple[int, str, str]:
+    """``bash script`` in ``cwd``; its whole process group is killed if it outlives ``within``."""
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        str(script),
+        cwd=cwd,
+        env=clean_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within)
+    finally:
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def per_block(out: str, count: int) -> list[str]:
+    """The output of each block that finished (split at the lines the script adds)."""
+    outputs = []
+    for number in range(1, count + 1):
+        marker = f"\n{DONE.format(number)}\n"
+        if marker not in out:
+            break
+        before, out = out.split(marker, 1)
+        outputs.append(before)
+    return outputs
+
+
+def json_objects(text: str) -> list[Any]:
+    """Every JSON object printed in ``text`` (curl prints them one after another, unseparated)."""
+    decoder = json.JSONDecoder()
+    found, at = [], 0
+    while (start := text.find("{", at)) != -1:
+        try:
+            value, at = decoder.raw_decode(text, start)
+        except ValueError:
+            at = start + 1
+            continue
+        found.append(value)
+    return found
+
+
+def test_every_tour_command_can_be_typed_as_written() -> None:
+    blocks = tour_blocks()
+    text = "\n".join(blocks)
+    for step in ("/api/v1/files", "/api/v1/messages", "/download", "connector demo"):
+        assert step in text, f"the tour no longer shows {step}"
+    commands = [
+        line
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and KEY_PLACEHOLDER not in line
+    ]
+    for line in commands:
+        # placeholders (FIL..., ck_…) cannot be typed; `open` exists on macOS only
+        assert "..." not in line and "…" not in line, f"a placeholder in: {line}"
+        assert not re.match(r"\s*(open|xdg-open|start) ", line), f"not on every system: {line}"
+        # an error status must not pass silently
+        for curl in re.findall(r"\bcurl\b[^|)]*", line):
+            assert re.search(r"\s(-[a-zA-Z]*f[a-zA-Z]*|--fail)(\s|$)", curl), f"no -f: {line}"
+
+
+def test_the_commands_in_running_it_for_real_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ``connector ...`` of the README's prose is a command line the CLI accepts."""
+    prose = sections(README.read_text(encoding="utf-8"))["Running it for real"]
+    spans = [" ".join(s.split()) for s in re.findall(r"`(connector [^`]+)`", prose)]
+    typed = [s for s in spans if not re.search(r"\bN\b|\.\.\.", s)]  # `--flag N ...`: a pattern
+    assert len(typed) >= 4, spans
+    for span in typed:
+        try:
+            _parser().parse_args(shlex.split(span)[1:])
+        except SystemExit as exc:  # --help and --version exit 0 after printing
+            assert exc.code == 0, f"README: `{span}`: {capsys.readouterr().err}"
+
+
+async def test_the_readme_tour_works_as_typed(tmp_path: Path) -> None:
+    blocks = tour_blocks()
+    work = tmp_path / "work"  # the user's terminal, in a fresh folder
+    work.mkdir()
+    # As `make run` does, with the data dir and port moved through the documented overrides
+    # (port 0: the system picks a free one; the banner says which).
+    env = clean_env(CONNECTOR_DATA_DIR=str(tmp_path / "data"), CONNECTOR_SERVER__PORT="0")
+    async with serving(env=env, cwd=tmp_path) as served:
+        url = re.search(r"Connector listening on (http://\S+)", served.banner)
+        key = re.search(r"API key:\s+(ck_\S+)", served.banner)
+        assert url and key, served.banner
+        script = tmp_path / "tour.sh"
+        script.write_text(as_typed(blocks, url.group(1), key.group(1)))
+
+        code, out, err = await run_bash(script, work)
+        outputs = per_block(out, len(blocks))
+        if code != 0 or len(outputs) != len(blocks):
+            failed = len(outputs)
+            pytest.fail(
+                f"tour block {failed + 1} exited {code}:\n{blocks[failed]}\n"
+                f"--- its output:\n{out.rsplit(DONE.format(failed), 1)[-1]}\n"
+                f"--- stderr:\n{err}\n--- the connector's log:\n{served.output()}"
+            )
+
+        # What the user sees in the first block: the message arrived, the bytes came back.
+        printed = json_objects(outputs[0])
+        identity = printed[0]
+        assert identity["address"].startswith("id1")
+        sent = next(o for o in printed if o.get("name") == "order.paid")
+        assert sent["status"] == "sent" and sent["direction"] == "outgoing"
+        incoming = [
+            item
+            for o in printed
+            for item in o.get("items", [])
+            if item.get("direction") == "incoming" and item.get("correlationKey") == "order-4711"
+        ]
+        assert incoming, outputs[0]
+        assert incoming[-1]["content"] == {"order": 4711}
+        assert incoming[-1]["attachments"][0]["filename"] == "hello.txt"
+        assert re.search(r'(?im)^content-disposition:.*filename="hello\.txt"', outputs[0])
+        assert any(o.get("status") == "healthy" for o in printed), outputs[0]
+        files = {p.relative_to(work).as_posix(): p.read_bytes() for p in work.rglob("*.*")}
+        assert files["hello.txt"] == b"hello world\n"
+        copies = [name for name, data in files.items() if data == files["hello.txt"]]
+        assert len(copies) == 2, f"curl's download is not a copy of hello.txt: {files}"
+
+        # The event feed, the idempotent async send, the demo, the client commands.
+        everything = "\n".join(outputs)
+        events = [e for o in json_objects(everything) for e in o.get("items", []) if "type" in e]
+        assert {"message.sent", "message.received"} <= {e["type"] for e in events}
+        assert any(o.get("status") == "queued" for o in json_objects(everything))
+        assert "Demo succeeded" in everything
+        from_cli = [name for name in files if name.startswith("downloads/")]
+        assert from_cli, f"the client commands downloaded nothing: {list(files)}"
+        for name in from_cli:  # each the very bytes uploaded under that name
+            assert files[name] == files[name.removeprefix("downloads/")], name
+
+        # Every message the tour sent to itself arrives (the last ones moments after the tour).
+        address = identity["address"]
+        async with aiohttp.ClientSession(headers={"X-API-KEY": key.group(1)}) as http:
+            for _ in range(600):
+                async with http.get(
+                    url.group(1) + "/api/v1/messages", params={"limit": "1000"}
+                ) as response:
+                    assert response.status == 200
+                    items = (await response.json())["items"]
+                outgoing = [m for m in items if m["direction"] == "outgoing"]
+                received = [m for m in items if m["direction"] == "incoming"]
+                if len(received) == len(outgoing):
+                    break
+                await asyncio.sleep(0.1)
+            assert len(received) == len(outgoing) >= 3, items
+            assert all(m["sender"] == address for m in received)
+        assert "Traceback" not in served.output(), served.output()
