@@ -6,7 +6,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from connector.api import access_log, account, events, files, health, messages, metrics, openapi
+from connector.api import (
+    access_log,
+    account,
+    events,
+    files,
+    health,
+    messages,
+    metrics,
+    openapi,
+    swagger,
+)
 from connector.api.appkeys import API_KEYS, RUNTIME
 from connector.api.auth import auth_middleware
 from connector.api.problems import problem_middleware
@@ -22,6 +32,7 @@ _TABLES = (
     messages.routes,
     events.routes,
     openapi.routes,
+    swagger.routes,
 )
 
 

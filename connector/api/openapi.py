@@ -128,20 +128,6 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
     return operation
 
 
-_SWAGGER = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Connector API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>
-if (!localStorage.getItem("connector-api-key")) {
-  localStorage.setItem("connector-api-key", prompt("X-API-KEY for this connector") || "");
-}
-SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui", persistAuthorization: true,
-  requestInterceptor: (r) => { const k = localStorage.getItem("connector-api-key");
-    if (k && !r.headers["X-API-KEY"]) r.headers["X-API-KEY"] = k; return r; }});
-</script></body></html>"""
-
 DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document")
 
 
@@ -154,7 +140,3 @@ DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document")
 async def openapi_json(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[DOCUMENT])
 
-
-@routes.get("/api/docs", scope=PUBLIC, summary="Swagger UI", content_type="text/html")
-async def swagger_ui(request: web.Request) -> web.StreamResponse:
-    return web.Response(text=_SWAGGER, content_type="text/html")
