@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -15,7 +16,7 @@ import pytest
 from connector.runtime import open_runtime, warn_if_plaintext
 from connector.services.api_keys import new_key
 from connector.settings import ConfigError, load_settings
-from tests.conftest import Api
+from tests.conftest import Api, ConnectorFactory
 
 _LONG_KEY = "config-key-0123456789abcdef"
 
@@ -140,3 +141,95 @@ async def test_start_up_warns_about_plain_http(
         async with open_runtime(settings, run_scheduler=False):
             pass
     assert f"platform.url {url} is plain http://" in caplog.text
+
+
+async def _metrics_status(api: Api, headers: dict[str, str]) -> tuple[int, str]:
+    async with api.http.get(api.url + "/metrics", headers=headers) as response:
+        return response.status, await response.text()
+
+
+async def test_metrics_require_key_accepts_any_valid_key_as_header_or_bearer(
+    connector_factory: ConnectorFactory,
+) -> None:
+    api = await connector_factory("m", metrics={"require_key": True})
+    key = api.headers["X-API-KEY"]
+    status, body = await _metrics_status(api, {})
+    assert status == 401 and json.loads(body)["code"] == "unauthorized", body
+    for refused in ({"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": key}):
+        status, body = await _metrics_status(api, refused)
+        assert status == 401, (refused, body)
+    for sent in ({"X-API-KEY": key}, {"Authorization": f"Bearer {key}"}):
+        status, body = await _metrics_status(api, sent)
+        assert status == 200 and "connector_outbox_pending" in body, sent
+    narrow = await api.runtime.api_keys.create("scraper", ["files:read"])  # any scope will do
+    status, _ = await _metrics_status(api, {"Authorization": f"bearer {narrow}"})
+    assert status == 200
+    _, document = await api.json("GET", "/api/v1/openapi.json")
+    assert document["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}]
+
+
+async def test_metrics_is_open_on_loopback_by_default(alice: Api) -> None:
+    status, body = await _metrics_status(alice, {})
+    assert status == 200 and "connector_outbox_pending" in body
+    _, document = await alice.json("GET", "/api/v1/openapi.json")
+    assert "security" not in document["paths"]["/metrics"]["get"]
+
+
+async def test_metrics_need_a_key_when_listening_on_every_interface(
+    connector_factory: ConnectorFactory,
+) -> None:
+    api = await connector_factory("all", server={"host": "0.0.0.0", "port": 0})
+    status, _ = await _metrics_status(api, {})
+    assert status == 401
+    status, _ = await _metrics_status(api, api.headers)
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "require_key", "required"),
+    [
+        ("0.0.0.0", "auto", True),
+        ("::", "auto", True),
+        ("", "auto", True),
+        ("10.1.2.3", "auto", True),
+        ("connector.example.com", "auto", True),
+        ("127.0.0.1", "auto", False),
+        ("127.0.0.2", "auto", False),
+        ("::1", "auto", False),
+        ("localhost", "auto", False),
+        ("0.0.0.0", False, False),
+        ("127.0.0.1", True, True),
+    ],
+)
+def test_metrics_require_key_default_depends_on_the_listening_host(
+    host: str, require_key: bool | str, required: bool
+) -> None:
+    settings = load_settings(None, server={"host": host}, metrics={"require_key": require_key})
+    assert settings.metrics_key_required is required
+
+
+def test_metrics_require_key_from_the_environment_and_the_image(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings(None).metrics_key_required is False  # `make run`: loopback
+    monkeypatch.setenv("CONNECTOR_METRICS__REQUIRE_KEY", "true")
+    assert load_settings(None).metrics_key_required is True
+    monkeypatch.setenv("CONNECTOR_SERVER__HOST", "0.0.0.0")
+    monkeypatch.setenv("CONNECTOR_METRICS__REQUIRE_KEY", "false")
+    assert load_settings(None).metrics_key_required is False
+    monkeypatch.setenv("CONNECTOR_METRICS__REQUIRE_KEY", "maybe")
+    with pytest.raises(ConfigError, match=r"metrics\.require_key"):
+        load_settings(None)
+    monkeypatch.delenv("CONNECTOR_METRICS__REQUIRE_KEY")
+    monkeypatch.delenv("CONNECTOR_SERVER__HOST")
+    # the Docker image's environment, as the Dockerfile sets it
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    for name, value in re.findall(r"(CONNECTOR_[A-Z_]+)=(\S+)", dockerfile):
+        monkeypatch.setenv(name, value.rstrip("\\"))
+    monkeypatch.setenv("CONNECTOR_DATA_DIR", str(tmp_path))
+    assert os.environ["CONNECTOR_SERVER__HOST"] == "0.0.0.0"
+    assert load_settings(None).metrics_key_required is True
+    config = tmp_path / "c.toml"
+    config.write_text('[metrics]\nrequire_key = "sometimes"\n')
+    with pytest.raises(ConfigError, match=r"metrics\.require_key"):
+        load_settings(config)
