@@ -171,6 +171,15 @@ async def test_metrics_require_key_accepts_any_valid_key_as_header_or_bearer(
     assert status == 200
     _, document = await api.json("GET", "/api/v1/openapi.json")
     assert document["paths"]["/metrics"]["get"]["security"] == [{"apiKey": []}]
+    # the same key, sent the same way, for the API
+    async with api.http.get(
+        api.url + "/api/v1/messages", headers={"Authorization": f"Bearer {narrow}"}
+    ) as response:
+        assert response.status == 403  # a valid key, but without messages:read
+    async with api.http.get(
+        api.url + "/api/v1/messages", headers={"Authorization": f"Bearer {key}"}
+    ) as response:
+        assert response.status == 200
 
 
 async def test_metrics_is_open_on_loopback_by_default(alice: Api) -> None:
