@@ -7,7 +7,6 @@ tests all start a connector through it, and it tears everything down in reverse 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -33,7 +32,7 @@ from connector.services.peers import PeerDirectory
 from connector.services.sealing import Sealer
 from connector.services.sync import SyncService
 from connector.services.transitions import StatusRecorder
-from connector.settings import Settings
+from connector.settings import Settings, is_loopback
 from scheduler import JobScheduler
 from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
@@ -193,7 +192,7 @@ def warn_if_plaintext(platform_url: str) -> bool:
     addresses and traffic pattern then travel readable and unauthenticated on the network.
     """
     parts = urlsplit(platform_url)
-    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+    if parts.scheme != "http" or is_loopback(parts.hostname or ""):
         return False
     log.warning(
         "platform.url %s is plain http:// to a host beyond loopback: metadata travels "
@@ -201,15 +200,6 @@ def warn_if_plaintext(platform_url: str) -> bool:
         platform_url,
     )
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _freshness_window(settings: Settings) -> float:

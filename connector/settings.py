@@ -8,6 +8,7 @@ typo in a config file should never silently fall back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -44,6 +45,32 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+
+
+class MetricsSettings(_Section):
+    require_key: bool | Literal["auto"] = "auto"
+    """Whether ``GET /metrics`` needs an API key (any valid key; sent as ``X-API-KEY`` or
+    ``Authorization: Bearer``). ``"auto"``: yes unless ``server.host`` is a loopback address."""
+
+    def key_required(self, host: str) -> bool:
+        if self.require_key == "auto":
+            return not is_loopback(host)
+        return self.require_key
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address) can only be reached from this machine.
+
+    ``""`` and ``0.0.0.0``/``::`` mean every interface, and any other name may resolve beyond
+    loopback: none of them is.
+    """
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class DatabaseSettings(_Section):
@@ -138,6 +165,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     server: ServerSettings = ServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     database: DatabaseSettings = DatabaseSettings()
     platform: PlatformSettings = PlatformSettings()
     api: ApiSettings = ApiSettings()
@@ -147,6 +175,11 @@ class Settings(BaseSettings):
     housekeeping: HousekeepingSettings = HousekeepingSettings()
     webhooks: list[WebhookConfig] = []
     publishers: list[PublisherConfig] = []
+
+    @property
+    def metrics_key_required(self) -> bool:
+        """``metrics.require_key`` resolved for ``server.host``."""
+        return self.metrics.key_required(self.server.host)
 
     @property
     def database_url(self) -> str:

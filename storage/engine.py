@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Table, event, insert
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -102,11 +105,20 @@ class Sessions(async_sessionmaker[AsyncSession]):
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """Create the async engine for ``url``, tuned for the backend it names."""
+    """Create the async engine for ``url``, tuned for the backend it names.
+
+    Bound parameters are message content, file keys and key hashes, so they never reach a
+    log: ``hide_parameters`` keeps them out of SQLAlchemy's errors (which jobs and the API log
+    with their tracebacks) and out of its statement log, and aiosqlite, which logs each call
+    with its arguments at DEBUG, is held at INFO whatever the root logger's level.
+    """
     if url.startswith("sqlite"):
+        if logging.getLogger("aiosqlite").level < logging.INFO:
+            logging.getLogger("aiosqlite").setLevel(logging.INFO)
         engine = create_async_engine(
             url,
             echo=echo,
+            hide_parameters=True,
             connect_args={"timeout": 30},
             # Readers run beside the single writer under WAL. Every aiosqlite connection is a
             # thread: overflow connections would be opened and closed under load, and many
@@ -118,7 +130,35 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(
+        url,
+        echo=echo,
+        hide_parameters=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+    )
+    event.listen(engine.sync_engine, "handle_error", _drop_error_detail)
+    return engine
+
+
+_DETAIL = re.compile(r"\nDETAIL: .*?(?=\nHINT: |\Z)", re.DOTALL)
+
+
+def _drop_error_detail(context: ExceptionContext) -> None:
+    """Remove the DETAIL of a PostgreSQL error before anything logs it.
+
+    PostgreSQL puts values in it ("Failing row contains (...)", "Key (...)=(...) already
+    exists"): the bound parameters ``hide_parameters`` hides, by another way. asyncpg adds it
+    to its exception's text, and SQLAlchemy's errors quote that text.
+    """
+    for error in (context.sqlalchemy_exception, context.original_exception):
+        if error is None:
+            continue
+        error.args = tuple(_DETAIL.sub("", a) if isinstance(a, str) else a for a in error.args)
+        cause: Any = error.__cause__  # asyncpg's own exception, chained to the DBAPI error
+        if cause is not None and getattr(cause, "detail", None):
+            cause.detail = None
 
 
 def create_sessions(

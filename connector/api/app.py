@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from aiohttp import web
 
-from connector.api import access_log, account, events, files, health, messages, metrics, openapi
-from connector.api.appkeys import API_KEYS, RUNTIME
+from connector.api import (
+    access_log,
+    account,
+    events,
+    files,
+    health,
+    messages,
+    metrics,
+    openapi,
+    swagger,
+)
+from connector.api.appkeys import API_KEYS, RUNTIME, SCOPES
 from connector.api.auth import auth_middleware
 from connector.api.problems import problem_middleware
-from connector.api.routing import RouteSpec
+from connector.api.routing import ANY_KEY, METRICS, PUBLIC, RouteSpec
 from connector.runtime import Runtime, open_runtime
 from connector.settings import Settings
 
@@ -22,6 +33,7 @@ _TABLES = (
     messages.routes,
     events.routes,
     openapi.routes,
+    swagger.routes,
 )
 
 
@@ -33,7 +45,11 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
     )
     for table in _TABLES:
         table.add_to(app)
-    app[openapi.DOCUMENT] = openapi.build_document(route_specs(), health.connector_version())
+    app[SCOPES] = resolved_scopes(settings)
+    app[openapi.DOCUMENT] = openapi.build_document(
+        [replace(spec, scope=app[SCOPES].get(spec.scope, spec.scope)) for spec in route_specs()],
+        health.connector_version(),
+    )
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, run_scheduler=run_scheduler) as runtime:
@@ -44,6 +60,11 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
     app.on_shutdown.append(events.end_long_polls)
     app.on_response_prepare.append(access_log.add_request_id)
     return app
+
+
+def resolved_scopes(settings: Settings) -> dict[str, str]:
+    """The route scopes that depend on the settings, resolved for ``settings``."""
+    return {METRICS: ANY_KEY if settings.metrics_key_required else PUBLIC}
 
 
 def route_specs() -> list[RouteSpec]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -12,4 +13,6 @@ if TYPE_CHECKING:
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 API_KEYS: web.AppKey[ApiKeyService] = web.AppKey("api_keys")
+SCOPES: web.AppKey[Mapping[str, str]] = web.AppKey("resolved_scopes")
+"""Route scopes that depend on the settings (``routing.METRICS``) -> the scope that applies."""
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

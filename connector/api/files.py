@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import mimetypes
+import warnings
 from collections.abc import AsyncIterator
 from urllib.parse import quote, unquote
 
-from aiohttp import BodyPartReader, web
-from aiohttp.hdrs import CONTENT_TYPE
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.hdrs import CONTENT_DISPOSITION, CONTENT_TYPE
 from aiohttp.http import HttpProcessingError
+from aiohttp.multipart import parse_content_disposition
 
 from connector.api.appkeys import RUNTIME
 from connector.api.params import form_of, json_response, query
@@ -39,6 +41,7 @@ _TEXT_FIELDS = ("title", "description", "expiresAt", "tags")
 _MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the file
 _MAX_MIMETYPE = 255  # the column, and what a peer accepts in an attachment descriptor
 OCTET_STREAM = "application/octet-stream"
+_UNKNOWN_PART = "unknown form part {name}; expected file, " + ", ".join(_TEXT_FIELDS)
 
 
 @routes.post(
@@ -55,8 +58,9 @@ OCTET_STREAM = "application/octet-stream"
         "delete": ("delete_file", {"id": "$response.body#/id"}),
     },
     responses={
-        400: "validation_failed: the multipart body is malformed, or a part header holds "
-        "control characters or bytes that are not UTF-8",
+        400: "validation_failed: the multipart body is malformed, a part header holds "
+        "control characters or bytes that are not UTF-8, or a part's Content-Disposition "
+        "cannot be read (such as a filename* that is not percent-encoded text in its charset)",
         413: "larger than files.max_size",
         415: "not multipart/form-data",
         422: "validation_failed: no part named 'file', an unknown part, or a form field that "
@@ -89,13 +93,12 @@ async def _read_form(
     filename, mimetype = "file", OCTET_STREAM
     fields: dict[str, list[str]] = {}
     try:
-        reader = await request.multipart()
+        reader = _FormReader(request.headers, request.content)
         parts = 0
         while (part := await reader.next()) is not None:
             parts += 1
             if parts > _MAX_PARTS or not isinstance(part, BodyPartReader):
                 raise ValidationFailed("too many or nested parts in the form", status=400)
-            _check_part_headers(part, parts)
             if part.name == "file":
                 if blob is not None:
                     raise ValidationFailed("only one part named 'file' is allowed", status=422)
@@ -109,10 +112,7 @@ async def _read_form(
             elif part.name in _TEXT_FIELDS:
                 fields.setdefault(part.name, []).append(await _text(part))
             else:
-                raise ValidationFailed(
-                    f"unknown form part {part.name!r}; expected file, {', '.join(_TEXT_FIELDS)}",
-                    status=422,
-                )
+                raise ValidationFailed(_UNKNOWN_PART.format(name=repr(part.name)), status=422)
     except (ValueError, HttpProcessingError) as exc:
         # aiohttp's reader: a truncated or malformed body (ValueError), or part headers its
         # parser refuses, such as control characters or an over-long line (HttpProcessingError)
@@ -131,7 +131,53 @@ async def _read_form(
     return blob, filename, mimetype, fields
 
 
-def _check_part_headers(part: BodyPartReader, number: int) -> None:
+class _FormReader(MultipartReader):
+    """aiohttp's multipart reader, with each part's headers checked as soon as they are read.
+
+    aiohttp parses a part's Content-Disposition itself (the first part's already inside
+    ``next()``), and one it cannot read only makes it *warn* (``BadContentDisposition*``) and
+    drop the parameter or the whole header: the file would lose its name or its part name
+    without a word to the client, and the warning would land in the log. Checked here first,
+    such a header answers 400 instead, before aiohttp ever parses it.
+    """
+
+    _parts = 0
+
+    async def fetch_next_part(self) -> MultipartReader | BodyPartReader:
+        part = await super().fetch_next_part()
+        self._parts += 1
+        _check_part_headers(part, self._parts)
+        _check_disposition(part, self._parts)
+        if isinstance(part, BodyPartReader) and part.name == "_charset_":
+            # aiohttp would read it as the form's charset (and fail on a long one): we take
+            # text as UTF-8, and this part is as unknown to us as any other
+            raise ValidationFailed(_UNKNOWN_PART.format(name=repr("_charset_")), status=422)
+        return part
+
+
+def _check_disposition(part: MultipartReader | BodyPartReader, number: int) -> None:
+    """400 unless aiohttp's parser reads the part's Content-Disposition without a complaint."""
+    header = part.headers.get(CONTENT_DISPOSITION)
+    if header is None:
+        return  # no name: answered as an unknown part
+    # Synchronous, so no other task runs while the warning filters are swapped.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        disposition, _ = parse_content_disposition(header)
+    if disposition is None or caught:
+        reason = str(caught[0].message) if caught else header
+        raise ValidationFailed(
+            f"the Content-Disposition header of form part {number} cannot be read "
+            f"(near {_shown(reason)[:200]!r}); send form-data; name=\"...\"; filename=\"...\" "
+            "or filename*=UTF-8''<percent-encoded UTF-8>",
+            status=400,
+            errors=[
+                {"field": f"part {number}: Content-Disposition", "message": "cannot be read"}
+            ],
+        )
+
+
+def _check_part_headers(part: MultipartReader | BodyPartReader, number: int) -> None:
     """400 for part headers that are not UTF-8 text without control characters (HTAB aside).
 
     aiohttp decodes part headers as UTF-8 with ``surrogateescape``, so bytes that are not UTF-8

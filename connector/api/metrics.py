@@ -1,11 +1,15 @@
-"""``GET /metrics``: Prometheus text format (no key, like /health; it reveals only counts)."""
+"""``GET /metrics``: Prometheus text format.
+
+It reveals only counts. Whether it needs a key (any valid one) is ``metrics.require_key``: by
+default yes unless the connector listens on loopback only.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from connector.api.appkeys import RUNTIME
-from connector.api.routing import PUBLIC, RouteTable
+from connector.api.routing import METRICS, RouteTable
 from storage.repositories import stats
 from storage.repositories import sync_state as sync_state_repo
 
@@ -21,8 +25,9 @@ def _line(name: str, value: float, **labels: str) -> str:
 
 @routes.get(
     "/metrics",
-    scope=PUBLIC,
-    summary="Prometheus metrics",
+    scope=METRICS,
+    summary="Prometheus metrics; with metrics.require_key, any valid API key (X-API-KEY or "
+    "Authorization: Bearer)",
     content_type="text/plain; version=0.0.4",
 )
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from connector.api.routing import PUBLIC, RouteSpec, RouteTable
+from connector.api.routing import ANY_KEY, PUBLIC, RouteSpec, RouteTable
 from connector.schemas import Problem
 
 routes = RouteTable("docs")
@@ -39,7 +39,14 @@ def build_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": definitions.get("$defs", {}),
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}},
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the same API key as Authorization: Bearer <key>",
+                },
+            },
         },
     }
 
@@ -73,7 +80,7 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
         "responses": {},
     }
     if spec.scope != PUBLIC:
-        operation["security"] = [{"apiKey": []}]
+        operation["security"] = [{"apiKey": []}, {"bearer": []}]
         operation["x-scope"] = spec.scope
     if spec.query is not None:
         schema = spec.query.model_json_schema(by_alias=True)
@@ -135,6 +142,7 @@ def _answers(spec: RouteSpec) -> dict[int, str]:
         answers.setdefault(422, "validation_failed: the body does not fit the schema")
     if spec.scope != PUBLIC:
         answers.setdefault(401, "unauthorized: missing or unknown API key")
+    if spec.scope not in (PUBLIC, ANY_KEY):
         answers.setdefault(403, "forbidden: the key lacks the scope")
     return dict(sorted(answers.items()))
 
@@ -175,20 +183,6 @@ def _form_schema(form: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-_SWAGGER = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Connector API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>
-if (!localStorage.getItem("connector-api-key")) {
-  localStorage.setItem("connector-api-key", prompt("X-API-KEY for this connector") || "");
-}
-SwaggerUIBundle({url: "/api/v1/openapi.json", dom_id: "#ui", persistAuthorization: true,
-  requestInterceptor: (r) => { const k = localStorage.getItem("connector-api-key");
-    if (k && !r.headers["X-API-KEY"]) r.headers["X-API-KEY"] = k; return r; }});
-</script></body></html>"""
-
 DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document")
 
 
@@ -201,7 +195,3 @@ DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document")
 async def openapi_json(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[DOCUMENT])
 
-
-@routes.get("/api/docs", scope=PUBLIC, summary="Swagger UI", content_type="text/html")
-async def swagger_ui(request: web.Request) -> web.StreamResponse:
-    return web.Response(text=_SWAGGER, content_type="text/html")

@@ -25,6 +25,12 @@ class Header:
 
 
 PUBLIC = "public"
+"""No key needed."""
+ANY_KEY = "any-key"
+"""Any valid API key, whatever its scopes."""
+METRICS = "metrics"
+"""``PUBLIC`` or ``ANY_KEY`` as the settings say (``metrics.require_key``): a scope that the
+application resolves when it is created (:data:`connector.api.appkeys.SCOPES`)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,8 @@ class RouteSpec:
     path: str
     handler: Handler
     scope: str
-    """The scope the API key needs, or :data:`PUBLIC` for no key."""
+    """The scope the API key needs, :data:`PUBLIC` for no key, :data:`ANY_KEY`, or a scope the
+    application resolves to one of these from its settings (:data:`METRICS`)."""
     summary: str
     tag: str
     status: int = 200

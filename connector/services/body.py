@@ -79,6 +79,10 @@ class _BodyModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
+        # A body is a peer's secret (content, name, keys): a validation error names the field
+        # and the reason, and never quotes the input, since it ends up in logs and in the
+        # rejected message's error.
+        hide_input_in_errors=True,
     )
 
 

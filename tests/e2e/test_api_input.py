@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -245,3 +246,47 @@ async def test_openapi_documents_the_input_problems(alice: Api) -> None:
     assert "400" in paths["/api/v1/files"]["get"]["responses"]
     assert "400" in paths["/api/v1/messages"]["get"]["responses"]
     assert {"400", "422"} <= paths["/api/v1/messages"]["post"]["responses"].keys()
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        # parameters aiohttp's parser cannot read: it warns (BadContentDispositionParam) and
+        # drops them, so the file would silently lose its name
+        b"form-data; name=\"file\"; filename*=UTF-8''%ff%fe.txt",
+        b"form-data; name=\"file\"; filename*=no-such-charset''%41.txt",
+        b'form-data; name="file"; filename*=a.txt',
+        b"form-data; name=\"file\"; filename=\"a.txt\"; filename*=UTF-8''%C3%28.txt",
+        # a header it cannot read at all (BadContentDispositionHeader)
+        b'form-data; name="file"; filename=a b.txt',
+        b'form-data; name="file"; filename="a.txt";',
+        b'form-data; name="file"; name="other"',
+        b"form data; name=\"file\"",
+    ],
+)
+async def test_upload_with_an_unreadable_content_disposition(
+    alice: Api, disposition: bytes, caplog: pytest.LogCaptureFixture, recwarn: Any
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        status, body = await _upload_raw(alice, b"Content-Disposition: " + disposition)
+    assert (status, body["code"]) == (400, "validation_failed"), body
+    assert "Content-Disposition" in body["detail"], body
+    assert [e["field"] for e in body["errors"]] == ["part 1: Content-Disposition"], body
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert not recwarn.list, [str(w.message) for w in recwarn.list]
+    _, page = await alice.json("GET", "/api/v1/files")
+    assert page["items"] == []
+
+
+async def test_upload_with_a_charset_part(alice: Api) -> None:
+    # RFC 7578's _charset_ part: aiohttp reads it inside its reader, and raised RuntimeError
+    # (a 500) on a long one; to us it is an unknown part, whatever its length
+    for charset in ("x" * 40, "utf-8"):
+        form = (
+            f'Content-Disposition: form-data; name="_charset_"\r\n\r\n{charset}\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.txt"'
+        ).encode()
+        status, body = await _upload_raw(alice, form)
+        assert (status, body["code"]) == (422, "validation_failed"), body
+        assert "_charset_" in body["detail"]
