@@ -25,7 +25,8 @@ async def test_openapi_is_valid_and_complete(alice: Api) -> None:
     for route in route_specs():
         assert route.method.lower() in paths[route.path], route.path
     send = paths["/api/v1/messages"]["post"]
-    assert send["security"] == [{"apiKey": []}] and send["x-scope"] == "messages:write"
+    assert send["security"] == [{"apiKey": []}, {"bearer": []}]
+    assert send["x-scope"] == "messages:write"
     schema = send["requestBody"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("SendMessageRequest")
     request_schema = document["components"]["schemas"]["SendMessageRequest"]
