@@ -297,7 +297,7 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     scope="files:read",
     summary="The file's plaintext, streamed and verified",
     path_patterns={"id": FILE_ID.pattern},
-    content_type="application/octet-stream",
+    content_type="*/*",  # the file's own type, application/octet-stream when unknown
     responses={404: "no such file", 502: "the stored ciphertext failed verification"},
 )
 async def download_file(request: web.Request) -> web.StreamResponse:

@@ -170,7 +170,7 @@ async def mark_unread(request: web.Request) -> web.StreamResponse:
     scope="files:read",
     summary="An attachment's plaintext, streamed and verified",
     path_patterns=_IDS,
-    content_type="application/octet-stream",
+    content_type="*/*",  # the file's own type, application/octet-stream when unknown
     responses={404: "no such message or attachment", 502: "ciphertext failed verification"},
 )
 async def download_attachment(request: web.Request) -> web.StreamResponse:
