@@ -305,6 +305,14 @@ class MessageListQuery(_Request):
     order: Literal["asc", "desc"] = "desc"
 
 
+class MessageItemQuery(_Request):
+    direction: Literal["incoming", "outgoing"] | None = Field(
+        None,
+        description="which copy: a message sent to this connector's own address is stored twice "
+        "under one id, outgoing and incoming; absent: the outgoing copy if there is one",
+    )
+
+
 def _comma_separated(value: object) -> object:
     """``type=a,b`` and ``type=a&type=b`` both mean the list ``[a, b]``."""
     if isinstance(value, str):

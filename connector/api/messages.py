@@ -11,7 +11,13 @@ from connector.api.files import stream_plaintext
 from connector.api.params import json_body, json_response, query
 from connector.api.routing import Header, RouteTable
 from connector.ids import FILE_ID, MESSAGE_ID
-from connector.schemas import MessageListQuery, MessageOut, MessagePage, SendMessageRequest
+from connector.schemas import (
+    MessageItemQuery,
+    MessageListQuery,
+    MessageOut,
+    MessagePage,
+    SendMessageRequest,
+)
 from connector.services import idempotency
 from connector.services.views import message_out
 from storage.repositories.messages import MessageFilter
@@ -131,11 +137,13 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     scope="messages:read",
     summary="One message",
     path_patterns=_IDS,
+    query=MessageItemQuery,
     response=MessageOut,
     responses={404: "no such message"},
 )
 async def get_message(request: web.Request) -> web.StreamResponse:
-    message = await request.app[RUNTIME].messages.get(request.match_info["id"])
+    direction = query(request, MessageItemQuery).direction
+    message = await request.app[RUNTIME].messages.get(request.match_info["id"], direction)
     return json_response(message_out(message))
 
 
@@ -144,11 +152,15 @@ async def get_message(request: web.Request) -> web.StreamResponse:
     scope="messages:read",
     summary="Mark read",
     path_patterns=_IDS,
+    query=MessageItemQuery,
     response=MessageOut,
     responses={404: "no such message"},
 )
 async def mark_read(request: web.Request) -> web.StreamResponse:
-    message = await request.app[RUNTIME].messages.set_read(request.match_info["id"], True)
+    direction = query(request, MessageItemQuery).direction
+    message = await request.app[RUNTIME].messages.set_read(
+        request.match_info["id"], True, direction
+    )
     return json_response(message_out(message))
 
 
@@ -157,11 +169,15 @@ async def mark_read(request: web.Request) -> web.StreamResponse:
     scope="messages:read",
     summary="Mark unread",
     path_patterns=_IDS,
+    query=MessageItemQuery,
     response=MessageOut,
     responses={404: "no such message"},
 )
 async def mark_unread(request: web.Request) -> web.StreamResponse:
-    message = await request.app[RUNTIME].messages.set_read(request.match_info["id"], False)
+    direction = query(request, MessageItemQuery).direction
+    message = await request.app[RUNTIME].messages.set_read(
+        request.match_info["id"], False, direction
+    )
     return json_response(message_out(message))
 
 
@@ -170,10 +186,14 @@ async def mark_unread(request: web.Request) -> web.StreamResponse:
     scope="files:read",
     summary="An attachment's plaintext, streamed and verified",
     path_patterns=_IDS,
+    query=MessageItemQuery,
     content_type="*/*",  # the file's own type, application/octet-stream when unknown
     responses={404: "no such message or attachment", 502: "ciphertext failed verification"},
 )
 async def download_attachment(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    file = await runtime.messages.attachment(request.match_info["id"], request.match_info["fileId"])
+    direction = query(request, MessageItemQuery).direction
+    file = await runtime.messages.attachment(
+        request.match_info["id"], request.match_info["fileId"], direction
+    )
     return await stream_plaintext(request, runtime, file)

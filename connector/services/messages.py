@@ -299,9 +299,10 @@ class MessageService:
 
     # -- queries -------------------------------------------------------------------------------
 
-    async def get(self, message_id: str) -> Message:
+    async def get(self, message_id: str, direction: str | None = None) -> Message:
+        """The message with this id; ``direction`` picks the copy of one sent to ourselves."""
         async with self._sessions() as session:
-            message = await messages_repo.get(session, message_id)
+            message = await messages_repo.get(session, message_id, direction)
         if message is None:
             raise NotFound(f"no message {message_id}")
         return message
@@ -326,9 +327,9 @@ class MessageService:
             next_cursor = cursors.encode(cursors.MESSAGES, last_seq)
         return rows[:limit], next_cursor
 
-    async def set_read(self, message_id: str, read: bool) -> Message:
+    async def set_read(self, message_id: str, read: bool, direction: str | None = None) -> Message:
         async with self._sessions.begin() as session:
-            message = await messages_repo.get(session, message_id)
+            message = await messages_repo.get(session, message_id, direction)
             if message is None:
                 raise NotFound(f"no message {message_id}")
             if read and message.read_at is None:
@@ -337,8 +338,8 @@ class MessageService:
                 message.read_at = None
         return message
 
-    async def attachment(self, message_id: str, file_id: str) -> File:
-        message = await self.get(message_id)
+    async def attachment(self, message_id: str, file_id: str, direction: str | None = None) -> File:
+        message = await self.get(message_id, direction)
         for attachment in message.attachments:
             if attachment.file_id == file_id:
                 return attachment.file

@@ -139,17 +139,21 @@ def _loaded() -> Select[Message]:
     )
 
 
-async def get(session: AsyncSession, message_id: str) -> Message | None:
-    """The message with this id.
+async def get(
+    session: AsyncSession, message_id: str, direction: str | None = None
+) -> Message | None:
+    """The message with this id (and ``direction``, when given).
 
     Ids are unique per sender, so several rows may carry one: an outgoing copy wins over an
-    incoming one (sent to self), an accepted one over a rejected one, and the first stored wins
-    among the rest (a later sender of the same id cannot take it over).
+    incoming one (sent to self) unless ``direction`` picks one, an accepted one over a rejected
+    one, and the first stored wins among the rest (a later sender of the same id cannot take it
+    over).
     """
+    query = _loaded().where(Message.id == message_id)
+    if direction is not None:
+        query = query.where(Message.direction == direction)
     rows = await session.scalars(
-        _loaded()
-        .where(Message.id == message_id)
-        .order_by(Message.direction.desc(), (Message.status == "rejected").asc(), Message.seq)
+        query.order_by(Message.direction.desc(), (Message.status == "rejected").asc(), Message.seq)
     )
     return rows.first()
 
