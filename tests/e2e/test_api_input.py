@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yarl
 from sqlalchemy import update
 
 from storage.models import File
@@ -256,12 +257,12 @@ async def test_openapi_documents_the_input_problems(alice: Api) -> None:
         b"form-data; name=\"file\"; filename*=UTF-8''%ff%fe.txt",
         b"form-data; name=\"file\"; filename*=no-such-charset''%41.txt",
         b'form-data; name="file"; filename*=a.txt',
-        b"form-data; name=\"file\"; filename=\"a.txt\"; filename*=UTF-8''%C3%28.txt",
+        b'form-data; name="file"; filename="a.txt"; filename*=UTF-8\'\'%C3%28.txt',
         # a header it cannot read at all (BadContentDispositionHeader)
         b'form-data; name="file"; filename=a b.txt',
         b'form-data; name="file"; filename="a.txt";',
         b'form-data; name="file"; name="other"',
-        b"form data; name=\"file\"",
+        b'form data; name="file"',
     ],
 )
 async def test_upload_with_an_unreadable_content_disposition(
@@ -290,3 +291,34 @@ async def test_upload_with_a_charset_part(alice: Api) -> None:
         status, body = await _upload_raw(alice, form)
         assert (status, body["code"]) == (422, "validation_failed"), body
         assert "_charset_" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("name=a%00b", "name"),
+        ("correlationKey=line%0Abreak", "correlationKey"),
+        ("peer=not-an-address", "peer"),
+        ("name=", "name"),
+    ],
+)
+async def test_message_filters_that_no_message_can_match_are_refused(
+    alice: Api, query: str, named: str
+) -> None:
+    """Filters take what a message can carry (one-line text, an address), and say so."""
+    async with alice.http.get(
+        f"{alice.url}/api/v1/messages?{query}", headers=alice.headers
+    ) as response:
+        status, body = response.status, await response.json(content_type=None)
+    assert (status, body["code"]) == (400, "validation_failed"), body
+    assert named in [e["field"] for e in body["errors"]], body
+
+
+@pytest.mark.parametrize("query", ["name=order.%ED%A0%80", "correlationKey=%ED%BF%BF%FF"])
+async def test_filters_with_bytes_that_are_not_utf8_match_nothing(alice: Api, query: str) -> None:
+    """Surrogate-style or stray bytes arrive as U+FFFD (aiohttp decodes the query with
+    replacement), which no stored message carries: an empty page, never a 500."""
+    url = yarl.URL(f"{alice.url}/api/v1/messages?{query}", encoded=True)
+    async with alice.http.get(url, headers=alice.headers) as response:
+        status, body = response.status, await response.json(content_type=None)
+    assert (status, body["items"]) == (200, []), body
