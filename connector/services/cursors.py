@@ -7,7 +7,7 @@ and the other way round). Every string that fits :func:`seq_pattern` or :func:`t
 decodes to a position a query can use, so the document's pattern is the whole rule; anything
 else answers 400 ``validation_failed`` naming the parameter.
 
-Cursors issued before these shapes (base64url of the same text, or of a JSON time and id pair)
+Cursors issued before version 0.2 (base64url of the same text, or of a JSON time and id pair)
 are still read, so a feed consumer that kept one across an upgrade carries on where it was.
 """
 
