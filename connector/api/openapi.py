@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from connector.api.problems import problem_codes
 from connector.api.routing import ANY_KEY, PUBLIC, RouteSpec, RouteTable
 from connector.schemas import Problem
 
@@ -26,6 +27,8 @@ def build_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
         [(m, "serialization") for m in ordered], by_alias=True, ref_template=_REF
     )
     refs = {model: schema for (model, _), schema in keyed.items()}
+    # the catalogue of problem codes, so a client can switch on them with the document's word
+    definitions["$defs"]["Problem"]["properties"]["code"]["enum"] = problem_codes()
     paths: dict[str, dict[str, Any]] = {}
     for spec in specs:
         paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, refs)

@@ -30,6 +30,17 @@ _HTTP_CODES = {
 }
 
 
+def problem_codes() -> list[str]:
+    """Every ``code`` a problem answer can carry: the domain errors' and aiohttp's own."""
+    codes = {ConnectorError.code, "http_error", *_HTTP_CODES.values()}
+    pending: list[type[ConnectorError]] = [ConnectorError]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            codes.add(subclass.code)
+            pending.append(subclass)
+    return sorted(codes)
+
+
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> web.Response:
     body = {
         "type": f"https://connector.dev/problems/{code.replace('_', '-')}",

@@ -133,3 +133,29 @@ async def test_docs_serves_only_its_own_files(alice: Api, path: str) -> None:
     assert status == 404, (path, body)
     assert content_type == "application/problem+json"
     assert json.loads(body)["code"] == "not_found"
+
+
+async def test_problem_answers_carry_codes_the_document_lists(alice: Api, bob: Api) -> None:
+    _, document = await alice.json("GET", "/api/v1/openapi.json")
+    listed = set(document["components"]["schemas"]["Problem"]["properties"]["code"]["enum"])
+    unknown = "id1" + "a" * 32
+    answers = [
+        await alice.json("GET", "/api/v1/messages", params={"limit": "0"}),
+        await alice.json("GET", "/api/v1/messages/MSG00000000000000000"),
+        await alice.send(recipients=[unknown], content={}),
+        await alice.send(recipients=[bob.address], content={}, attachments=["FIL" + "0" * 17]),
+        await alice.json("POST", "/api/v1/messages", data=b"{}"),
+        await alice.json("GET", "/api/v1/messages", headers={"X-API-KEY": "x" * 20}),
+        await alice.json("PUT", "/api/v1/messages"),
+    ]
+    codes = {body["code"] for _, body in answers}
+    assert codes == {
+        "validation_failed",
+        "not_found",
+        "recipient_not_found",
+        "file_not_found",
+        "unsupported_media_type",
+        "unauthorized",
+        "method_not_allowed",
+    }
+    assert codes <= listed
