@@ -149,8 +149,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             sessions,
             platform,
             peers,
+            files=files,
             keys=keys,
-            master_key=master_key,
             batch_size=settings.sync.batch_size,
             max_age=_freshness_window(settings),
         )

@@ -8,10 +8,13 @@ thread: AES-GCM and SHA-256 release the GIL) and sending overlap instead of taki
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
 from connector.crypto.at_rest import open_secret, seal_secret
@@ -29,7 +32,7 @@ from connector.ids import new_file_id
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.services import cursors
-from connector.services.body import line_char
+from connector.services.body import AttachmentDescriptor, line_char
 from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import files as files_repo
@@ -68,6 +71,74 @@ def safe_filename(raw: str) -> str:
 def _printable(c: str) -> bool:
     """What a one-line text may hold (``body.line_char``), and no C1 control either."""
     return line_char(c) and not 0x80 <= ord(c) < 0xA0
+
+
+class AttachmentMismatch(ValueError):
+    """An attachment names a file already known under its id with another owner, key or hash."""
+
+
+class IncomingFiles:
+    """The File rows of the attachments that arrive in one transaction of the sync.
+
+    A row already known under an id is reused only for the same owner, key and hash, so nobody
+    can take over (or swap the bytes of) a file id someone else sent first; new rows are added
+    with their key sealed at rest.
+    """
+
+    def __init__(
+        self, session: AsyncSession, master_key: bytes, known: dict[str, File], now: datetime
+    ) -> None:
+        self._session = session
+        self._master_key = master_key
+        self._known = known
+        self._keys: dict[str, bytes] = {}  # keys of the rows added in this transaction
+        self._now = now
+
+    def adopt(self, sender: str, attachments: Sequence[AttachmentDescriptor]) -> list[File]:
+        """The rows for ``sender``'s ``attachments``, added where new; nothing is added, and
+        :class:`AttachmentMismatch` says why, when one of them differs from a known row."""
+        wanted = [(d, base64.b64decode(d.key)) for d in attachments]
+        for descriptor, key in wanted:
+            file = self._known.get(descriptor.id)
+            if file is not None and (file.owner, file.sha256, self._key(file)) != (
+                sender,
+                descriptor.sha256,
+                key,
+            ):
+                raise AttachmentMismatch(
+                    f"attachment {descriptor.id} differs from the file already known under "
+                    "that id (owner, key or hash)"
+                )
+        return [self._known.get(d.id) or self._add(sender, d, key) for d, key in wanted]
+
+    def _add(self, sender: str, descriptor: AttachmentDescriptor, key: bytes) -> File:
+        file = File(
+            id=descriptor.id,
+            owner=sender,
+            is_own=False,
+            filename=descriptor.filename,
+            mimetype=descriptor.mimetype,
+            size=descriptor.size,
+            cipher_size=descriptor.cipher_size,
+            chunk_size=descriptor.chunk_size,
+            sha256=descriptor.sha256,
+            title=descriptor.title,
+            description=descriptor.description,
+            tags=list(descriptor.tags),
+            key_sealed=seal_secret(self._master_key, key, FILE_KEY_PURPOSE),
+            created_at=self._now,
+            expires_at=descriptor.expires_at,
+            deleted_at=None,
+        )
+        files_repo.add(self._session, file)
+        self._known[file.id], self._keys[file.id] = file, key
+        return file
+
+    def _key(self, file: File) -> bytes:
+        """A known file's key: added in this transaction, or opened from its sealed copy."""
+        return self._keys.get(file.id) or open_secret(
+            self._master_key, file.key_sealed, FILE_KEY_PURPOSE
+        )
 
 
 @dataclass(frozen=True)
@@ -235,6 +306,14 @@ class FileService:
 
     def file_key(self, file: File) -> bytes:
         return open_secret(self._master_key, file.key_sealed, FILE_KEY_PURPOSE)
+
+    async def incoming(
+        self, session: AsyncSession, file_ids: Collection[str], now: datetime
+    ) -> IncomingFiles:
+        """The rows for attachments arriving on ``session``: those known already, loaded once
+        (deleted ones too: their ids stay taken), and room for new ones."""
+        known = await files_repo.get_many(session, file_ids, include_deleted=True)
+        return IncomingFiles(session, self._master_key, known, now)
 
     # -- download ------------------------------------------------------------------------------
 

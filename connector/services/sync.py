@@ -30,7 +30,6 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
-from connector.crypto.at_rest import open_secret, seal_secret
 from connector.crypto.envelope import open_envelope
 from connector.crypto.errors import EnvelopeError
 from connector.crypto.keys import IdentityKeys
@@ -41,13 +40,12 @@ from connector.platform.client import PlatformClient
 from connector.platform.models import InboxItem
 from connector.services.body import MessageBody
 from connector.services.events import emit
-from connector.services.files import FILE_KEY_PURPOSE
+from connector.services.files import AttachmentMismatch, FileService
 from connector.services.inbound import Header, Unstorable, freshness_problem, read_header
 from connector.services.peers import PeerDirectory, PeerKeys
 from connector.services.receipts import Outgoing, Receipts, Told
 from storage.engine import Sessions
 from storage.models import File
-from storage.repositories import files as files_repo
 from storage.repositories import messages as messages_repo
 from storage.repositories import sync_state as sync_state_repo
 from storage.repositories.messages import Known, MessageRecord, Recipient
@@ -105,16 +103,16 @@ class SyncService:
         platform: PlatformClient,
         peers: PeerDirectory,
         *,
+        files: FileService,
         keys: IdentityKeys,
-        master_key: bytes,
         batch_size: int,
         max_age: float = 30 * 24 * 3600,
     ) -> None:
         self._sessions = sessions
         self._platform = platform
         self._peers = peers
+        self._files = files
         self._keys = keys
-        self._master_key = master_key
         self._batch_size = batch_size
         self._page_size = batch_size
         self._max_age = timedelta(seconds=max_age)
@@ -328,11 +326,15 @@ class SyncService:
         counts = SyncCounts()
         new = [a for a in batch.arrivals if a.known is None and not a.skipped]
         file_ids = {d.id for a in new if a.body for d in a.body.attachments}
-        existing = await files_repo.get_many(session, file_ids, include_deleted=True)
-        keys: dict[str, bytes] = {}  # file keys of the rows made in this transaction
+        incoming = await self._files.incoming(session, file_ids, now)
         stored: list[tuple[_Arrival, MessageRecord, list[File]]] = []
         for arrival in new:
-            files = self._attachment_files(session, arrival, existing, keys, now)
+            files: list[File] = []
+            if arrival.body is not None:
+                try:
+                    files = incoming.adopt(arrival.header.sender, arrival.body.attachments)
+                except AttachmentMismatch as exc:
+                    arrival.reject(str(exc))
             if arrival.body is None:
                 stored.append((arrival, self._rejected(arrival, now), []))
                 counts.rejected += 1
@@ -384,66 +386,6 @@ class SyncService:
         state.last_received, state.last_receipts = counts.received, counts.receipts
         state.last_rejected = counts.rejected
         state.total_received += counts.received
-
-    def _attachment_files(
-        self,
-        session: AsyncSession,
-        arrival: _Arrival,
-        existing: dict[str, File],
-        keys: dict[str, bytes],
-        now: datetime,
-    ) -> list[File]:
-        """The File rows of a message's attachments, added where not known yet.
-
-        A row already known under an id is reused only for the same owner, key and hash;
-        otherwise the message is rejected, nothing is added, and the row stays as it was.
-        """
-        if arrival.body is None:
-            return []
-        sender = arrival.header.sender
-        wanted = [(d, base64.b64decode(d.key)) for d in arrival.body.attachments]
-        for descriptor, key in wanted:
-            file = existing.get(descriptor.id)
-            if file is not None and (file.owner, file.sha256, self._key(file, keys)) != (
-                sender,
-                descriptor.sha256,
-                key,
-            ):
-                arrival.reject(
-                    f"attachment {descriptor.id} differs from the file already known under "
-                    "that id (owner, key or hash)"
-                )
-                return []
-        files: list[File] = []
-        for descriptor, key in wanted:
-            file = existing.get(descriptor.id)
-            if file is None:
-                file = File(
-                    id=descriptor.id,
-                    owner=sender,
-                    is_own=False,
-                    filename=descriptor.filename,
-                    mimetype=descriptor.mimetype,
-                    size=descriptor.size,
-                    cipher_size=descriptor.cipher_size,
-                    chunk_size=descriptor.chunk_size,
-                    sha256=descriptor.sha256,
-                    title=descriptor.title,
-                    description=descriptor.description,
-                    tags=list(descriptor.tags),
-                    key_sealed=seal_secret(self._master_key, key, FILE_KEY_PURPOSE),
-                    created_at=now,
-                    expires_at=descriptor.expires_at,
-                    deleted_at=None,
-                )
-                files_repo.add(session, file)
-                existing[file.id], keys[file.id] = file, key
-            files.append(file)
-        return files
-
-    def _key(self, file: File, keys: dict[str, bytes]) -> bytes:
-        """A known file's key: made in this transaction, or opened from its sealed copy."""
-        return keys.get(file.id) or open_secret(self._master_key, file.key_sealed, FILE_KEY_PURPOSE)
 
     @staticmethod
     def _received(
