@@ -1,4 +1,10 @@
-"""Pull from the platform: verify, decrypt and store a batch with its events, then acknowledge.
+"""Pull from the platform: store a page with its events, then acknowledge it.
+
+What each envelope becomes (new, a repeat, rejected and why) is worked out by
+``connector.services.receiving``; the receipts that come in are checked and applied by
+``connector.services.receipts``; attachment rows belong to the file service. This module holds
+the pull itself: the page's transaction, the fallback to one item at a time, the cursor, the
+acknowledgement and the health of the sync.
 
 The batch, its events and the new cursor are committed in one transaction *before* the ack, so
 a crash anywhere loses nothing; a redelivered envelope is recognised by its (sender, id) and
@@ -19,43 +25,35 @@ anything. So one item can never hold up the items after it:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
-from connector.crypto.envelope import open_envelope
-from connector.crypto.errors import EnvelopeError
 from connector.crypto.keys import IdentityKeys
-from connector.crypto.receipts import ReceiptItem, ReceiptStatus, envelope_digest
-from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
+from connector.errors import PlatformUnavailable
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.platform.models import InboxItem
-from connector.services.body import MessageBody
 from connector.services.events import emit
 from connector.services.files import AttachmentMismatch, FileService
-from connector.services.inbound import Header, Unstorable, freshness_problem, read_header
-from connector.services.peers import PeerDirectory, PeerKeys
-from connector.services.receipts import Outgoing, Receipts, Told
+from connector.services.peers import PeerDirectory
+from connector.services.receipts import Receipts, Told
+from connector.services.receiving import MAX_ERROR, Arrival, Receiver
 from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import messages as messages_repo
 from storage.repositories import sync_state as sync_state_repo
-from storage.repositories.messages import Known, MessageRecord, Recipient
+from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
 
 _OPEN_SLICE = 64  # envelopes per worker-thread call
 FAILING_AFTER = 3
 """Pulls failed in a row after which ``/health`` reports the sync as failing."""
-_MAX_ERROR = 500  # characters of a rejection reason kept
 
 
 @dataclass
@@ -73,26 +71,8 @@ class SyncCounts:
 
 
 @dataclass
-class _Arrival:
-    """One incoming envelope on its way in."""
-
-    envelope: dict[str, Any]
-    header: Header
-    digest: bytes | None = None
-    body: MessageBody | None = None
-    error: str | None = None
-    known: Known | None = None
-    """Already stored under this (sender, id) with this digest: answered, not stored again."""
-    skipped: bool = False
-    """Could not be stored even as rejected: logged, and left without a receipt."""
-
-    def reject(self, reason: str) -> None:
-        self.body, self.error = None, reason[:_MAX_ERROR]
-
-
-@dataclass
 class _Batch:
-    arrivals: list[_Arrival] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
     receipts: list[Told] = field(default_factory=list)
 
 
@@ -110,12 +90,10 @@ class SyncService:
     ) -> None:
         self._sessions = sessions
         self._platform = platform
-        self._peers = peers
         self._files = files
-        self._keys = keys
+        self._receiver = Receiver(sessions, peers, keys=keys, max_age=timedelta(seconds=max_age))
         self._batch_size = batch_size
         self._page_size = batch_size
-        self._max_age = timedelta(seconds=max_age)
         self._receipts = Receipts(sessions, peers, keys)
         self._lock = asyncio.Lock()
 
@@ -179,7 +157,7 @@ class SyncService:
         async with self._sessions.begin() as session:
             state = await sync_state_repo.get(session)
             state.last_run_at = utcnow()
-            state.last_error = error[:_MAX_ERROR]
+            state.last_error = error[:MAX_ERROR]
             state.failures += 1
 
     # -- one page -------------------------------------------------------------------------------
@@ -189,11 +167,9 @@ class SyncService:
     ) -> tuple[SyncCounts, list[dict[str, Any]]]:
         """Store a page; answer the counts and the signed receipts to acknowledge it with."""
         now = utcnow()
-        batch = _Batch(arrivals=self._arrivals(items))
-        await self._recognise(batch.arrivals)
-        fresh = [a for a in batch.arrivals if a.known is None and a.error is None]
-        senders = await self._sender_keys(fresh)
-        await self._open_in_parallel(fresh, senders, now)
+        batch = _Batch(arrivals=self._receiver.arrivals(items))
+        await self._receiver.recognise(batch.arrivals)
+        await self._receiver.open(batch.arrivals, now)
         batch.receipts = await self._receipts.verified([i for i in items if i.type == "receipt"])
         try:
             async with self._sessions.begin() as session:
@@ -202,122 +178,7 @@ class SyncService:
         except Exception:
             log.exception("storing a page of %d items failed; storing them one by one", len(items))
             counts = await self._write_one_by_one(batch, cursor, now)
-        return counts, await self._receipts.sign(self._answers(batch.arrivals), now)
-
-    def _arrivals(self, items: list[InboxItem]) -> list[_Arrival]:
-        """The page's envelopes that can be stored at all, once each per (sender, id)."""
-        arrivals: dict[tuple[str, str], _Arrival] = {}
-        for item in items:
-            if item.type == "invalid":
-                log.warning("skipped inbox item %s: %s", item.cursor, item.error)
-                continue
-            if item.type != "message":
-                continue
-            if item.envelope is None:
-                log.warning("skipped inbox item %s: it carries no envelope", item.cursor)
-                continue
-            try:
-                header = read_header(item.envelope)
-            except Unstorable as exc:
-                log.warning("skipped inbox item %s: %s", item.cursor, exc)
-                continue
-            arrivals.setdefault((header.sender, header.id), _Arrival(item.envelope, header))
-        return list(arrivals.values())
-
-    async def _recognise(self, arrivals: list[_Arrival]) -> None:
-        """Mark repeats of stored items, and refuse other bytes under an id already taken.
-
-        A repeat is recognised by its digest (rows stored before digests were kept, by the
-        id alone); it changes nothing and is answered as before. Other bytes under an id that
-        its sender already used for an accepted message are rejected: a rejected row takes no
-        id, so it never blocks the legitimate one.
-        """
-        async with self._sessions() as session:
-            known = await messages_repo.known_incoming(
-                session, [(a.header.sender, a.header.id) for a in arrivals]
-            )
-        for arrival in arrivals:
-            rows = known.get((arrival.header.sender, arrival.header.id))
-            if not rows:
-                continue
-            arrival.digest = _digest(arrival.envelope)
-            for row in rows:
-                legacy = row.digest is None and row.status != "rejected"
-                if legacy or (arrival.digest is not None and row.digest == arrival.digest):
-                    arrival.known = row
-                    break
-            else:
-                if rows[0].status != "rejected":
-                    arrival.reject("the sender already used this id for another message")
-
-    async def _sender_keys(self, arrivals: list[_Arrival]) -> dict[str, PeerKeys | str]:
-        """Each sender's pinned keys, or why there are none (its envelopes are rejected)."""
-        keys: dict[str, PeerKeys | str] = {}
-        for sender in {a.header.sender for a in arrivals}:
-            try:
-                keys.update(await self._peers.resolve([sender]))
-            except RecipientNotFound:
-                keys[sender] = "the sender is not a registered identity"
-            except PlatformUnavailable:
-                raise  # nothing is decided while the sender's keys cannot be had
-            except ConnectorError as exc:  # peer_key_invalid: the platform's answer is refused
-                keys[sender] = f"{exc.code}: {exc.detail}"
-        return keys
-
-    async def _open_in_parallel(
-        self, arrivals: list[_Arrival], senders: dict[str, PeerKeys | str], now: datetime
-    ) -> None:
-        """Verify and decrypt a batch in worker threads, in slices.
-
-        Signature checks and key agreement release the GIL, so slices run on several cores
-        while the event loop stays free for the API.
-        """
-        loop = asyncio.get_running_loop()
-        slices = [arrivals[i : i + _OPEN_SLICE] for i in range(0, len(arrivals), _OPEN_SLICE)]
-        await asyncio.gather(
-            *(loop.run_in_executor(None, self._open_all, part, senders, now) for part in slices)
-        )
-
-    def _open_all(
-        self, arrivals: list[_Arrival], senders: dict[str, PeerKeys | str], now: datetime
-    ) -> None:
-        for arrival in arrivals:
-            self._open_one(arrival, senders, now)
-
-    def _open_one(
-        self, arrival: _Arrival, senders: dict[str, PeerKeys | str], now: datetime
-    ) -> None:
-        envelope, header = arrival.envelope, arrival.header
-        if arrival.digest is None:  # not yet worked out while recognising repeats
-            arrival.digest = _digest(envelope)
-        sender = senders.get(header.sender)
-        problem = (
-            "; ".join(header.problems)
-            or (sender if isinstance(sender, str) else None)
-            or freshness_problem(header, me=self._keys.address, now=now, max_age=self._max_age)
-        )
-        if problem or not isinstance(sender, PeerKeys):
-            arrival.reject(f"envelope rejected: {problem or 'the sender is unknown'}")
-            return
-        try:
-            raw = open_envelope(
-                envelope, me=self._keys, sender_signing_public=sender.signing_public
-            )
-            body = MessageBody.model_validate(raw)
-            for descriptor in body.attachments:
-                if len(base64.b64decode(descriptor.key, validate=True)) != 32:
-                    raise ValueError("attachment key is not 32 bytes")
-        except EnvelopeError as exc:
-            arrival.reject(f"envelope rejected: {exc}")
-            return
-        except (ValidationError, ValueError, binascii.Error) as exc:
-            arrival.reject(f"message body is malformed: {exc}")
-            return
-        except Exception as exc:  # RecursionError and the like: hostile input, not our state
-            log.exception("cannot open envelope %s", header.id)
-            arrival.reject(f"envelope rejected: it cannot be processed ({type(exc).__name__})")
-            return
-        arrival.body = body
+        return counts, await self._receipts.sign(self._receiver.answers(batch.arrivals), now)
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -327,7 +188,7 @@ class SyncService:
         new = [a for a in batch.arrivals if a.known is None and not a.skipped]
         file_ids = {d.id for a in new if a.body for d in a.body.attachments}
         incoming = await self._files.incoming(session, file_ids, now)
-        stored: list[tuple[_Arrival, MessageRecord, list[File]]] = []
+        stored: list[tuple[Arrival, MessageRecord, list[File]]] = []
         for arrival in new:
             files: list[File] = []
             if arrival.body is not None:
@@ -336,10 +197,12 @@ class SyncService:
                 except AttachmentMismatch as exc:
                     arrival.reject(str(exc))
             if arrival.body is None:
-                stored.append((arrival, self._rejected(arrival, now), []))
+                stored.append((arrival, self._receiver.rejected(arrival, now), []))
                 counts.rejected += 1
             else:
-                stored.append((arrival, self._received(arrival, arrival.body, files, now), files))
+                stored.append(
+                    (arrival, self._receiver.received(arrival, arrival.body, files, now), files)
+                )
                 counts.received += 1
         if file_ids:
             await session.flush()  # attachment rows refer to these files
@@ -386,69 +249,3 @@ class SyncService:
         state.last_received, state.last_receipts = counts.received, counts.receipts
         state.last_rejected = counts.rejected
         state.total_received += counts.received
-
-    @staticmethod
-    def _received(
-        arrival: _Arrival, body: MessageBody, files: list[File], now: datetime
-    ) -> MessageRecord:
-        header = arrival.header
-        return MessageRecord(
-            id=header.id,
-            direction="incoming",
-            sender=header.sender,
-            name=body.name,
-            correlation_key=body.correlation_key,
-            content=body.content,
-            status="received",
-            created_at=header.created_at or now,
-            received_at=now,
-            expires_at=header.expires_at,
-            tags=list(body.tags),
-            recipients=[Recipient(address) for address in header.recipients],
-            attachment_ids=[file.id for file in files],
-            digest=arrival.digest,
-        )
-
-    @staticmethod
-    def _rejected(arrival: _Arrival, now: datetime) -> MessageRecord:
-        header = arrival.header
-        log.warning("rejected message %s from %s: %s", header.id, header.sender, arrival.error)
-        return MessageRecord(
-            id=header.id,
-            direction="incoming",
-            sender=header.sender,
-            status="rejected",
-            created_at=header.created_at or now,
-            received_at=now,
-            expires_at=header.expires_at,
-            error=arrival.error,
-            recipients=[Recipient(address) for address in header.recipients],
-            attachment_ids=[],
-            digest=arrival.digest,
-        )
-
-    def _answers(self, arrivals: list[_Arrival]) -> list[Outgoing]:
-        """Our receipt item for each envelope of the page: what we made of it, or made of it
-        before (a repeat is answered as the first time)."""
-        answers = []
-        for arrival in arrivals:
-            if arrival.skipped:
-                continue
-            known = arrival.known
-            digest = known.digest if known is not None else arrival.digest
-            if digest is None:
-                continue  # no digest, no receipt: the sender could not match it anyway
-            accepted = known.status != "rejected" if known is not None else arrival.body is not None
-            status: ReceiptStatus = "delivered" if accepted else "rejected"
-            answers.append(
-                Outgoing(arrival.header.sender, ReceiptItem(arrival.header.id, digest, status))
-            )
-        return answers
-
-
-def _digest(envelope: dict[str, Any]) -> bytes | None:
-    """The envelope's digest; None when it is not canonical JSON (it cannot have been signed)."""
-    try:
-        return envelope_digest(envelope)
-    except (TypeError, ValueError, RecursionError):
-        return None
