@@ -30,6 +30,7 @@ from connector.services.messages import MessageService
 from connector.services.outbox import OutboxService
 from connector.services.peers import PeerDirectory
 from connector.services.sealing import Sealer
+from connector.services.status import StatusService
 from connector.services.sync import SyncService
 from connector.services.transitions import StatusRecorder
 from connector.settings import Settings, is_loopback
@@ -65,6 +66,7 @@ class Runtime:
     housekeeping: Housekeeping
     events: EventFeed
     scheduler: JobScheduler
+    status: StatusService
     bootstrap_key: str | None
 
     @property
@@ -109,7 +111,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
 
         await messages_repo.start_local_sequence(sessions)
         async with sessions.begin() as session:
-            await sync_state_repo.get(session)  # made once here, not raced by the sync jobs
+            await sync_state_repo.ensure(session)  # made once here, not raced by the sync jobs
         keys, identity = await identity_service.load_or_create(sessions, master_key)
         platform.set_identity(keys.address, lambda challenge: sign_challenge(keys, challenge))
         # Registered again on each start (idempotent at the platform): a platform that kept our
@@ -176,6 +178,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             ),
             events=EventFeed(sessions, notifier, settle=settle_for(engine.dialect.name)),
             scheduler=scheduler,
+            status=StatusService(sessions, platform, sync, scheduler),
             bootstrap_key=bootstrap_key,
         )
         if run_scheduler:

@@ -10,7 +10,6 @@ from connector.api.appkeys import RUNTIME
 from connector.api.params import json_response
 from connector.api.routing import RouteTable
 from connector.schemas import IdentityOut, SyncResult, SyncStatus
-from storage.repositories import sync_state as sync_state_repo
 
 routes = RouteTable("account")
 
@@ -54,9 +53,7 @@ async def sync_now(request: web.Request) -> web.StreamResponse:
     response=SyncStatus,
 )
 async def sync_status(request: web.Request) -> web.StreamResponse:
-    async with request.app[RUNTIME].sessions() as session:
-        state = await sync_state_repo.get(session)
-        await session.commit()
+    state = await request.app[RUNTIME].status.sync_state()
     return json_response(
         SyncStatus(
             last_run_at=state.last_run_at,

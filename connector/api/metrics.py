@@ -10,8 +10,6 @@ from aiohttp import web
 
 from connector.api.appkeys import RUNTIME
 from connector.api.routing import METRICS, RouteTable
-from storage.repositories import stats
-from storage.repositories import sync_state as sync_state_repo
 
 routes = RouteTable("health")
 
@@ -31,48 +29,41 @@ def _line(name: str, value: float, **labels: str) -> str:
     content_type="text/plain; version=0.0.4",
 )
 async def metrics(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    async with runtime.sessions() as session:
-        messages = await stats.message_counts(session)
-        outbox = await stats.outbox_size(session)
-        events = await stats.event_count(session)
-        files = await stats.file_counts(session)
-        state = await sync_state_repo.get(session)
-        await session.commit()
+    counts = await request.app[RUNTIME].status.counts()
     lines = [
         "# HELP connector_messages Stored messages by direction and status.",
         "# TYPE connector_messages gauge",
         *(
             _line("connector_messages", count, direction=direction, status=status)
-            for (direction, status), count in sorted(messages.items())
+            for (direction, status), count in sorted(counts.messages.items())
         ),
         "# HELP connector_outbox_pending Messages waiting to be sent.",
         "# TYPE connector_outbox_pending gauge",
-        _line("connector_outbox_pending", outbox),
+        _line("connector_outbox_pending", counts.outbox),
         "# HELP connector_events_total Events written to the feed.",
         "# TYPE connector_events_total counter",
-        _line("connector_events_total", events),
+        _line("connector_events_total", counts.events),
         "# HELP connector_files Stored files by owner.",
         "# TYPE connector_files gauge",
-        _line("connector_files", files.get(True, 0), owner="own"),
-        _line("connector_files", files.get(False, 0), owner="peer"),
+        _line("connector_files", counts.files.get(True, 0), owner="own"),
+        _line("connector_files", counts.files.get(False, 0), owner="peer"),
         "# HELP connector_sync_received_total Messages received through sync.",
         "# TYPE connector_sync_received_total counter",
-        _line("connector_sync_received_total", state.total_received),
+        _line("connector_sync_received_total", counts.sync.total_received),
         "# HELP connector_sync_cursor Platform inbox cursor acknowledged so far.",
         "# TYPE connector_sync_cursor gauge",
-        _line("connector_sync_cursor", state.cursor),
+        _line("connector_sync_cursor", counts.sync.cursor),
         "# HELP connector_job_runs_total Scheduler job runs.",
         "# TYPE connector_job_runs_total counter",
         *(
             _line("connector_job_runs_total", s.runs, job=n)
-            for n, s in runtime.scheduler.status().items()
+            for n, s in counts.jobs.items()
         ),
         "# HELP connector_job_failures_total Scheduler job runs that failed.",
         "# TYPE connector_job_failures_total counter",
         *(
             _line("connector_job_failures_total", s.failures, job=n)
-            for n, s in runtime.scheduler.status().items()
+            for n, s in counts.jobs.items()
         ),
     ]
     return web.Response(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Event, File, Message, OutboxEntry
@@ -30,3 +30,8 @@ async def file_counts(session: AsyncSession) -> dict[bool, int]:
         select(File.is_own, func.count()).where(File.deleted_at.is_(None)).group_by(File.is_own)
     )
     return {bool(is_own): count for is_own, count in rows}
+
+
+async def ping(session: AsyncSession) -> None:
+    """One round trip to the database (the health check)."""
+    await session.execute(text("SELECT 1"))

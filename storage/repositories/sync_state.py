@@ -8,7 +8,15 @@ from storage.models import SyncState
 
 
 async def get(session: AsyncSession) -> SyncState:
-    """The sync state row, created on first use."""
+    """The sync state row (made at start-up by :func:`ensure`)."""
+    state = await session.get(SyncState, 1)
+    if state is None:
+        raise LookupError("no sync state row: ensure() runs at start-up")
+    return state
+
+
+async def ensure(session: AsyncSession) -> None:
+    """Make the sync state row if there is none yet (once, at start-up)."""
     state = await session.get(SyncState, 1)
     if state is None:
         state = SyncState(
@@ -21,4 +29,3 @@ async def get(session: AsyncSession) -> SyncState:
         )
         session.add(state)
         await session.flush()
-    return state
