@@ -27,6 +27,7 @@ from connector.crypto.keys import ADDRESS_PATTERN, is_valid_address
 from connector.ids import FILE_ID
 from connector.services import cursors
 from connector.services.body import Line, Text, check_json
+from connector.services.lifecycle import EventType, MessageStatus
 
 
 class _Model(BaseModel):
@@ -116,9 +117,6 @@ class RecipientOut(_Model):
     delivered_at: datetime | None
 
 
-MessageStatus = Literal["queued", "sent", "delivered", "expired", "failed", "received", "rejected"]
-
-
 class MessageOut(_Model):
     id: str
     direction: Literal["incoming", "outgoing"]
@@ -136,15 +134,6 @@ class MessageOut(_Model):
     read_at: datetime | None
     tags: list[str]
     error: str | None
-
-
-EventType = Literal[
-    "message.received",
-    "message.sent",
-    "message.delivered",
-    "message.failed",
-    "message.rejected",
-]
 
 
 class EventOut(_Model):

@@ -168,12 +168,10 @@ def _check_disposition(part: MultipartReader | BodyPartReader, number: int) -> N
         reason = str(caught[0].message) if caught else header
         raise ValidationFailed(
             f"the Content-Disposition header of form part {number} cannot be read "
-            f"(near {_shown(reason)[:200]!r}); send form-data; name=\"...\"; filename=\"...\" "
+            f'(near {_shown(reason)[:200]!r}); send form-data; name="..."; filename="..." '
             "or filename*=UTF-8''<percent-encoded UTF-8>",
             status=400,
-            errors=[
-                {"field": f"part {number}: Content-Disposition", "message": "cannot be read"}
-            ],
+            errors=[{"field": f"part {number}: Content-Disposition", "message": "cannot be read"}],
         )
 
 

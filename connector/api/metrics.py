@@ -55,16 +55,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         _line("connector_sync_cursor", counts.sync.cursor),
         "# HELP connector_job_runs_total Scheduler job runs.",
         "# TYPE connector_job_runs_total counter",
-        *(
-            _line("connector_job_runs_total", s.runs, job=n)
-            for n, s in counts.jobs.items()
-        ),
+        *(_line("connector_job_runs_total", s.runs, job=n) for n, s in counts.jobs.items()),
         "# HELP connector_job_failures_total Scheduler job runs that failed.",
         "# TYPE connector_job_failures_total counter",
-        *(
-            _line("connector_job_failures_total", s.failures, job=n)
-            for n, s in counts.jobs.items()
-        ),
+        *(_line("connector_job_failures_total", s.failures, job=n) for n, s in counts.jobs.items()),
     ]
     return web.Response(
         text="\n".join(lines) + "\n",

@@ -31,7 +31,9 @@ def build_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     definitions["$defs"]["Problem"]["properties"]["code"]["enum"] = problem_codes()
     paths: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec, refs)
+        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(
+            spec, refs, definitions.setdefault("$defs", {})
+        )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -54,7 +56,8 @@ def build_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
     }
 
 
-def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
+def _operation(spec: RouteSpec, refs: dict[Any, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """One operation; the shapes its parameters refer to (enums) are added to ``components``."""
     operation: dict[str, Any] = {
         "summary": spec.summary,
         "operationId": spec.handler.__name__,
@@ -86,7 +89,8 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any]) -> dict[str, Any]:
         operation["security"] = [{"apiKey": []}, {"bearer": []}]
         operation["x-scope"] = spec.scope
     if spec.query is not None:
-        schema = spec.query.model_json_schema(by_alias=True)
+        schema = spec.query.model_json_schema(by_alias=True, ref_template=_REF)
+        components.update(schema.pop("$defs", {}))
         required = set(schema.get("required", []))
         for name, prop in schema.get("properties", {}).items():
             operation["parameters"].append(
@@ -197,4 +201,3 @@ DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document")
 )
 async def openapi_json(request: web.Request) -> web.StreamResponse:
     return web.json_response(request.app[DOCUMENT])
-

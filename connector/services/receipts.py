@@ -31,13 +31,18 @@ from connector.crypto.receipts import (
 )
 from connector.errors import ConnectorError
 from connector.platform.models import InboxItem
+from connector.services import lifecycle
 from connector.services.events import emit
+from connector.services.lifecycle import MessageStatus as _S
 from connector.services.peers import PeerDirectory
 from storage.engine import Sessions
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
 
 log = logging.getLogger(__name__)
+
+_DELIVERABLE = {_S.QUEUED, *lifecycle.sources(_S.DELIVERED)}
+"""A message in these may be finished by receipts (queued ones are recorded sent first)."""
 
 Signed = dict[str, Any]
 
@@ -165,24 +170,33 @@ class Receipts:
                         recipient.delivered_at = min(entry.at, now)
                         newly.append(recipient)
             delivered = all(r.delivered_at for r in state.recipients)
-            if state.status in ("queued", "sent") and delivered and state.seq not in refused:
+            if state.status in _DELIVERABLE and delivered and state.seq not in refused:
                 finished.append(state.seq)
         await messages_repo.set_delivered(session, newly)
         # What changes is decided by the updates themselves, not by the read above: on
         # PostgreSQL the outbox may record "sent" (or "expired") in between, and each message
         # must get exactly one message.sent and at most one final event.
         sent_now = await messages_repo.finish_queued_many(
-            session, finished, status="sent", at=now, error=None
+            session, finished, status=_S.SENT, at=now, error=None
         )
-        delivered_now = await messages_repo.mark_delivered(session, finished, now)
-        failed = await messages_repo.mark_refused(session, refused, now)
+        delivered_now = await messages_repo.mark_delivered(
+            session, finished, now, sources=lifecycle.sources(_S.DELIVERED)
+        )
+        failed = await messages_repo.mark_refused(
+            session, refused, now, sources=lifecycle.sources(_S.FAILED)
+        )
         await outbox_repo.remove_many(session, sorted(sent_now | set(failed)))
         for record, files in await messages_repo.records(session, sorted(delivered_now)):
             if record.seq in sent_now:  # the receipt beat the recording of "sent"
-                emit(session, "message.sent", replace(record, status="sent"), files)
-            emit(session, "message.delivered", record, files)
+                sent = replace(record, status=_S.SENT)
+                for kind in lifecycle.events(_S.QUEUED, _S.SENT):
+                    emit(session, kind, sent, files)
+            for kind in lifecycle.events(_S.SENT, _S.DELIVERED):
+                emit(session, kind, record, files)
         for record, files in await messages_repo.records(session, failed):
-            emit(session, "message.failed", record, files)
+            # from queued or sent alike (the update does not tell which): message.failed
+            for kind in lifecycle.events(_S.SENT, _S.FAILED):
+                emit(session, kind, record, files)
         return len(newly) + len(failed)
 
     async def _signing_keys(self, addresses: set[str]) -> dict[str, bytes]:

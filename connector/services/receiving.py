@@ -30,6 +30,7 @@ from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFo
 from connector.platform.models import InboxItem
 from connector.services.body import MessageBody
 from connector.services.inbound import Header, Unstorable, freshness_problem, read_header
+from connector.services.lifecycle import MessageStatus
 from connector.services.peers import PeerDirectory, PeerKeys
 from connector.services.receipts import Outgoing
 from storage.engine import Sessions
@@ -117,12 +118,12 @@ class Receiver:
                 continue
             arrival.digest = _digest(arrival.envelope)
             for row in rows:
-                legacy = row.digest is None and row.status != "rejected"
+                legacy = row.digest is None and row.status != MessageStatus.REJECTED
                 if legacy or (arrival.digest is not None and row.digest == arrival.digest):
                     arrival.known = row
                     break
             else:
-                if rows[0].status != "rejected":
+                if rows[0].status != MessageStatus.REJECTED:
                     arrival.reject("the sender already used this id for another message")
 
     async def _sender_keys(self, arrivals: list[Arrival]) -> dict[str, PeerKeys | str]:
@@ -206,7 +207,7 @@ class Receiver:
             name=body.name,
             correlation_key=body.correlation_key,
             content=body.content,
-            status="received",
+            status=MessageStatus.RECEIVED,
             created_at=header.created_at or now,
             received_at=now,
             expires_at=header.expires_at,
@@ -224,7 +225,7 @@ class Receiver:
             id=header.id,
             direction="incoming",
             sender=header.sender,
-            status="rejected",
+            status=MessageStatus.REJECTED,
             created_at=header.created_at or now,
             received_at=now,
             expires_at=header.expires_at,
@@ -245,7 +246,11 @@ class Receiver:
             digest = known.digest if known is not None else arrival.digest
             if digest is None:
                 continue  # no digest, no receipt: the sender could not match it anyway
-            accepted = known.status != "rejected" if known is not None else arrival.body is not None
+            accepted = (
+                known.status != MessageStatus.REJECTED
+                if known is not None
+                else arrival.body is not None
+            )
             status: ReceiptStatus = "delivered" if accepted else "rejected"
             answers.append(
                 Outgoing(arrival.header.sender, ReceiptItem(arrival.header.id, digest, status))

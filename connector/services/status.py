@@ -91,4 +91,3 @@ async def _check(probe: _Probe) -> str:
             return await probe()
     except Exception as exc:
         return f"failing: {type(exc).__name__}: {exc}"
-

@@ -38,6 +38,7 @@ from connector.errors import PlatformUnavailable
 from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.platform.models import InboxItem
+from connector.services import lifecycle
 from connector.services.events import emit
 from connector.services.files import AttachmentMismatch, FileService
 from connector.services.peers import PeerDirectory
@@ -208,8 +209,8 @@ class SyncService:
             await session.flush()  # attachment rows refer to these files
         await messages_repo.insert_many(session, [message for _, message, _ in stored])
         for _, message, files in stored:
-            kind = "message.received" if message.status == "received" else "message.rejected"
-            emit(session, kind, message, files)
+            for kind in lifecycle.events(lifecycle.NEW, message.status):
+                emit(session, kind, message, files)
         counts.receipts = await self._receipts.apply(session, batch.receipts, now)
         return counts
 

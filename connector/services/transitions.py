@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
+from connector.services import lifecycle
 from connector.services.events import emit
+from connector.services.lifecycle import MessageStatus
 from storage.batching import Coalescer
 from storage.engine import Sessions
 from storage.models import File, Message
@@ -22,13 +24,11 @@ from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
 from storage.repositories.messages import MessageRecord
 
-_EVENTS = {"sent": "message.sent", "failed": "message.failed", "expired": "message.failed"}
-
 
 @dataclass(frozen=True)
 class Transition:
     message: Message | MessageRecord
-    status: str  # sent | failed | expired
+    status: MessageStatus  # sent | failed | expired
     error: str | None = None
     attachments: list[File] | None = field(default=None, compare=False)
 
@@ -40,7 +40,7 @@ class StatusRecorder:
     async def finish(
         self,
         message: Message | MessageRecord,
-        status: str,
+        status: MessageStatus | str,
         error: str | None = None,
         attachments: list[File] | None = None,
     ) -> bool:
@@ -48,7 +48,9 @@ class StatusRecorder:
 
         ``message`` is updated to match once the change is committed.
         """
-        return await self._writer.submit(Transition(message, status, error, attachments))
+        target = MessageStatus(status)
+        lifecycle.events(MessageStatus.QUEUED, target)  # a move the lifecycle allows, or raise
+        return await self._writer.submit(Transition(message, target, error, attachments))
 
 
 async def _write_transitions(
@@ -73,8 +75,9 @@ async def _write_transitions(
         if done:
             changed.discard(message.seq)  # a repeated item changes (and reports) once
             message.status, message.error = transition.status, transition.error
-            if transition.status == "sent":
+            if transition.status is MessageStatus.SENT:
                 message.sent_at = now
-            emit(session, _EVENTS[transition.status], message, transition.attachments)
+            for kind in lifecycle.events(MessageStatus.QUEUED, transition.status):
+                emit(session, kind, message, transition.attachments)
         results.append(done)
     return results

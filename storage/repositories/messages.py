@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -423,26 +423,31 @@ async def set_delivered(session: AsyncSession, delivered: Sequence[RecipientStat
         )
 
 
-async def mark_delivered(session: AsyncSession, seqs: Sequence[int], at: datetime) -> set[int]:
-    """queued or sent -> delivered (a queued one gets ``sent_at`` too); the seqs changed."""
+async def mark_delivered(
+    session: AsyncSession, seqs: Sequence[int], at: datetime, *, sources: Collection[str]
+) -> set[int]:
+    """From one of ``sources`` to delivered (``sent_at`` set if it was not); the seqs changed."""
     if not seqs:
         return set()
     result = await session.execute(
         update(_MESSAGES)
-        .where(_MESSAGES.c.seq.in_(list(seqs)), _MESSAGES.c.status.in_(("queued", "sent")))
+        .where(_MESSAGES.c.seq.in_(list(seqs)), _MESSAGES.c.status.in_(list(sources)))
         .values(status="delivered", sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
         .returning(_MESSAGES.c.seq)
     )
     return set(result.scalars())
 
 
-async def mark_refused(session: AsyncSession, errors: dict[int, str], at: datetime) -> list[int]:
-    """queued or sent -> failed, with the recipient's refusal as ``error``; the seqs changed."""
+async def mark_refused(
+    session: AsyncSession, errors: dict[int, str], at: datetime, *, sources: Collection[str]
+) -> list[int]:
+    """From one of ``sources`` to failed, with the recipient's refusal as ``error``; the seqs
+    changed."""
     changed = []
     for seq, error in errors.items():
         result = await session.execute(
             update(_MESSAGES)
-            .where(_MESSAGES.c.seq == seq, _MESSAGES.c.status.in_(("queued", "sent")))
+            .where(_MESSAGES.c.seq == seq, _MESSAGES.c.status.in_(list(sources)))
             .values(status="failed", error=error, sent_at=func.coalesce(_MESSAGES.c.sent_at, at))
             .returning(_MESSAGES.c.seq)
         )

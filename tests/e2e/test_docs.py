@@ -20,6 +20,9 @@ async def test_openapi_is_valid_and_complete(alice: Api) -> None:
     status, document = await alice.json("GET", "/api/v1/openapi.json")
     assert status == 200
     validate(document)  # raises on an invalid OpenAPI 3.1 document
+    refs = set(re.findall(r'"\$ref": "([^"]+)"', json.dumps(document)))
+    schemas = document["components"]["schemas"]
+    assert {r for r in refs if r.removeprefix("#/components/schemas/") not in schemas} == set()
     assert document["openapi"] == "3.1.0"
     paths = document["paths"]
     for route in route_specs():
