@@ -19,10 +19,6 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
-_DEFERRED = "deferred_inserts"
-_AFTER_COMMIT = "after_commit"
-MESSAGE_SEQS = "message_seqs"
-
 
 class LocalSequence:
     """Primary keys handed out by this process, for tables only this process writes.
@@ -47,22 +43,56 @@ class LocalSequence:
         return value
 
 
-class _SyncSession(Session):
-    """The session class behind our AsyncSessions; see :func:`defer_insert`."""
+class UnitOfWork(Session):
+    """The session class behind our AsyncSessions: what one transaction carries beside its SQL.
+
+    Typed attributes, not ``session.info`` keys: rows to insert at commit
+    (:func:`defer_insert`), whether it wrote events (the after-commit hook wakes the feed's
+    readers for those only), and the factory's local sequence of message keys. Reach it from
+    an ``AsyncSession`` with :func:`unit_of_work`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        message_seqs: LocalSequence | None = None,
+        after_commit: Callable[[UnitOfWork], None] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.message_seqs = message_seqs
+        self.after_commit_hook = after_commit
+        self.deferred: dict[Table, list[dict[str, Any]]] = {}
+        self.wrote_events = False
 
 
-@event.listens_for(_SyncSession, "before_commit")
+def unit_of_work(session: AsyncSession) -> UnitOfWork:
+    """The transaction state of ``session`` (one of :class:`Sessions`)."""
+    work = session.sync_session
+    assert isinstance(work, UnitOfWork), "a session made by storage.engine.Sessions"
+    return work
+
+
+@event.listens_for(UnitOfWork, "before_commit")
 def _write_deferred_inserts(session: Session) -> None:
-    deferred: dict[Table, list[dict[str, Any]]] = session.info.pop(_DEFERRED, {})
+    assert isinstance(session, UnitOfWork)
+    deferred, session.deferred = session.deferred, {}
     for table, rows in deferred.items():
         session.execute(insert(table), rows)
 
 
-@event.listens_for(_SyncSession, "after_commit")
+@event.listens_for(UnitOfWork, "after_commit")
 def _call_after_commit(session: Session) -> None:
-    callback = session.info.get(_AFTER_COMMIT)
-    if callback is not None:
-        callback(session)
+    assert isinstance(session, UnitOfWork)
+    if session.after_commit_hook is not None:
+        session.after_commit_hook(session)
+    session.wrote_events = False
+
+
+@event.listens_for(UnitOfWork, "after_soft_rollback")
+def _forget_on_rollback(session: Session, _transaction: Any) -> None:
+    assert isinstance(session, UnitOfWork)
+    session.deferred, session.wrote_events = {}, False
 
 
 def defer_insert(session: AsyncSession, table: Table, row: dict[str, Any]) -> None:
@@ -72,7 +102,7 @@ def defer_insert(session: AsyncSession, table: Table, row: dict[str, Any]) -> No
     insert them one statement each (on SQLite it cannot batch INSERT ... RETURNING and keep
     the order), while this is one executemany per table for the whole transaction.
     """
-    session.info.setdefault(_DEFERRED, {}).setdefault(table, []).append(row)
+    unit_of_work(session).deferred.setdefault(table, []).append(row)
 
 
 class Sessions(async_sessionmaker[AsyncSession]):
@@ -85,13 +115,16 @@ class Sessions(async_sessionmaker[AsyncSession]):
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, after_commit: Callable[[Session], None] | None = None
+        self, engine: AsyncEngine, *, after_commit: Callable[[UnitOfWork], None] | None = None
     ) -> None:
         self.message_seqs = LocalSequence()
-        info: dict[str, Any] = {MESSAGE_SEQS: self.message_seqs}
-        if after_commit:
-            info[_AFTER_COMMIT] = after_commit
-        super().__init__(engine, expire_on_commit=False, sync_session_class=_SyncSession, info=info)
+        super().__init__(
+            engine,
+            expire_on_commit=False,
+            sync_session_class=UnitOfWork,
+            message_seqs=self.message_seqs,
+            after_commit=after_commit,
+        )
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
@@ -162,10 +195,10 @@ def _drop_error_detail(context: ExceptionContext) -> None:
 
 
 def create_sessions(
-    engine: AsyncEngine, *, after_commit: Callable[[Session], None] | None = None
+    engine: AsyncEngine, *, after_commit: Callable[[UnitOfWork], None] | None = None
 ) -> Sessions:
-    """``after_commit(session)`` runs after each commit of these sessions, once the data is
-    visible to others (``session.info`` says what the transaction wrote); it must not raise
+    """``after_commit(work)`` runs after each commit of these sessions, once the data is
+    visible to others (the :class:`UnitOfWork` says what the transaction wrote); it must not raise
     and must not touch the database. A callback per factory, not a global listener: several
     connectors may run in one process (the tests do)."""
     return Sessions(engine, after_commit=after_commit)

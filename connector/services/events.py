@@ -34,21 +34,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from connector.clock import utcnow
 from connector.ids import new_event_id
 from connector.services import cursors
 from connector.services.views import message_json
-from storage.engine import Sessions
+from storage.engine import Sessions, UnitOfWork, unit_of_work
 from storage.models import Event, File, Message
 from storage.repositories import events as events_repo
 from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
 
-#: ``session.info`` key set by :func:`emit`: this transaction wrote events.
-_WROTE_EVENTS = "connector.events.written"
 #: How many (seq, created_at) pairs one step of the walk back from the head reads.
 _WALK_CHUNK = 100
 #: How long an event above a hole is held back on databases where seqs can commit out of order.
@@ -71,7 +68,7 @@ def emit(
     The row is written when the transaction commits (``storage.engine.defer_insert``), in one
     multi-row statement with the transaction's other events.
     """
-    session.info[_WROTE_EVENTS] = True
+    unit_of_work(session).wrote_events = True
     events_repo.append(
         session,
         event_id=new_event_id(),
@@ -103,12 +100,9 @@ class EventNotifier:
     def closed(self) -> bool:
         return self._closed
 
-    def after_commit(self, session: Session) -> None:
+    def after_commit(self, work: UnitOfWork) -> None:
         """The session hook: notify when the transaction just committed wrote events."""
-        # A transaction that wrote events and then rolled back leaves the mark for the
-        # session's next commit: at worst one needless wake-up (our sessions are one per
-        # transaction anyway).
-        if session.info.pop(_WROTE_EVENTS, False):
+        if work.wrote_events:
             self.notify()
 
     def notify(self) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from storage.engine import MESSAGE_SEQS, LocalSequence, Sessions
+from storage.engine import Sessions, unit_of_work
 from storage.models import File, Message, MessageAttachment, MessageRecipient
 
 _MESSAGES: Table = Message.__table__  # type: ignore[assignment]
@@ -90,7 +90,7 @@ async def insert_many(session: AsyncSession, messages: Sequence[MessageRecord]) 
         }
         for m in messages
     ]
-    sequence: LocalSequence | None = session.info.get(MESSAGE_SEQS)
+    sequence = unit_of_work(session).message_seqs
     first = sequence.take() if sequence is not None else None
     if first is not None and sequence is not None:
         seqs = [first, *(sequence.take() or 0 for _ in messages[1:])]
