@@ -13,7 +13,6 @@ part (two X25519 agreements and a signature per message) off the path that answe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,12 +30,12 @@ from connector.errors import (
     RecipientNotFound,
 )
 from connector.ids import new_message_id
-from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.schemas import SendMessageRequest
 from connector.services import cursors
 from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
 from connector.services.load import SendLoad
+from connector.services.platform_outcomes import Refused, TryAgain, attempt_send
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import Coalescer
@@ -274,17 +273,14 @@ class MessageService:
         self, message: Message | MessageRecord, attachments: list[File], envelope: dict[str, Any]
     ) -> bool:
         """One attempt during the request; False leaves it queued for the outbox job."""
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                await self._platform.send_message(envelope)
-        except (platform_errors.PlatformUnavailable, TimeoutError) as exc:
-            log.info("send of %s deferred to the outbox: %s", message.id, exc)
+        outcome = await attempt_send(self._platform, envelope, within=self._request_timeout)
+        if isinstance(outcome, TryAgain):
+            log.info("send of %s deferred to the outbox: %s", message.id, outcome.error)
             return False
-        except platform_errors.RecipientNotFound as exc:
-            await self.record_failed(message, attachments, f"recipient not found: {exc}")
-            raise RecipientNotFound(str(exc), recipients=exc.addresses) from exc
-        except platform_errors.PlatformRejected as exc:
-            await self.record_failed(message, attachments, f"platform refused the message: {exc}")
+        if isinstance(outcome, Refused):
+            await self.record_failed(message, attachments, outcome.error)
+            if outcome.unknown_recipients is not None:
+                raise outcome.unknown_recipients
             return True
         await self.record_sent(message, attachments)
         return True

@@ -28,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.receipts import envelope_digest
 from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
-from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.services.load import SendLoad
+from connector.services.platform_outcomes import Refused, SendOutcome, Sent, TryAgain, attempt_send
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
@@ -55,10 +55,12 @@ _Found = tuple[MessageRecord, list[File]]
 """A due entry's message, with its attachments' files."""
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    status: str  # sent | failed | retry | gone
-    error: str | None = None
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """The entry left the outbox meanwhile (its message moved on): nothing to record."""
+
+
+_Outcome = SendOutcome | _Gone
 
 
 class OutboxService:
@@ -157,17 +159,15 @@ class OutboxService:
             try:
                 sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message, files))
             except RecipientNotFound as exc:
-                outcomes[entry.message_seq] = _Outcome(
-                    "failed", f"recipient not found: {exc.detail}"
-                )
+                outcomes[entry.message_seq] = Refused(f"recipient not found: {exc.detail}")
             except PlatformUnavailable as exc:
-                outcomes[entry.message_seq] = _Outcome("retry", exc.detail)
+                outcomes[entry.message_seq] = TryAgain(exc.detail)
             except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
                 log.warning("outbox: cannot seal %s: %s", message.id, exc.detail)
-                outcomes[entry.message_seq] = _Outcome("retry", f"{exc.code}: {exc.detail}")
+                outcomes[entry.message_seq] = TryAgain(f"{exc.code}: {exc.detail}")
             except Exception as exc:  # one message must not hold up the batch and all after it
                 log.exception("outbox: cannot seal %s", message.id)
-                outcomes[entry.message_seq] = _Outcome("retry", f"cannot seal: {exc!r}")
+                outcomes[entry.message_seq] = TryAgain(f"cannot seal: {exc!r}")
             await asyncio.sleep(0)  # one seal at a time, so that requests are served between
         if sealed:
             stored = await self._writes.run(lambda session: _keep(session, sealed))
@@ -175,22 +175,15 @@ class OutboxService:
                 if seq in stored:
                     envelopes[seq] = stored[seq]
                 else:
-                    outcomes[seq] = _Outcome("gone")
+                    outcomes[seq] = _Gone()
         return envelopes, outcomes
 
     async def _send(self, envelope: dict[str, Any]) -> _Outcome:
         try:
-            await self._platform.send_message(envelope)
-        except platform_errors.RecipientNotFound as exc:
-            return _Outcome("failed", f"recipient not found: {exc}")
-        except platform_errors.PlatformUnavailable as exc:
-            return _Outcome("retry", str(exc))
-        except platform_errors.PlatformRejected as exc:
-            return _Outcome("failed", f"platform refused the message: {exc}")
+            return await attempt_send(self._platform, envelope)
         except Exception as exc:  # as for sealing: retried later, the others go on
             log.exception("outbox: cannot send %s", envelope.get("id"))
-            return _Outcome("retry", f"cannot send: {exc!r}")
-        return _Outcome("sent")
+            return TryAgain(f"cannot send: {exc!r}")
 
     async def _record(
         self,
@@ -205,17 +198,18 @@ class OutboxService:
         finished: list[tuple[MessageRecord, list[File], str, str | None]] = []
         for entry, outcome in tried:
             message, files = messages[entry.message_seq]
-            status, error = outcome.status, outcome.error
-            if status == "gone":
+            if isinstance(outcome, _Gone):
                 removed.append(entry.message_seq)
-                continue
-            if status == "retry" and message.expires_at and message.expires_at <= now:
-                status, error = "expired", f"time to live ran out; last error: {error}"
-            if status == "retry":
-                at = now + timedelta(seconds=next_delay(entry.attempts + 1))
-                retries.append(outbox_repo.Retry(entry.message_seq, error, at))
+            elif isinstance(outcome, Sent):
+                finished.append((message, files, "sent", None))
+            elif isinstance(outcome, Refused):
+                finished.append((message, files, "failed", outcome.error))
+            elif message.expires_at and message.expires_at <= now:
+                error = f"time to live ran out; last error: {outcome.error}"
+                finished.append((message, files, "expired", error))
             else:
-                finished.append((message, files, status, error))
+                at = now + timedelta(seconds=next_delay(entry.attempts + 1))
+                retries.append(outbox_repo.Retry(entry.message_seq, outcome.error, at))
         if removed or retries:
 
             async def write(session: AsyncSession) -> None:
