@@ -1,4 +1,4 @@
-"""Send what was accepted: retries with exponential backoff and full jitter, until the TTL.
+"""Send what was accepted: retries with full-jitter backoff (``connector.retry``), until the TTL.
 
 The envelope is sealed once and stored, so every retry sends the same bytes under the same id
 and the platform recognises a repeat: at acceptance for a send that tries the platform at once,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +28,7 @@ from connector.clock import utcnow
 from connector.crypto.receipts import envelope_digest
 from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
 from connector.platform.client import PlatformClient
+from connector.retry import FullJitterBackoff
 from connector.services.load import SendLoad
 from connector.services.platform_outcomes import Refused, SendOutcome, Sent, TryAgain, attempt_send
 from connector.services.sealing import Draft, Sealer
@@ -41,15 +41,6 @@ from storage.repositories import outbox as outbox_repo
 from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
-
-_BASE_DELAY = 1.0
-_MAX_DELAY = 300.0
-
-
-def next_delay(attempts: int, *, base: float = _BASE_DELAY, cap: float = _MAX_DELAY) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempts)] (AWS architecture blog)."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempts, 32)))
-
 
 _Found = tuple[MessageRecord, list[File]]
 """A due entry's message, with its attachments' files."""
@@ -73,6 +64,7 @@ class OutboxService:
         sealer: Sealer,
         *,
         load: SendLoad | None = None,
+        retry: FullJitterBackoff | None = None,
         batch_size: int = 200,
         concurrency: int = 16,
         busy_concurrency: int = 8,
@@ -83,6 +75,7 @@ class OutboxService:
         self._platform = platform
         self._sealer = sealer
         self._load = load
+        self._retry = retry or FullJitterBackoff()
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._busy_concurrency = busy_concurrency
@@ -208,7 +201,7 @@ class OutboxService:
                 error = f"time to live ran out; last error: {outcome.error}"
                 finished.append((message, files, "expired", error))
             else:
-                at = now + timedelta(seconds=next_delay(entry.attempts + 1))
+                at = now + timedelta(seconds=self._retry.delay(entry.attempts + 1))
                 retries.append(outbox_repo.Retry(entry.message_seq, outcome.error, at))
         if removed or retries:
 
