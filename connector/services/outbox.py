@@ -5,7 +5,8 @@ and the platform recognises a repeat: at acceptance for a send that tries the pl
 here on the first attempt for a ``Prefer: respond-async`` send or one accepted while the
 recipients' keys could not be looked up. A message whose time to live runs out becomes
 ``expired`` with a ``message.failed`` event; a permanent refusal (unknown recipient) becomes
-``failed``.
+``failed``. A platform that says when to come back (``Retry-After`` on a 429 or 503, as its daily
+quota does) is not asked again before then: asking sooner only earns another refusal.
 
 Work goes in batches: one read of the due entries with their messages, the new envelopes kept
 in one transaction, sends several at a time, then the outcomes in a few bulk writes. While sends
@@ -19,7 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -201,7 +202,8 @@ class OutboxService:
                 error = f"time to live ran out; last error: {outcome.error}"
                 finished.append((message, files, "expired", error))
             else:
-                at = now + timedelta(seconds=self._retry.delay(entry.attempts + 1))
+                backoff = self._retry.delay(entry.attempts + 1)
+                at = next_attempt_at(now, backoff, outcome.retry_after, message.expires_at)
                 retries.append(outbox_repo.Retry(entry.message_seq, outcome.error, at))
         if removed or retries:
 
@@ -218,6 +220,24 @@ class OutboxService:
         )
         for message, _, status, _ in finished:
             log.info("outbox: %s is %s", message.id, status)
+
+
+def next_attempt_at(
+    now: datetime, backoff: float, retry_after: float | None, expires_at: datetime | None
+) -> datetime:
+    """When to try again: after the backoff, and not before the platform asked (Retry-After).
+
+    The platform's wait counts only up to the message's expiry, so a long one (a daily quota
+    answers up to a day) still leaves a last try at the end of the time to live, after which the
+    message expires as it would have.
+    """
+    at = now + timedelta(seconds=backoff)
+    if retry_after is not None:
+        asked = now + timedelta(seconds=retry_after)
+        if expires_at is not None:
+            asked = min(asked, expires_at)
+        at = max(at, asked)
+    return at
 
 
 async def _keep(
