@@ -21,7 +21,10 @@ The tree::
     └── PlatformQuotaExceeded       507 platform_quota_exceeded
 
 Services raise these; one middleware in ``connector.api.problems`` turns them into RFC 9457
-problem JSON. Third-party errors are mapped into this tree where they enter our code.
+problem JSON. Third-party errors are mapped into this tree where they enter our code. The
+platform client has a tree of its own (``connector.platform.errors``, every class named
+``Platform...Error``, so no name stands for two things); its errors become these in one place,
+``connector.services.platform_outcomes``, and never reach the HTTP layer.
 """
 
 from __future__ import annotations

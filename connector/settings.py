@@ -9,11 +9,19 @@ typo in a config file should never silently fall back to a default.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -136,6 +144,52 @@ class HousekeepingSettings(_Section):
     interval: Annotated[float, Field(gt=0)] = 60.0
 
 
+class CorrelationRetrySettings(_Section):
+    """When a push target answers "not correlated yet": ask again after ``first`` seconds, each
+    wait ``factor`` times the one before, at most ``max``, until the message's ``expiresAt``."""
+
+    first: Annotated[float, Field(gt=0)] = 2.0
+    factor: Annotated[float, Field(ge=1)] = 1.5
+    max: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _max_not_below_first(self) -> CorrelationRetrySettings:
+        if self.max < self.first:
+            raise ValueError(f"max ({self.max:g}) must be at least first ({self.first:g})")
+        return self
+
+
+class DeliverySettings(_Section):
+    """Push delivery (webhooks and brokers), DESIGN.md sections 7 and 8."""
+
+    retry_schedule: list[Annotated[float, Field(gt=0)]] = [
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        50400,
+        72000,
+        86400,
+    ]
+    """Seconds between a failed delivery and the next try, one per retry, each ±20 %; after
+    the last the delivery is ``dead``."""
+    correlation_retry: CorrelationRetrySettings = CorrelationRetrySettings()
+    timeout: Annotated[float, Field(gt=0)] = 15.0
+    """Seconds one delivery request may take."""
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _ascending(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("needs at least one delay")
+        for before, after in itertools.pairwise(value):
+            if after <= before:
+                raise ValueError(f"must be ascending: {after:g} follows {before:g}")
+        return value
+
+
 class WebhookConfig(_Section):
     url: str
     events: list[str] = ["message.received"]
@@ -173,6 +227,7 @@ class Settings(BaseSettings):
     files: FilesSettings = FilesSettings()
     messages: MessagesSettings = MessagesSettings()
     housekeeping: HousekeepingSettings = HousekeepingSettings()
+    delivery: DeliverySettings = DeliverySettings()
     webhooks: list[WebhookConfig] = []
     publishers: list[PublisherConfig] = []
 

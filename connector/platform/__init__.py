@@ -2,27 +2,29 @@
 
 from connector.platform.client import PlatformClient, PlatformDownload
 from connector.platform.errors import (
-    IdentityNotFound,
     PlatformError,
-    PlatformFileNotFound,
-    PlatformFileTooLarge,
-    PlatformRejected,
-    PlatformUnavailable,
-    RecipientNotFound,
+    PlatformFileNotFoundError,
+    PlatformFileTooLargeError,
+    PlatformIdentityNotFoundError,
+    PlatformQuotaExceededError,
+    PlatformRecipientNotFoundError,
+    PlatformRejectedError,
+    PlatformUnavailableError,
 )
 from connector.platform.models import InboxItem, InboxPage, PeerIdentity
 
 __all__ = [
-    "IdentityNotFound",
     "InboxItem",
     "InboxPage",
     "PeerIdentity",
     "PlatformClient",
     "PlatformDownload",
     "PlatformError",
-    "PlatformFileNotFound",
-    "PlatformFileTooLarge",
-    "PlatformRejected",
-    "PlatformUnavailable",
-    "RecipientNotFound",
+    "PlatformFileNotFoundError",
+    "PlatformFileTooLargeError",
+    "PlatformIdentityNotFoundError",
+    "PlatformQuotaExceededError",
+    "PlatformRecipientNotFoundError",
+    "PlatformRejectedError",
+    "PlatformUnavailableError",
 ]

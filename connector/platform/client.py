@@ -24,14 +24,14 @@ import aiohttp
 from yarl import URL
 
 from connector.platform.errors import (
-    IdentityNotFound,
     PlatformError,
-    PlatformFileNotFound,
-    PlatformFileTooLarge,
-    PlatformQuotaExceeded,
-    PlatformRejected,
-    PlatformUnavailable,
-    RecipientNotFound,
+    PlatformFileNotFoundError,
+    PlatformFileTooLargeError,
+    PlatformIdentityNotFoundError,
+    PlatformQuotaExceededError,
+    PlatformRecipientNotFoundError,
+    PlatformRejectedError,
+    PlatformUnavailableError,
     map_exceptions,
 )
 from connector.platform.models import InboxItem, InboxPage, PeerIdentity
@@ -66,7 +66,7 @@ class PlatformDownload:
                 received += len(chunk)
                 yield chunk
         if received != self.size:
-            raise PlatformUnavailable(f"download ended after {received} of {self.size} bytes")
+            raise PlatformUnavailableError(f"download ended after {received} of {self.size} bytes")
 
 
 class PlatformClient:
@@ -124,7 +124,7 @@ class PlatformClient:
                 proof=_optional_b64(answer.get("proof")),
             )
         except binascii.Error as exc:
-            raise PlatformUnavailable(f"malformed identity from the platform: {exc}") from exc
+            raise PlatformUnavailableError(f"malformed identity from the platform: {exc}") from exc
 
     async def _bearer(self) -> str:
         token = self._token
@@ -149,7 +149,7 @@ class PlatformClient:
         try:
             challenge = base64.b64decode(_field(issued, "challenge", str), validate=True)
         except binascii.Error as exc:
-            raise PlatformUnavailable(f"malformed challenge from the platform: {exc}") from exc
+            raise PlatformUnavailableError(f"malformed challenge from the platform: {exc}") from exc
         body = {
             "address": self._address,
             "challenge": _b64(challenge),
@@ -188,7 +188,7 @@ class PlatformClient:
     ) -> Any:
         """One JSON call; a 401 is answered by a fresh token and one more try.
 
-        With ``max_bytes`` a successful answer longer than that fails with PlatformUnavailable
+        With ``max_bytes`` a successful answer longer than that fails with PlatformUnavailableError
         as soon as it is known to be (from Content-Length, or once that much was read).
         """
         url = self._url(path)
@@ -249,7 +249,7 @@ class PlatformClient:
                                 self._drop_token(token)
                                 continue
                             answer = await _answer(response)
-            except PlatformUnavailable:
+            except PlatformUnavailableError:
                 if progress.error is not None:  # our body failed, not the platform
                     raise progress.error from None
                 raise
@@ -276,9 +276,11 @@ class PlatformClient:
                 if response.status != 200:
                     with map_exceptions():
                         await _answer(response)
-                    raise PlatformUnavailable(f"unexpected status {response.status}")
+                    raise PlatformUnavailableError(f"unexpected status {response.status}")
                 if response.content_length is None:
-                    raise PlatformUnavailable("the platform sent a file without Content-Length")
+                    raise PlatformUnavailableError(
+                        "the platform sent a file without Content-Length"
+                    )
                 yield PlatformDownload(response, response.content_length)
                 return
             finally:
@@ -289,7 +291,7 @@ class PlatformClient:
         """Delete our file from the platform; a file that is already gone is fine."""
         try:
             await self._json("DELETE", ("files", file_id))
-        except PlatformFileNotFound:
+        except PlatformFileNotFoundError:
             pass
 
     # messages and inbox
@@ -403,18 +405,22 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
 def _field(answer: Any, key: str, kind: type[T]) -> T:
     value = answer.get(key) if isinstance(answer, dict) else None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise PlatformUnavailable(f"the platform's answer lacks a valid '{key}'")
+        raise PlatformUnavailableError(f"the platform's answer lacks a valid '{key}'")
     return value
 
 
 def _inbox_item(raw: object) -> InboxItem:
-    """One page item. Without an int cursor the page is unusable (PlatformUnavailable); with
+    """One page item. Without an int cursor the page is unusable (PlatformUnavailableError); with
     one, anything else wrong yields an ``invalid`` item, so one bad item never stalls a sync."""
     if not isinstance(raw, dict):
-        raise PlatformUnavailable("malformed inbox page from the platform: an item is no object")
+        raise PlatformUnavailableError(
+            "malformed inbox page from the platform: an item is no object"
+        )
     cursor = raw.get("cursor")
     if not isinstance(cursor, int) or isinstance(cursor, bool):
-        raise PlatformUnavailable("malformed inbox page from the platform: an item has no cursor")
+        raise PlatformUnavailableError(
+            "malformed inbox page from the platform: an item has no cursor"
+        )
     try:
         return _typed_item(cursor, raw)
     except _BadItem as exc:
@@ -463,31 +469,33 @@ async def _answer(response: aiohttp.ClientResponse, max_bytes: int | None = None
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise PlatformUnavailable(f"the platform sent malformed JSON: {exc}") from exc
-    raise _error(response.status, raw)
+            raise PlatformUnavailableError(f"the platform sent malformed JSON: {exc}") from exc
+    raise _error(response.status, raw, response.headers.get("Retry-After"))
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    """The body, or PlatformUnavailable once it is known to exceed ``max_bytes``.
+    """The body, or PlatformUnavailableError once it is known to exceed ``max_bytes``.
 
     The connection is closed then, so the rest is never read into memory.
     """
     length = response.content_length
     if length is not None and length > max_bytes:
         response.close()
-        raise PlatformUnavailable(f"the platform's answer of {length} bytes exceeds {max_bytes}")
+        raise PlatformUnavailableError(
+            f"the platform's answer of {length} bytes exceeds {max_bytes}"
+        )
     parts: list[bytes] = []
     size = 0
     async for chunk in response.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > max_bytes:
             response.close()
-            raise PlatformUnavailable(f"the platform's answer exceeds {max_bytes} bytes")
+            raise PlatformUnavailableError(f"the platform's answer exceeds {max_bytes} bytes")
         parts.append(chunk)
     return b"".join(parts)
 
 
-def _error(status: int, raw: bytes) -> PlatformError:
+def _error(status: int, raw: bytes, retry_after: str | None = None) -> PlatformError:
     try:
         problem = json.loads(raw)
     except ValueError:
@@ -497,20 +505,48 @@ def _error(status: int, raw: bytes) -> PlatformError:
     code = str(problem.get("code") or f"http_{status}")
     detail = str(problem.get("detail") or raw[:200].decode("utf-8", "replace"))
     if code in _QUOTA_CODES:
-        return PlatformQuotaExceeded(f"platform answered {status} {code}: {detail}")
+        return PlatformQuotaExceededError(
+            f"platform answered {status} {code}: {detail}", retry_after=_delay(retry_after)
+        )
     if status >= 500 or status in _TRANSIENT_4XX:
-        return PlatformUnavailable(f"platform answered {status} {code}: {detail}")
+        return PlatformUnavailableError(
+            f"platform answered {status} {code}: {detail}", retry_after=_delay(retry_after)
+        )
     if code == "recipient_not_found":
         addresses = problem.get("recipients")
         unknown = [str(a) for a in addresses] if isinstance(addresses, list) else []
-        return RecipientNotFound(unknown, detail)
+        return PlatformRecipientNotFoundError(unknown, detail)
     if code == "identity_not_found":
-        return IdentityNotFound(detail)
+        return PlatformIdentityNotFoundError(detail)
     if code == "file_not_found":
-        return PlatformFileNotFound(detail)
+        return PlatformFileNotFoundError(detail)
     if status == 413 and code == "file_too_large":
-        return PlatformFileTooLarge(detail)
-    return PlatformRejected(status, code, detail)
+        return PlatformFileTooLargeError(detail)
+    return PlatformRejectedError(status, code, detail)
+
+
+_MAX_RETRY_AFTER = 7 * 24 * 3600.0
+
+
+def _delay(retry_after: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), else None.
+
+    The platform is not trusted: anything unreadable is ignored, and a wait is at most a week.
+    """
+    if retry_after is None:
+        return None
+    text = retry_after.strip()
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
 
 
 def _server_time(response: aiohttp.ClientResponse) -> datetime | None:
@@ -531,7 +567,7 @@ def _lifetime(expires_at: str, server_now: datetime | None) -> float:
     try:
         expiry = datetime.fromisoformat(expires_at)
     except ValueError as exc:
-        raise PlatformUnavailable(f"malformed token expiry {expires_at!r}") from exc
+        raise PlatformUnavailableError(f"malformed token expiry {expires_at!r}") from exc
     if expiry.tzinfo is None:
         expiry = expiry.replace(tzinfo=UTC)
     if server_now is None:

@@ -1,18 +1,27 @@
 """Errors of the platform (backbone) client.
 
 Every failure of a :class:`~connector.platform.client.PlatformClient` call is one of these; aiohttp
-and socket exceptions are translated once, in :func:`map_exceptions`, and never leak.
+and socket exceptions are translated once, in :func:`map_exceptions`, and never leak. They never
+leave the platform boundary either: services translate them into the domain tree
+(:mod:`connector.errors`) in one place, :mod:`connector.services.platform_outcomes`, which also
+classifies a send. So each class here is named ``Platform...Error``, and no domain error is:
+a name means one thing.
 
-    PlatformError
-     ├── PlatformUnavailable        transient: refused/reset connection, timeout, 5xx, 408, 429,
-     │    │                         a malformed answer. The caller may retry later.
-     │    └── PlatformQuotaExceeded 429 quota_exceeded, 507 insufficient_storage: our identity's
-     │                              quota at the platform; it frees up with time or deletions
-     └── PlatformRejected           permanent: a 4xx answer. ``status``, ``code``, ``detail``.
-          ├── RecipientNotFound     404 recipient_not_found; ``addresses`` lists the unknown ones
-          ├── IdentityNotFound      404 identity_not_found
-          ├── PlatformFileNotFound  404 file_not_found
-          └── PlatformFileTooLarge  413 file_too_large
+    PlatformError                          (domain error it becomes, see platform_outcomes)
+     ├── PlatformUnavailableError          PlatformUnavailable: transient: refused/reset
+     │    │                                connection, timeout, 5xx, 408, 425, 429, a malformed
+     │    │                                answer; ``retry_after`` when the platform said when
+     │    │                                (Retry-After). The caller may retry later.
+     │    └── PlatformQuotaExceededError   PlatformQuotaExceeded: 429 quota_exceeded, 507
+     │                                     insufficient_storage: our identity's quota at the
+     │                                     platform; it frees up with time or deletions
+     └── PlatformRejectedError             PlatformUnavailable: permanent, a 4xx answer.
+          │                                ``status``, ``code``, ``detail``.
+          ├── PlatformRecipientNotFoundError  RecipientNotFound: 404 recipient_not_found;
+          │                                   ``addresses`` lists the unknown ones
+          ├── PlatformIdentityNotFoundError   RecipientNotFound: 404 identity_not_found
+          ├── PlatformFileNotFoundError       FileNotFound: 404 file_not_found
+          └── PlatformFileTooLargeError       FileTooLarge: 413 file_too_large
 """
 
 from __future__ import annotations
@@ -27,11 +36,19 @@ class PlatformError(Exception):
     """The platform call failed."""
 
 
-class PlatformUnavailable(PlatformError):
-    """The platform could not be reached or did not answer properly; try again later."""
+class PlatformUnavailableError(PlatformError):
+    """The platform could not be reached or did not answer properly; try again later.
+
+    ``retry_after`` is the number of seconds the platform asked us to wait (its ``Retry-After``
+    header), or None when it did not say.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
-class PlatformQuotaExceeded(PlatformUnavailable):
+class PlatformQuotaExceededError(PlatformUnavailableError):
     """Our identity used up a quota of the platform (envelopes per day, stored bytes).
 
     Transient for a send (the outbox retries; the quota frees up), but worth telling apart for
@@ -39,7 +56,7 @@ class PlatformQuotaExceeded(PlatformUnavailable):
     """
 
 
-class PlatformRejected(PlatformError):
+class PlatformRejectedError(PlatformError):
     """The platform refused the request; repeating it unchanged will not help."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
@@ -49,7 +66,7 @@ class PlatformRejected(PlatformError):
         super().__init__(f"{status} {code}: {detail}")
 
 
-class RecipientNotFound(PlatformRejected):
+class PlatformRecipientNotFoundError(PlatformRejectedError):
     """Some recipients are not registered on the platform."""
 
     def __init__(self, addresses: list[str], detail: str = "") -> None:
@@ -59,21 +76,21 @@ class RecipientNotFound(PlatformRejected):
         )
 
 
-class IdentityNotFound(PlatformRejected):
+class PlatformIdentityNotFoundError(PlatformRejectedError):
     """No identity is registered under this address."""
 
     def __init__(self, detail: str = "No identity is registered under this address.") -> None:
         super().__init__(404, "identity_not_found", detail)
 
 
-class PlatformFileNotFound(PlatformRejected):
+class PlatformFileNotFoundError(PlatformRejectedError):
     """The platform holds no (complete) file under this id."""
 
     def __init__(self, detail: str = "No file is stored under this id.") -> None:
         super().__init__(404, "file_not_found", detail)
 
 
-class PlatformFileTooLarge(PlatformRejected):
+class PlatformFileTooLargeError(PlatformRejectedError):
     """The file exceeds the platform's size limit."""
 
     def __init__(self, detail: str = "The file exceeds the platform's size limit.") -> None:
@@ -82,10 +99,10 @@ class PlatformFileTooLarge(PlatformRejected):
 
 @contextmanager
 def map_exceptions() -> Iterator[None]:
-    """Translate aiohttp, socket and timeout errors raised inside into PlatformUnavailable."""
+    """Translate aiohttp, socket and timeout errors raised inside into PlatformUnavailableError."""
     try:
         yield
     except PlatformError:
         raise
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise PlatformUnavailable(f"platform unreachable: {exc!r}") from exc
+        raise PlatformUnavailableError(f"platform unreachable: {exc!r}") from exc

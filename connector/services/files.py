@@ -21,6 +21,7 @@ from connector.crypto.at_rest import open_secret, seal_secret
 from connector.crypto.errors import IntegrityError
 from connector.crypto.stream import StreamDecryptor, StreamEncryptor, new_file_key
 from connector.errors import (
+    ConnectorError,
     FileIntegrityFailed,
     FileNotFound,
     FileTooLarge,
@@ -29,10 +30,10 @@ from connector.errors import (
     PlatformUnavailable,
 )
 from connector.ids import new_file_id
-from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.services import cursors
 from connector.services.body import AttachmentDescriptor, line_char
+from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.models import File
 from storage.repositories import files as files_repo
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 
 FILE_KEY_PURPOSE = "file.key"
 _QUEUE_DEPTH = 4  # ciphertext pieces in flight between encryption and the platform upload
+_UPLOAD_REFUSALS: dict[type[ConnectorError], str | None] = {
+    FileTooLarge: "the platform refused the file as too large",
+    PlatformQuotaExceeded: "the platform refused the file: our quota there is used up ({reason})",
+}
+"""What an upload's refusals tell the user; the user can act on both (a smaller file, space)."""
 
 
 MAX_FILENAME = 255
@@ -195,22 +201,15 @@ class FileService:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(_QUEUE_DEPTH)
         producer = asyncio.create_task(self._encrypt_into(plaintext, encryptor, queue))
         try:
-            await self._platform.upload_file(file_id, _drain(queue, producer))
+            try:
+                with platform_errors("file upload failed", _UPLOAD_REFUSALS):
+                    await self._platform.upload_file(file_id, _drain(queue, producer))
+            except ConnectorError as exc:
+                # A failing producer (too large, client gone, malformed body) reaches the
+                # platform client as a broken body: report the cause, not its echo.
+                cause = _failure(producer)
+                raise (cause or exc) from None
             await producer
-        except platform_errors.PlatformError as exc:
-            # A failing producer (too large, client gone, malformed body) reaches the platform
-            # client as a broken body: report the cause, not its echo.
-            cause = _failure(producer)
-            await self.discard(file_id)
-            if cause is not None:
-                raise cause from None
-            if isinstance(exc, platform_errors.PlatformFileTooLarge):
-                raise FileTooLarge("the platform refused the file as too large") from None
-            if isinstance(exc, platform_errors.PlatformQuotaExceeded):
-                raise PlatformQuotaExceeded(
-                    f"the platform refused the file: our quota there is used up ({exc})"
-                ) from None
-            raise PlatformUnavailable(f"file upload failed: {exc}") from None
         except BaseException:
             await self.discard(file_id)
             raise
@@ -250,9 +249,10 @@ class FileService:
     async def discard(self, file_id: str) -> None:
         """Remove an uploaded blob that will not be recorded (best effort)."""
         try:
-            await self._platform.delete_file(file_id)
-        except platform_errors.PlatformError as exc:
-            log.warning("could not remove partial upload %s: %s", file_id, exc)
+            with platform_errors(f"could not remove partial upload {file_id}"):
+                await self._platform.delete_file(file_id)
+        except PlatformUnavailable as exc:
+            log.warning("%s", exc.detail)
 
     async def record(self, blob: UploadedBlob, meta: FileMetadata) -> File:
         """Store the uploaded file's row (its key sealed with the master key)."""
@@ -327,25 +327,25 @@ class FileService:
         """
         loop = asyncio.get_running_loop()
         decryptor = StreamDecryptor(self.file_key(file))
+        gone: dict[type[ConnectorError], str | None] = {
+            FileNotFound: f"file {file.id} is no longer stored on the platform"
+        }
         try:
-            async with self._platform.download_file(file.id) as download:
-                if download.size != file.cipher_size:
-                    # Not the ciphertext the sender described: refuse before a byte is served.
-                    raise FileIntegrityFailed(
-                        f"file {file.id}: the platform holds {download.size} bytes, "
-                        f"the sender described {file.cipher_size}"
-                    )
-                async for piece in download.iter_chunks(self._chunk_size):
-                    plain = await loop.run_in_executor(None, decryptor.update, piece)
-                    if plain:
-                        yield plain
-            last = decryptor.finalize()
+            with platform_errors("file download failed", gone):
+                async with self._platform.download_file(file.id) as download:
+                    if download.size != file.cipher_size:
+                        # Not the ciphertext the sender described: refuse before a byte is served.
+                        raise FileIntegrityFailed(
+                            f"file {file.id}: the platform holds {download.size} bytes, "
+                            f"the sender described {file.cipher_size}"
+                        )
+                    async for piece in download.iter_chunks(self._chunk_size):
+                        plain = await loop.run_in_executor(None, decryptor.update, piece)
+                        if plain:
+                            yield plain
+                last = decryptor.finalize()
         except IntegrityError as exc:
             raise FileIntegrityFailed(f"file {file.id}: {exc}") from exc
-        except platform_errors.PlatformFileNotFound as exc:
-            raise FileNotFound(f"file {file.id} is no longer stored on the platform") from exc
-        except platform_errors.PlatformError as exc:
-            raise PlatformUnavailable(f"file download failed: {exc}") from exc
         if decryptor.sha256 != file.sha256 or decryptor.plaintext_size != file.size:
             raise FileIntegrityFailed(
                 f"file {file.id}: SHA-256 or size does not match what the sender recorded"
@@ -360,12 +360,8 @@ class FileService:
         file = await self.get(file_id)
         if not file.is_own:
             raise Forbidden("only own files can be deleted")
-        try:
-            await self._platform.delete_file(file_id)
-        except platform_errors.PlatformFileNotFound:
-            pass
-        except platform_errors.PlatformError as exc:
-            raise PlatformUnavailable(f"could not delete the file at the platform: {exc}") from exc
+        with platform_errors("could not delete the file at the platform"):
+            await self._platform.delete_file(file_id)  # already gone there is fine
         async with self._sessions.begin() as session:
             row = await files_repo.get(session, file_id)
             if row is not None:

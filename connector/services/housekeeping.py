@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from connector.clock import utcnow
-from connector.platform import errors as platform_errors
+from connector.errors import PlatformUnavailable
 from connector.platform.client import PlatformClient
+from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.repositories import files as files_repo
 from storage.repositories import idempotency as idempotency_repo
@@ -77,11 +78,10 @@ class Housekeeping:
         for file in due:
             if file.is_own:
                 try:
-                    await self._platform.delete_file(file.id)
-                except platform_errors.PlatformFileNotFound:
-                    pass
-                except platform_errors.PlatformError as exc:
-                    log.warning("could not remove %s at the platform yet: %s", file.id, exc)
+                    with platform_errors(f"could not remove {file.id} at the platform yet"):
+                        await self._platform.delete_file(file.id)  # already gone is fine
+                except PlatformUnavailable as exc:
+                    log.warning("%s", exc.detail)
                     continue  # retried on the next run
             removed.append(file.id)
         async with self._sessions.begin() as session:

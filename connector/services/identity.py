@@ -7,8 +7,9 @@ import logging
 from connector.clock import utcnow
 from connector.crypto.at_rest import open_secret, seal_secret
 from connector.crypto.keys import IdentityKeys, registration_proof
+from connector.errors import PlatformUnavailable
 from connector.platform.client import PlatformClient
-from connector.platform.errors import PlatformError
+from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.models import Identity
 from storage.repositories import identity as identity_repo
@@ -57,11 +58,12 @@ async def ensure_registered(
         if row is not None and row.registered_at is not None and not again:
             return True
     try:
-        address = await platform.register(
-            keys.signing_public, keys.exchange_public, registration_proof(keys)
-        )
-    except PlatformError as exc:
-        log.warning("platform registration failed, will retry: %s", exc)
+        with platform_errors("platform registration failed, will retry"):
+            address = await platform.register(
+                keys.signing_public, keys.exchange_public, registration_proof(keys)
+            )
+    except PlatformUnavailable as exc:
+        log.warning("%s", exc.detail)
         return False
     if address != keys.address:
         raise RuntimeError(f"platform derived address {address}, expected {keys.address}")

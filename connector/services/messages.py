@@ -13,7 +13,6 @@ part (two X25519 agreements and a signature per message) off the path that answe
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,12 +30,13 @@ from connector.errors import (
     RecipientNotFound,
 )
 from connector.ids import new_message_id
-from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.schemas import SendMessageRequest
 from connector.services import cursors
 from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
+from connector.services.lifecycle import MessageStatus
 from connector.services.load import SendLoad
+from connector.services.platform_outcomes import Refused, TryAgain, attempt_send
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import Coalescer
@@ -201,7 +201,7 @@ class MessageService:
             name=draft.name,
             correlation_key=draft.correlation_key,
             content=draft.content,
-            status="queued",
+            status=MessageStatus.QUEUED,
             created_at=now,
             expires_at=draft.expires_at,
             tags=draft.tags,
@@ -232,7 +232,7 @@ class MessageService:
         if idempotency is not None:
             await self._idempotency.answered(idempotency, 201 if accepted else 202)
         shown: Message | MessageRecord = message
-        if accepted and message.status == "queued":
+        if accepted and message.status == MessageStatus.QUEUED:
             # A delivery receipt (or the outbox) moved it on before we recorded it: show that.
             shown = await self.get(message.id)
         return SendResult(shown, attachments, accepted_now=accepted)
@@ -251,7 +251,7 @@ class MessageService:
                 "has been removed"
             )
         message = found[0]
-        status = recorded.status or (202 if message.status == "queued" else 201)
+        status = recorded.status or (202 if message.status == MessageStatus.QUEUED else 201)
         if status == 404:
             raise RecipientNotFound(message.error or "a recipient is not known to the platform")
         attachments = [attachment.file for attachment in message.attachments]
@@ -274,28 +274,25 @@ class MessageService:
         self, message: Message | MessageRecord, attachments: list[File], envelope: dict[str, Any]
     ) -> bool:
         """One attempt during the request; False leaves it queued for the outbox job."""
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                await self._platform.send_message(envelope)
-        except (platform_errors.PlatformUnavailable, TimeoutError) as exc:
-            log.info("send of %s deferred to the outbox: %s", message.id, exc)
+        outcome = await attempt_send(self._platform, envelope, within=self._request_timeout)
+        if isinstance(outcome, TryAgain):
+            log.info("send of %s deferred to the outbox: %s", message.id, outcome.error)
             return False
-        except platform_errors.RecipientNotFound as exc:
-            await self.record_failed(message, attachments, f"recipient not found: {exc}")
-            raise RecipientNotFound(str(exc), recipients=exc.addresses) from exc
-        except platform_errors.PlatformRejected as exc:
-            await self.record_failed(message, attachments, f"platform refused the message: {exc}")
+        if isinstance(outcome, Refused):
+            await self.record_failed(message, attachments, outcome.error)
+            if outcome.unknown_recipients is not None:
+                raise outcome.unknown_recipients
             return True
         await self.record_sent(message, attachments)
         return True
 
     async def record_sent(self, message: Message | MessageRecord, attachments: list[File]) -> None:
-        await self._statuses.finish(message, "sent", None, attachments)
+        await self._statuses.finish(message, MessageStatus.SENT, None, attachments)
 
     async def record_failed(
         self, message: Message | MessageRecord, attachments: list[File], error: str
     ) -> None:
-        await self._statuses.finish(message, "failed", error, attachments)
+        await self._statuses.finish(message, MessageStatus.FAILED, error, attachments)
 
     # -- queries -------------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
-"""Send what was accepted: retries with exponential backoff and full jitter, until the TTL.
+"""Send what was accepted: retries with full-jitter backoff (``connector.retry``), until the TTL.
 
 The envelope is sealed once and stored, so every retry sends the same bytes under the same id
 and the platform recognises a repeat: at acceptance for a send that tries the platform at once,
 here on the first attempt for a ``Prefer: respond-async`` send or one accepted while the
 recipients' keys could not be looked up. A message whose time to live runs out becomes
 ``expired`` with a ``message.failed`` event; a permanent refusal (unknown recipient) becomes
-``failed``.
+``failed``. A platform that says when to come back (``Retry-After`` on a 429 or 503, as its daily
+quota does) is not asked again before then: asking sooner only earns another refusal.
 
 Work goes in batches: one read of the due entries with their messages, the new envelopes kept
 in one transaction, sends several at a time, then the outcomes in a few bulk writes. While sends
@@ -17,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,9 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.receipts import envelope_digest
 from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
-from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
+from connector.retry import FullJitterBackoff
+from connector.services.lifecycle import MessageStatus
 from connector.services.load import SendLoad
+from connector.services.platform_outcomes import Refused, SendOutcome, Sent, TryAgain, attempt_send
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
@@ -42,23 +44,16 @@ from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
 
-_BASE_DELAY = 1.0
-_MAX_DELAY = 300.0
-
-
-def next_delay(attempts: int, *, base: float = _BASE_DELAY, cap: float = _MAX_DELAY) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempts)] (AWS architecture blog)."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempts, 32)))
-
-
 _Found = tuple[MessageRecord, list[File]]
 """A due entry's message, with its attachments' files."""
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    status: str  # sent | failed | retry | gone
-    error: str | None = None
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """The entry left the outbox meanwhile (its message moved on): nothing to record."""
+
+
+_Outcome = SendOutcome | _Gone
 
 
 class OutboxService:
@@ -71,6 +66,7 @@ class OutboxService:
         sealer: Sealer,
         *,
         load: SendLoad | None = None,
+        retry: FullJitterBackoff | None = None,
         batch_size: int = 200,
         concurrency: int = 16,
         busy_concurrency: int = 8,
@@ -81,6 +77,7 @@ class OutboxService:
         self._platform = platform
         self._sealer = sealer
         self._load = load
+        self._retry = retry or FullJitterBackoff()
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._busy_concurrency = busy_concurrency
@@ -119,7 +116,8 @@ class OutboxService:
         queued = [
             e
             for e in entries
-            if e.message_seq in messages and messages[e.message_seq][0].status == "queued"
+            if e.message_seq in messages
+            and messages[e.message_seq][0].status == MessageStatus.QUEUED
         ]
         # Deleted, or moved on meanwhile (a delivery receipt, another replica): nothing to send.
         gone = sorted({e.message_seq for e in entries} - {e.message_seq for e in queued})
@@ -157,17 +155,15 @@ class OutboxService:
             try:
                 sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message, files))
             except RecipientNotFound as exc:
-                outcomes[entry.message_seq] = _Outcome(
-                    "failed", f"recipient not found: {exc.detail}"
-                )
+                outcomes[entry.message_seq] = Refused(f"recipient not found: {exc.detail}")
             except PlatformUnavailable as exc:
-                outcomes[entry.message_seq] = _Outcome("retry", exc.detail)
+                outcomes[entry.message_seq] = TryAgain(exc.detail)
             except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
                 log.warning("outbox: cannot seal %s: %s", message.id, exc.detail)
-                outcomes[entry.message_seq] = _Outcome("retry", f"{exc.code}: {exc.detail}")
+                outcomes[entry.message_seq] = TryAgain(f"{exc.code}: {exc.detail}")
             except Exception as exc:  # one message must not hold up the batch and all after it
                 log.exception("outbox: cannot seal %s", message.id)
-                outcomes[entry.message_seq] = _Outcome("retry", f"cannot seal: {exc!r}")
+                outcomes[entry.message_seq] = TryAgain(f"cannot seal: {exc!r}")
             await asyncio.sleep(0)  # one seal at a time, so that requests are served between
         if sealed:
             stored = await self._writes.run(lambda session: _keep(session, sealed))
@@ -175,22 +171,15 @@ class OutboxService:
                 if seq in stored:
                     envelopes[seq] = stored[seq]
                 else:
-                    outcomes[seq] = _Outcome("gone")
+                    outcomes[seq] = _Gone()
         return envelopes, outcomes
 
     async def _send(self, envelope: dict[str, Any]) -> _Outcome:
         try:
-            await self._platform.send_message(envelope)
-        except platform_errors.RecipientNotFound as exc:
-            return _Outcome("failed", f"recipient not found: {exc}")
-        except platform_errors.PlatformUnavailable as exc:
-            return _Outcome("retry", str(exc))
-        except platform_errors.PlatformRejected as exc:
-            return _Outcome("failed", f"platform refused the message: {exc}")
+            return await attempt_send(self._platform, envelope)
         except Exception as exc:  # as for sealing: retried later, the others go on
             log.exception("outbox: cannot send %s", envelope.get("id"))
-            return _Outcome("retry", f"cannot send: {exc!r}")
-        return _Outcome("sent")
+            return TryAgain(f"cannot send: {exc!r}")
 
     async def _record(
         self,
@@ -202,20 +191,22 @@ class OutboxService:
         now = utcnow()
         removed = list(gone)  # and those whose envelope found no entry left to keep it in
         retries: list[outbox_repo.Retry] = []
-        finished: list[tuple[MessageRecord, list[File], str, str | None]] = []
+        finished: list[tuple[MessageRecord, list[File], MessageStatus, str | None]] = []
         for entry, outcome in tried:
             message, files = messages[entry.message_seq]
-            status, error = outcome.status, outcome.error
-            if status == "gone":
+            if isinstance(outcome, _Gone):
                 removed.append(entry.message_seq)
-                continue
-            if status == "retry" and message.expires_at and message.expires_at <= now:
-                status, error = "expired", f"time to live ran out; last error: {error}"
-            if status == "retry":
-                at = now + timedelta(seconds=next_delay(entry.attempts + 1))
-                retries.append(outbox_repo.Retry(entry.message_seq, error, at))
+            elif isinstance(outcome, Sent):
+                finished.append((message, files, MessageStatus.SENT, None))
+            elif isinstance(outcome, Refused):
+                finished.append((message, files, MessageStatus.FAILED, outcome.error))
+            elif message.expires_at and message.expires_at <= now:
+                error = f"time to live ran out; last error: {outcome.error}"
+                finished.append((message, files, MessageStatus.EXPIRED, error))
             else:
-                finished.append((message, files, status, error))
+                backoff = self._retry.delay(entry.attempts + 1)
+                at = next_attempt_at(now, backoff, outcome.retry_after, message.expires_at)
+                retries.append(outbox_repo.Retry(entry.message_seq, outcome.error, at))
         if removed or retries:
 
             async def write(session: AsyncSession) -> None:
@@ -231,6 +222,24 @@ class OutboxService:
         )
         for message, _, status, _ in finished:
             log.info("outbox: %s is %s", message.id, status)
+
+
+def next_attempt_at(
+    now: datetime, backoff: float, retry_after: float | None, expires_at: datetime | None
+) -> datetime:
+    """When to try again: after the backoff, and not before the platform asked (Retry-After).
+
+    The platform's wait counts only up to the message's expiry, so a long one (a daily quota
+    answers up to a day) still leaves a last try at the end of the time to live, after which the
+    message expires as it would have.
+    """
+    at = now + timedelta(seconds=backoff)
+    if retry_after is not None:
+        asked = now + timedelta(seconds=retry_after)
+        if expires_at is not None:
+            asked = min(asked, expires_at)
+        at = max(at, asked)
+    return at
 
 
 async def _keep(

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from connector.clock import utcnow
 from connector.crypto.keys import derive_address, usable_exchange_key, verify_registration_proof
-from connector.errors import PeerKeyInvalid, PlatformUnavailable, RecipientNotFound
-from connector.platform import errors as platform_errors
+from connector.errors import PeerKeyInvalid, RecipientNotFound
 from connector.platform.client import PlatformClient
 from connector.platform.models import PeerIdentity
+from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.repositories import peers as peers_repo
 
@@ -111,12 +111,11 @@ class PeerDirectory:
         fetched: list[PeerKeys] = []
         for address in addresses:
             try:
-                identity = await self._platform.get_identity(address)
-            except platform_errors.IdentityNotFound:
+                with platform_errors(f"cannot look up {address}", {RecipientNotFound: None}):
+                    identity = await self._platform.get_identity(address)
+            except RecipientNotFound:
                 unknown.append(address)
                 continue
-            except platform_errors.PlatformUnavailable as exc:
-                raise PlatformUnavailable(f"cannot look up {address}: {exc}") from exc
             reason = refusal(address, identity)
             if reason is not None:
                 _warn(address, reason, identity.signing_public, identity.exchange_public)

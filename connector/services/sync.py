@@ -35,13 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.keys import IdentityKeys
 from connector.errors import PlatformUnavailable
-from connector.platform import errors as platform_errors
 from connector.platform.client import PlatformClient
 from connector.platform.models import InboxItem
 from connector.services import lifecycle
 from connector.services.events import emit
 from connector.services.files import AttachmentMismatch, FileService
 from connector.services.peers import PeerDirectory
+from connector.services.platform_outcomes import platform_errors
 from connector.services.receipts import Receipts, Told
 from connector.services.receiving import MAX_ERROR, Arrival, Receiver
 from storage.engine import Sessions
@@ -122,11 +122,12 @@ class SyncService:
             await session.commit()
         try:
             asked = self._page_size
-            page = await self._platform.fetch_inbox(cursor, asked, wait)
-        except platform_errors.PlatformError as exc:
+            with platform_errors("cannot reach the platform inbox"):
+                page = await self._platform.fetch_inbox(cursor, asked, wait)
+        except PlatformUnavailable as exc:
             self._page_size = max(1, self._page_size // 2)
-            await self._record_failure(str(exc))
-            raise PlatformUnavailable(f"cannot reach the platform inbox: {exc}") from exc
+            await self._record_failure(str(exc.__cause__ or exc))  # the platform's reason
+            raise
         self._page_size = min(self._batch_size, self._page_size * 2)
         async with self._lock:
             try:
@@ -136,11 +137,12 @@ class SyncService:
                 raise
         if page.items:
             try:
-                await self._platform.ack(page.cursor, receipts)
-            except platform_errors.PlatformError as exc:
+                with platform_errors(f"ack of cursor {page.cursor} failed"):
+                    await self._platform.ack(page.cursor, receipts)
+            except PlatformUnavailable as exc:
                 # Stored already; the platform redelivers, we recognise the ids and answer the
                 # same receipts again.
-                log.warning("ack of cursor %s failed: %s", page.cursor, exc)
+                log.warning("%s", exc.detail)
         counts.pages = 1
         return counts, len(page.items) >= asked
 

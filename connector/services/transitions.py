@@ -40,7 +40,7 @@ class StatusRecorder:
     async def finish(
         self,
         message: Message | MessageRecord,
-        status: MessageStatus | str,
+        status: MessageStatus,
         error: str | None = None,
         attachments: list[File] | None = None,
     ) -> bool:
@@ -48,9 +48,8 @@ class StatusRecorder:
 
         ``message`` is updated to match once the change is committed.
         """
-        target = MessageStatus(status)
-        lifecycle.events(MessageStatus.QUEUED, target)  # a move the lifecycle allows, or raise
-        return await self._writer.submit(Transition(message, target, error, attachments))
+        lifecycle.events(MessageStatus.QUEUED, status)  # a move the lifecycle allows, or raise
+        return await self._writer.submit(Transition(message, status, error, attachments))
 
 
 async def _write_transitions(

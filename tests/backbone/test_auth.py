@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from connector.crypto import IdentityKeys, registration_proof, sign_challenge
-from connector.platform import PlatformRejected
+from connector.platform import PlatformRejectedError
 from tests.backbone.conftest import (
     Calls,
     MakePeer,
@@ -188,7 +188,7 @@ async def test_unregistered_identity_gets_a_clear_error(
 ) -> None:
     keys = IdentityKeys.generate()
     client = client_for(backbone.url, session, keys)
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await client.fetch_inbox(0)
     assert caught.value.code == "identity_not_found"
 

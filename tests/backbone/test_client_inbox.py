@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from connector.platform import PlatformClient, PlatformUnavailable
+from connector.platform import PlatformClient, PlatformUnavailableError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,7 +55,7 @@ async def test_an_over_long_page_by_content_length_is_refused(
 ) -> None:
     big = [{"cursor": 1, "type": "message", "envelope": {"id": "x", "pad": "x" * 200_000}}]
     client = await serve(page(big), max_page_bytes=100_000)
-    with pytest.raises(PlatformUnavailable, match="exceeds"):
+    with pytest.raises(PlatformUnavailableError, match="exceeds"):
         await client.fetch_inbox(0)
 
 
@@ -75,7 +75,7 @@ async def test_an_endless_page_is_cut_off_without_reading_the_rest(
             written += 65536
 
     client = await serve(endless, max_page_bytes=1 << 20)
-    with pytest.raises(PlatformUnavailable, match="exceeds"):
+    with pytest.raises(PlatformUnavailableError, match="exceeds"):
         await asyncio.wait_for(client.fetch_inbox(0), 10)
     assert written < 64 << 20  # stopped long before anything like "the rest"
 
@@ -139,7 +139,7 @@ async def test_an_item_without_an_int_cursor_fails_the_page(
     serve: Callable[..., Awaitable[PlatformClient]], item: object
 ) -> None:
     client = await serve(page([item]))
-    with pytest.raises(PlatformUnavailable):
+    with pytest.raises(PlatformUnavailableError):
         await client.fetch_inbox(0)
 
 
@@ -152,5 +152,5 @@ async def test_a_malformed_page_is_unavailable(
     client = await serve(
         answering(lambda: web.Response(body=body, content_type="application/json"))
     )
-    with pytest.raises(PlatformUnavailable):
+    with pytest.raises(PlatformUnavailableError):
         await client.fetch_inbox(0)

@@ -12,10 +12,10 @@ import pytest
 from connector.crypto import sign_challenge
 from connector.platform import (
     PlatformClient,
-    PlatformFileNotFound,
-    PlatformFileTooLarge,
-    PlatformRejected,
-    PlatformUnavailable,
+    PlatformFileNotFoundError,
+    PlatformFileTooLargeError,
+    PlatformRejectedError,
+    PlatformUnavailableError,
 )
 from tests.backbone.conftest import Calls, MakePeer, Peer, RunningBackbone, StartBackbone, new_id
 
@@ -113,7 +113,7 @@ async def test_interrupted_upload_is_replaced_by_the_retry(
 
     with pytest.raises(SourceGone):  # the body's own failure, not blamed on the platform
         await alice.client.upload_file(file_id, broken(), len(data))
-    with pytest.raises(PlatformFileNotFound):
+    with pytest.raises(PlatformFileNotFoundError):
         await download(alice.client, file_id)
     assert await alice.client.upload_file(file_id, pieces(data), len(data)) == len(data)
     assert await download(alice.client, file_id) == (len(data), data)
@@ -123,7 +123,7 @@ async def test_interrupted_upload_is_replaced_by_the_retry(
 async def test_another_owners_id_conflicts(alice: Peer, bob: Peer) -> None:
     file_id = new_id("FIL")
     await alice.client.upload_file(file_id, pieces(b"alice's"), 7)
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await bob.client.upload_file(file_id, pieces(b"bob's"), 5)
     assert (caught.value.status, caught.value.code) == (409, "file_exists")
     assert await download(bob.client, file_id) == (7, b"alice's")
@@ -137,11 +137,11 @@ async def test_oversize_upload_is_413_and_leaves_nothing(
     alice = await make_peer(small.url)
     data = os.urandom(3 * MiB)
     file_id = new_id("FIL")
-    with pytest.raises(PlatformFileTooLarge) as caught:
+    with pytest.raises(PlatformFileTooLargeError) as caught:
         await alice.client.upload_file(file_id, pieces(data), len(data) if declare_size else None)
     assert caught.value.status == 413
     assert stored_files(small.data_dir) == []
-    with pytest.raises(PlatformFileNotFound):
+    with pytest.raises(PlatformFileNotFoundError):
         await download(alice.client, file_id)
     # exactly the limit is fine
     assert await alice.client.upload_file(file_id, pieces(data[:MiB]), None) == MiB
@@ -150,11 +150,11 @@ async def test_oversize_upload_is_413_and_leaves_nothing(
 async def test_delete(alice: Peer, bob: Peer, backbone: RunningBackbone) -> None:
     file_id = new_id("FIL")
     await alice.client.upload_file(file_id, pieces(b"x" * 100), 100)
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await bob.client.delete_file(file_id)
     assert (caught.value.status, caught.value.code) == (403, "forbidden")
     await alice.client.delete_file(file_id)
-    with pytest.raises(PlatformFileNotFound):
+    with pytest.raises(PlatformFileNotFoundError):
         await download(alice.client, file_id)
     assert stored_files(backbone.data_dir) == []
     await alice.client.delete_file(file_id)  # already gone: fine
@@ -176,15 +176,15 @@ async def test_delete_answers_204(
     "bad", ["FIL123", "XYZ" + "a" * 17, "FIL" + "a" * 16 + "-", "FIL" + "a" * 18]
 )
 async def test_file_ids_are_checked(alice: Peer, bad: str) -> None:
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.upload_file(bad, pieces(b"x"), 1)
     assert (caught.value.status, caught.value.code) == (400, "invalid_id")
-    with pytest.raises(PlatformRejected):
+    with pytest.raises(PlatformRejectedError):
         await download(alice.client, bad)
 
 
 async def test_unknown_file_is_404(alice: Peer) -> None:
-    with pytest.raises(PlatformFileNotFound):
+    with pytest.raises(PlatformFileNotFoundError):
         await download(alice.client, new_id("FIL"))
 
 
@@ -219,7 +219,7 @@ async def test_silent_platform_times_out(
     client._token, client._renew_at = "token", float("inf")  # skip auth against the mute server
     started = asyncio.get_running_loop().time()
     try:
-        with pytest.raises(PlatformUnavailable):
+        with pytest.raises(PlatformUnavailableError):
             await client.upload_file(new_id("FIL"), pieces(b"data"), 4)
     finally:
         release.set()
@@ -237,9 +237,9 @@ async def test_unreachable_platform_is_unavailable(
     gone = await start_backbone()
     alice = await make_peer(gone.url)
     await gone.stop()
-    with pytest.raises(PlatformUnavailable):
+    with pytest.raises(PlatformUnavailableError):
         await alice.client.upload_file(new_id("FIL"), pieces(b"x"), 1)
-    with pytest.raises(PlatformUnavailable):
+    with pytest.raises(PlatformUnavailableError):
         await download(alice.client, new_id("FIL"))
 
 
@@ -268,7 +268,7 @@ async def test_deleted_ids_stay_reserved(
             f"{backbone.url}/v1/files/{file_id}", headers={"Authorization": f"Bearer {token}"}
         ) as response:
             assert (response.status, (await response.json())["code"]) == (404, "file_not_found")
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.upload_file(file_id, pieces(b"new"), 3)
     assert (caught.value.status, caught.value.code) == (410, "file_deleted")
     async with session.delete(
@@ -290,6 +290,6 @@ async def test_tombstones_survive_a_restart(
     await first.stop()
     second = await start_backbone(first.data_dir)
     again = await make_peer(second.url)
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await again.client.upload_file(file_id, pieces(b"new"), 3)
     assert caught.value.status == 410

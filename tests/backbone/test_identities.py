@@ -11,7 +11,7 @@ from connector.crypto import (
     registration_proof,
     verify_registration_proof,
 )
-from connector.platform import IdentityNotFound, PlatformRejected
+from connector.platform import PlatformIdentityNotFoundError, PlatformRejectedError
 from tests.backbone.conftest import MakePeer, Peer, RunningBackbone
 
 
@@ -72,7 +72,7 @@ async def test_proof_must_cover_the_exchange_key(
 
 async def test_client_register_maps_bad_proof(alice: Peer) -> None:
     keys = IdentityKeys.generate()
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.register(keys.signing_public, keys.exchange_public, b"\x00" * 64)
     assert (caught.value.status, caught.value.code) == (400, "invalid_proof")
 
@@ -130,7 +130,7 @@ async def test_lookup_needs_no_token(
 
 
 async def test_unknown_identity_is_404(alice: Peer) -> None:
-    with pytest.raises(IdentityNotFound) as caught:
+    with pytest.raises(PlatformIdentityNotFoundError) as caught:
         await alice.client.get_identity(IdentityKeys.generate().address)
     assert caught.value.status == 404
 

@@ -5,7 +5,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from connector.platform import PlatformRejected, PlatformUnavailable
+from connector.platform import PlatformRejectedError, PlatformUnavailableError
 from tests.backbone.conftest import (
     MakePeer,
     Peer,
@@ -45,7 +45,7 @@ async def test_limits_are_checked(
     alice: Peer, backbone: RunningBackbone, session: aiohttp.ClientSession
 ) -> None:
     for params in ({"limit": "0"}, {"after": "-1"}, {"wait": "soon"}, {"limit": "x"}):
-        with pytest.raises(PlatformRejected) as caught:
+        with pytest.raises(PlatformRejectedError) as caught:
             await alice.client._json("GET", ("inbox",), params=params)
         assert (caught.value.status, caught.value.code) == (400, "invalid_request")
     # too large is clamped, not refused
@@ -233,7 +233,7 @@ async def test_shutdown_releases_long_polls(
     assert loop.time() - started < 5
     try:
         page = await asyncio.wait_for(waiting, 5)
-    except PlatformUnavailable:
+    except PlatformUnavailableError:
         pass  # the connection closing first is fine too
     else:
         assert page.items == []

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from connector.crypto import IdentityKeys, verify_envelope
-from connector.platform import PlatformRejected, RecipientNotFound
+from connector.platform import PlatformRecipientNotFoundError, PlatformRejectedError
 from tests.backbone.conftest import MakePeer, Peer, RunningBackbone, new_id
 
 
@@ -44,7 +44,7 @@ async def test_unknown_recipient_is_404_with_the_list_and_nothing_is_stored(
     envelope = alice.envelope(
         {bob.address: bob.keys.exchange_public, stranger.address: stranger.exchange_public}
     )
-    with pytest.raises(RecipientNotFound) as caught:
+    with pytest.raises(PlatformRecipientNotFoundError) as caught:
         await alice.client.send_message(envelope)
     assert caught.value.addresses == [stranger.address]
     assert caught.value.status == 404
@@ -87,7 +87,7 @@ async def test_same_id_other_body_conflicts(alice: Peer, bob: Peer) -> None:
     await alice.client.send_message(envelope)
     other = copy.deepcopy(envelope)
     other["payload"] = other["payload"][::-1]
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.send_message(other)
     assert (caught.value.status, caught.value.code) == (409, "message_id_conflict")
     assert await messages_in(bob) == [envelope]
@@ -95,7 +95,7 @@ async def test_same_id_other_body_conflicts(alice: Peer, bob: Peer) -> None:
 
 async def test_sender_must_be_the_caller(alice: Peer, bob: Peer, carol: Peer) -> None:
     envelope = alice.to(carol)
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await bob.client.send_message(envelope)
     assert (caught.value.status, caught.value.code) == (403, "sender_mismatch")
     assert await messages_in(carol) == []
@@ -116,7 +116,7 @@ async def test_malformed_envelopes_are_400(
     alice: Peer, bob: Peer, change: dict[str, object], code: str
 ) -> None:
     envelope = {**alice.to(bob), **change}
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.send_message(envelope)
     assert (caught.value.status, caught.value.code) == (400, code)
 
@@ -158,7 +158,7 @@ async def test_oversized_envelope_is_413(
 ) -> None:
     envelope = alice.to(bob)
     envelope["padding"] = "x" * (17 * 1024 * 1024)
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.send_message(envelope)
     assert caught.value.status == 413
     assert await messages_in(bob) == []
@@ -182,6 +182,6 @@ async def test_two_senders_may_use_one_id(
     # the first sender's id is not taken over: its own other body still conflicts
     other = copy.deepcopy(from_alice)
     other["payload"] = other["payload"][::-1]
-    with pytest.raises(PlatformRejected) as caught:
+    with pytest.raises(PlatformRejectedError) as caught:
         await alice.client.send_message(other)
     assert caught.value.code == "message_id_conflict"

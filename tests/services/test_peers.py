@@ -44,11 +44,11 @@ class FakePlatform:
         if self.before_answer is not None:
             await self.before_answer(address)
         if self.down:
-            raise platform_errors.PlatformUnavailable("connection refused")
+            raise platform_errors.PlatformUnavailableError("connection refused")
         if address in self.answers:
             return self.answers[address]
         if address not in self.identities:
-            raise platform_errors.IdentityNotFound()
+            raise platform_errors.PlatformIdentityNotFoundError()
         return self.identities[address]
 
 
