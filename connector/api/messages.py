@@ -92,7 +92,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         body, respond_async=prefer_async, idempotency=claim
     )
     answer = json_response(
-        message_out(result.message, result.attachments),
+        message_out(result.message),
         201 if result.accepted_now else 202,
     )
     if prefer_async:
@@ -128,7 +128,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     rows, next_cursor = await request.app[RUNTIME].messages.page(
         filters, limit=params.limit, cursor=params.cursor, descending=params.order == "desc"
     )
-    items = [message_out(record, files) for record, files in rows]
+    items = [message_out(record) for record in rows]
     return json_response(MessagePage(items=items, next_cursor=next_cursor))
 
 

@@ -40,7 +40,7 @@ from connector.ids import new_event_id
 from connector.services import cursors
 from connector.services.views import message_json
 from storage.engine import Sessions, UnitOfWork, unit_of_work
-from storage.models import Event, File, Message
+from storage.models import Event
 from storage.repositories import events as events_repo
 from storage.repositories.messages import MessageRecord
 
@@ -60,8 +60,7 @@ def settle_for(dialect: str) -> float:
 def emit(
     session: AsyncSession,
     type: str,
-    message: Message | MessageRecord,
-    attachments: list[File] | None = None,
+    message: MessageRecord,
 ) -> None:
     """Append a ``type`` event whose data is ``message`` as the API shows it now.
 
@@ -75,7 +74,7 @@ def emit(
         type=type,
         message_id=message.id,
         created_at=utcnow(),
-        data=message_json(message, attachments),
+        data=message_json(message),
     )
 
 

@@ -41,7 +41,7 @@ from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import Coalescer
 from storage.engine import Sessions
-from storage.models import File, Message
+from storage.models import File
 from storage.repositories import files as files_repo
 from storage.repositories import idempotency as idempotency_repo
 from storage.repositories import messages as messages_repo
@@ -53,8 +53,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SendResult:
-    message: Message | MessageRecord
-    attachments: list[File]
+    message: MessageRecord
     accepted_now: bool
     """True when the platform took it during the request (201), False when queued (202)."""
     replayed: bool = False
@@ -206,7 +205,7 @@ class MessageService:
             expires_at=draft.expires_at,
             tags=draft.tags,
             recipients=[Recipient(address) for address in draft.recipients],
-            attachment_ids=[file.id for file in attachments],
+            files=attachments,
             digest=None if envelope is None else envelope_digest(envelope),
         )
         acceptance = _Acceptance(
@@ -221,21 +220,21 @@ class MessageService:
             await self._accepts.submit(acceptance)
         if not try_now:
             self._wake_outbox()
-            return SendResult(message, attachments, accepted_now=False)
+            return SendResult(message, accepted_now=False)
         assert envelope is not None
         try:
-            accepted = await self._try_send(message, attachments, envelope)
+            accepted = await self._try_send(message, envelope)
         except RecipientNotFound:
             if idempotency is not None:
                 await self._idempotency.answered(idempotency, 404)
             raise
         if idempotency is not None:
             await self._idempotency.answered(idempotency, 201 if accepted else 202)
-        shown: Message | MessageRecord = message
+        shown = message
         if accepted and message.status == MessageStatus.QUEUED:
             # A delivery receipt (or the outbox) moved it on before we recorded it: show that.
-            shown = await self.get(message.id)
-        return SendResult(shown, attachments, accepted_now=accepted)
+            shown = await self.get(message.id, "outgoing")
+        return SendResult(shown, accepted_now=accepted)
 
     async def _replay(self, recorded: Recorded) -> SendResult:
         """The answer to an earlier request with the same key, showing the message as it is now.
@@ -244,7 +243,7 @@ class MessageService:
         message: 202 while it is still queued, 201 once the platform has taken it.
         """
         async with self._sessions() as session:
-            found = await messages_repo.outgoing_with_recipients(session, [recorded.message_id])
+            found = await messages_repo.outgoing(session, [recorded.message_id])
         if not found:
             raise NotFound(
                 f"the message {recorded.message_id} sent under this Idempotency-Key "
@@ -254,8 +253,7 @@ class MessageService:
         status = recorded.status or (202 if message.status == MessageStatus.QUEUED else 201)
         if status == 404:
             raise RecipientNotFound(message.error or "a recipient is not known to the platform")
-        attachments = [attachment.file for attachment in message.attachments]
-        return SendResult(message, attachments, accepted_now=status == 201, replayed=True)
+        return SendResult(message, accepted_now=status == 201, replayed=True)
 
     async def _attachments(self, file_ids: list[str]) -> list[File]:
         if not file_ids:
@@ -270,33 +268,29 @@ class MessageService:
             )
         return [found[file_id] for file_id in wanted]
 
-    async def _try_send(
-        self, message: Message | MessageRecord, attachments: list[File], envelope: dict[str, Any]
-    ) -> bool:
+    async def _try_send(self, message: MessageRecord, envelope: dict[str, Any]) -> bool:
         """One attempt during the request; False leaves it queued for the outbox job."""
         outcome = await attempt_send(self._platform, envelope, within=self._request_timeout)
         if isinstance(outcome, TryAgain):
             log.info("send of %s deferred to the outbox: %s", message.id, outcome.error)
             return False
         if isinstance(outcome, Refused):
-            await self.record_failed(message, attachments, outcome.error)
+            await self.record_failed(message, outcome.error)
             if outcome.unknown_recipients is not None:
                 raise outcome.unknown_recipients
             return True
-        await self.record_sent(message, attachments)
+        await self.record_sent(message)
         return True
 
-    async def record_sent(self, message: Message | MessageRecord, attachments: list[File]) -> None:
-        await self._statuses.finish(message, MessageStatus.SENT, None, attachments)
+    async def record_sent(self, message: MessageRecord) -> None:
+        await self._statuses.finish(message, MessageStatus.SENT)
 
-    async def record_failed(
-        self, message: Message | MessageRecord, attachments: list[File], error: str
-    ) -> None:
-        await self._statuses.finish(message, MessageStatus.FAILED, error, attachments)
+    async def record_failed(self, message: MessageRecord, error: str) -> None:
+        await self._statuses.finish(message, MessageStatus.FAILED, error)
 
     # -- queries -------------------------------------------------------------------------------
 
-    async def get(self, message_id: str, direction: str | None = None) -> Message:
+    async def get(self, message_id: str, direction: str | None = None) -> MessageRecord:
         """The message with this id; ``direction`` picks the copy of one sent to ourselves."""
         async with self._sessions() as session:
             message = await messages_repo.get(session, message_id, direction)
@@ -306,8 +300,8 @@ class MessageService:
 
     async def page(
         self, filters: MessageFilter, *, limit: int, cursor: str | None, descending: bool
-    ) -> tuple[list[tuple[MessageRecord, list[File]]], str | None]:
-        """A page of messages with their attachments' files, and the next page's cursor."""
+    ) -> tuple[list[MessageRecord], str | None]:
+        """A page of messages, and the next page's cursor."""
         after_seq = (
             cursors.decode(cursors.MESSAGES, cursor, field="cursor", hint="the message list")
             if cursor is not None
@@ -319,25 +313,28 @@ class MessageService:
             )
         next_cursor = None
         if len(rows) > limit:
-            last_seq = rows[limit - 1][0].seq
+            last_seq = rows[limit - 1].seq
             assert last_seq is not None
             next_cursor = cursors.encode(cursors.MESSAGES, last_seq)
         return rows[:limit], next_cursor
 
-    async def set_read(self, message_id: str, read: bool, direction: str | None = None) -> Message:
+    async def set_read(
+        self, message_id: str, read: bool, direction: str | None = None
+    ) -> MessageRecord:
         async with self._sessions.begin() as session:
             message = await messages_repo.get(session, message_id, direction)
             if message is None:
                 raise NotFound(f"no message {message_id}")
-            if read and message.read_at is None:
-                message.read_at = utcnow()
-            elif not read:
-                message.read_at = None
+            assert message.seq is not None
+            read_at = (message.read_at or utcnow()) if read else None
+            if read_at != message.read_at:
+                await messages_repo.set_read_at(session, message.seq, read_at)
+                message.read_at = read_at
         return message
 
     async def attachment(self, message_id: str, file_id: str, direction: str | None = None) -> File:
         message = await self.get(message_id, direction)
-        for attachment in message.attachments:
-            if attachment.file_id == file_id:
-                return attachment.file
+        for file in message.files:
+            if file.id == file_id:
+                return file
         raise FileNotFound(f"message {message_id} has no attachment {file_id}")

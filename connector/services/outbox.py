@@ -37,15 +37,11 @@ from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
 from storage.engine import Sessions
-from storage.models import File
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
 from storage.repositories.messages import MessageRecord
 
 log = logging.getLogger(__name__)
-
-_Found = tuple[MessageRecord, list[File]]
-"""A due entry's message, with its attachments' files."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +108,11 @@ class OutboxService:
         async with self._sessions() as session:
             entries = await outbox_repo.due(session, utcnow(), limit)
             found = await messages_repo.records(session, [e.message_seq for e in entries])
-        messages = {record.seq: (record, files) for record, files in found}
+        messages = {record.seq: record for record in found}
         queued = [
             e
             for e in entries
-            if e.message_seq in messages
-            and messages[e.message_seq][0].status == MessageStatus.QUEUED
+            if e.message_seq in messages and messages[e.message_seq].status == MessageStatus.QUEUED
         ]
         # Deleted, or moved on meanwhile (a delivery receipt, another replica): nothing to send.
         gone = sorted({e.message_seq for e in entries} - {e.message_seq for e in queued})
@@ -137,7 +132,7 @@ class OutboxService:
         return len(entries) >= limit
 
     async def _envelopes(
-        self, entries: list[outbox_repo.DueEntry], messages: dict[Any, _Found]
+        self, entries: list[outbox_repo.DueEntry], messages: dict[Any, MessageRecord]
     ) -> tuple[dict[int, dict[str, Any]], dict[int, _Outcome]]:
         """The envelope of each entry, sealing (and storing) those accepted without one.
 
@@ -151,9 +146,9 @@ class OutboxService:
         for entry in entries:
             if entry.envelope is not None:
                 continue
-            message, files = messages[entry.message_seq]
+            message = messages[entry.message_seq]
             try:
-                sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message, files))
+                sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message))
             except RecipientNotFound as exc:
                 outcomes[entry.message_seq] = Refused(f"recipient not found: {exc.detail}")
             except PlatformUnavailable as exc:
@@ -184,25 +179,25 @@ class OutboxService:
     async def _record(
         self,
         tried: list[tuple[outbox_repo.DueEntry, _Outcome]],
-        messages: dict[Any, _Found],
+        messages: dict[Any, MessageRecord],
         gone: list[int],
     ) -> None:
         """Final outcomes with their events, retries rescheduled: a few writes for the batch."""
         now = utcnow()
         removed = list(gone)  # and those whose envelope found no entry left to keep it in
         retries: list[outbox_repo.Retry] = []
-        finished: list[tuple[MessageRecord, list[File], MessageStatus, str | None]] = []
+        finished: list[tuple[MessageRecord, MessageStatus, str | None]] = []
         for entry, outcome in tried:
-            message, files = messages[entry.message_seq]
+            message = messages[entry.message_seq]
             if isinstance(outcome, _Gone):
                 removed.append(entry.message_seq)
             elif isinstance(outcome, Sent):
-                finished.append((message, files, MessageStatus.SENT, None))
+                finished.append((message, MessageStatus.SENT, None))
             elif isinstance(outcome, Refused):
-                finished.append((message, files, MessageStatus.FAILED, outcome.error))
+                finished.append((message, MessageStatus.FAILED, outcome.error))
             elif message.expires_at and message.expires_at <= now:
                 error = f"time to live ran out; last error: {outcome.error}"
-                finished.append((message, files, MessageStatus.EXPIRED, error))
+                finished.append((message, MessageStatus.EXPIRED, error))
             else:
                 backoff = self._retry.delay(entry.attempts + 1)
                 at = next_attempt_at(now, backoff, outcome.retry_after, message.expires_at)
@@ -215,12 +210,9 @@ class OutboxService:
 
             await self._writes.run(write)
         await asyncio.gather(
-            *(
-                self._statuses.finish(message, status, error, files)
-                for message, files, status, error in finished
-            )
+            *(self._statuses.finish(message, status, error) for message, status, error in finished)
         )
-        for message, _, status, _ in finished:
+        for message, status, _ in finished:
             log.info("outbox: %s is %s", message.id, status)
 
 

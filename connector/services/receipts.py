@@ -186,17 +186,17 @@ class Receipts:
             session, refused, now, sources=lifecycle.sources(_S.FAILED)
         )
         await outbox_repo.remove_many(session, sorted(sent_now | set(failed)))
-        for record, files in await messages_repo.records(session, sorted(delivered_now)):
+        for record in await messages_repo.records(session, sorted(delivered_now)):
             if record.seq in sent_now:  # the receipt beat the recording of "sent"
                 sent = replace(record, status=_S.SENT)
                 for kind in lifecycle.events(_S.QUEUED, _S.SENT):
-                    emit(session, kind, sent, files)
+                    emit(session, kind, sent)
             for kind in lifecycle.events(_S.SENT, _S.DELIVERED):
-                emit(session, kind, record, files)
-        for record, files in await messages_repo.records(session, failed):
+                emit(session, kind, record)
+        for record in await messages_repo.records(session, failed):
             # from queued or sent alike (the update does not tell which): message.failed
             for kind in lifecycle.events(_S.SENT, _S.FAILED):
-                emit(session, kind, record, files)
+                emit(session, kind, record)
         return len(newly) + len(failed)
 
     async def _signing_keys(self, addresses: set[str]) -> dict[str, bytes]:

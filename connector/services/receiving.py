@@ -213,7 +213,7 @@ class Receiver:
             expires_at=header.expires_at,
             tags=list(body.tags),
             recipients=[Recipient(address) for address in header.recipients],
-            attachment_ids=[file.id for file in files],
+            files=files,
             digest=arrival.digest,
         )
 
@@ -231,7 +231,7 @@ class Receiver:
             expires_at=header.expires_at,
             error=arrival.error,
             recipients=[Recipient(address) for address in header.recipients],
-            attachment_ids=[],
+            files=[],
             digest=arrival.digest,
         )
 

@@ -18,7 +18,7 @@ from connector.crypto.keys import IdentityKeys
 from connector.services.body import AttachmentDescriptor, MessageBody
 from connector.services.files import FileService
 from connector.services.peers import PeerDirectory
-from storage.models import File, Message
+from storage.models import File
 from storage.repositories.messages import MessageRecord
 
 
@@ -37,7 +37,7 @@ class Draft:
     expires_at: datetime
 
     @classmethod
-    def of(cls, message: Message | MessageRecord, attachments: list[File]) -> Draft:
+    def of(cls, message: MessageRecord) -> Draft:
         assert message.expires_at is not None
         return cls(
             message_id=message.id,
@@ -46,7 +46,7 @@ class Draft:
             name=message.name,
             correlation_key=message.correlation_key,
             tags=list(message.tags),
-            attachments=attachments,
+            attachments=message.files,
             created_at=message.created_at,
             expires_at=message.expires_at,
         )

@@ -191,7 +191,7 @@ class SyncService:
         new = [a for a in batch.arrivals if a.known is None and not a.skipped]
         file_ids = {d.id for a in new if a.body for d in a.body.attachments}
         incoming = await self._files.incoming(session, file_ids, now)
-        stored: list[tuple[Arrival, MessageRecord, list[File]]] = []
+        stored: list[MessageRecord] = []
         for arrival in new:
             files: list[File] = []
             if arrival.body is not None:
@@ -200,19 +200,17 @@ class SyncService:
                 except AttachmentMismatch as exc:
                     arrival.reject(str(exc))
             if arrival.body is None:
-                stored.append((arrival, self._receiver.rejected(arrival, now), []))
+                stored.append(self._receiver.rejected(arrival, now))
                 counts.rejected += 1
             else:
-                stored.append(
-                    (arrival, self._receiver.received(arrival, arrival.body, files, now), files)
-                )
+                stored.append(self._receiver.received(arrival, arrival.body, files, now))
                 counts.received += 1
         if file_ids:
             await session.flush()  # attachment rows refer to these files
-        await messages_repo.insert_many(session, [message for _, message, _ in stored])
-        for _, message, files in stored:
+        await messages_repo.insert_many(session, stored)
+        for message in stored:
             for kind in lifecycle.events(lifecycle.NEW, message.status):
-                emit(session, kind, message, files)
+                emit(session, kind, message)
         counts.receipts = await self._receipts.apply(session, batch.receipts, now)
         return counts
 

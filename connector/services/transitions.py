@@ -9,7 +9,7 @@ multi-row INSERT of their events, in one transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +19,6 @@ from connector.services.events import emit
 from connector.services.lifecycle import MessageStatus
 from storage.batching import Coalescer
 from storage.engine import Sessions
-from storage.models import File, Message
 from storage.repositories import messages as messages_repo
 from storage.repositories import outbox as outbox_repo
 from storage.repositories.messages import MessageRecord
@@ -27,10 +26,9 @@ from storage.repositories.messages import MessageRecord
 
 @dataclass(frozen=True)
 class Transition:
-    message: Message | MessageRecord
+    message: MessageRecord
     status: MessageStatus  # sent | failed | expired
     error: str | None = None
-    attachments: list[File] | None = field(default=None, compare=False)
 
 
 class StatusRecorder:
@@ -39,17 +37,16 @@ class StatusRecorder:
 
     async def finish(
         self,
-        message: Message | MessageRecord,
+        message: MessageRecord,
         status: MessageStatus,
         error: str | None = None,
-        attachments: list[File] | None = None,
     ) -> bool:
         """queued -> ``status``; False (nothing changed) when it was no longer queued.
 
         ``message`` is updated to match once the change is committed.
         """
         lifecycle.events(MessageStatus.QUEUED, status)  # a move the lifecycle allows, or raise
-        return await self._writer.submit(Transition(message, status, error, attachments))
+        return await self._writer.submit(Transition(message, status, error))
 
 
 async def _write_transitions(
@@ -77,6 +74,6 @@ async def _write_transitions(
             if transition.status is MessageStatus.SENT:
                 message.sent_at = now
             for kind in lifecycle.events(MessageStatus.QUEUED, transition.status):
-                emit(session, kind, message, transition.attachments)
+                emit(session, kind, message)
         results.append(done)
     return results

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from connector.schemas import FileOut, MessageOut, RecipientOut
-from storage.models import File, Message
+from storage.models import File
 from storage.repositories.messages import MessageRecord
 
 
@@ -26,16 +26,7 @@ def file_out(file: File) -> FileOut:
     )
 
 
-def message_out(
-    message: Message | MessageRecord, attachments: list[File] | None = None
-) -> MessageOut:
-    """A stored message, or one being inserted in bulk (then ``attachments`` must be given)."""
-    if attachments is not None:
-        files = attachments
-    elif isinstance(message, Message):
-        files = [attachment.file for attachment in message.attachments]
-    else:
-        raise TypeError("attachments are needed for a MessageRecord")
+def message_out(message: MessageRecord) -> MessageOut:
     return MessageOut(
         id=message.id,
         direction=message.direction,
@@ -46,7 +37,7 @@ def message_out(
         name=message.name,
         correlation_key=message.correlation_key,
         content=message.content,
-        attachments=[file_out(file) for file in files],
+        attachments=[file_out(file) for file in message.files],
         status=message.status,
         created_at=message.created_at,
         sent_at=message.sent_at,
@@ -58,8 +49,6 @@ def message_out(
     )
 
 
-def message_json(
-    message: Message | MessageRecord, attachments: list[File] | None = None
-) -> dict[str, Any]:
+def message_json(message: MessageRecord) -> dict[str, Any]:
     """The Message as JSON-ready data, the ``data`` of its events."""
-    return message_out(message, attachments).model_dump(mode="json", by_alias=True)
+    return message_out(message).model_dump(mode="json", by_alias=True)

@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import (
     CompoundSelect,
-    Select,
     Table,
     bindparam,
     delete,
@@ -22,7 +21,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from storage.engine import Sessions, unit_of_work
 from storage.models import File, Message, MessageAttachment, MessageRecipient
@@ -40,7 +38,8 @@ class Recipient:
 
 @dataclass
 class MessageRecord:
-    """A message as plain data, without ORM bookkeeping: for bulk inserts and list pages."""
+    """A message as plain data, without ORM bookkeeping: the one shape of a message that
+    services, views and events use, whether it is being inserted or was read back."""
 
     id: str
     direction: str
@@ -48,7 +47,8 @@ class MessageRecord:
     status: str
     created_at: datetime
     recipients: list[Recipient]
-    attachment_ids: list[str]
+    files: list[File]
+    """The attachments' file rows, in order."""
     name: str | None = None
     correlation_key: str | None = None
     content: dict[str, Any] | None = None
@@ -112,7 +112,7 @@ async def insert_many(session: AsyncSession, messages: Sequence[MessageRecord]) 
         ]
         attachments += [
             {"message_seq": seq, "position": i, "file_id": file_id}
-            for i, file_id in enumerate(message.attachment_ids)
+            for i, file_id in enumerate(file.id for file in message.files)
         ]
     if recipients:
         await session.execute(insert(_RECIPIENTS), recipients)
@@ -132,16 +132,9 @@ class MessageFilter:
     created_before: datetime | None = None
 
 
-def _loaded() -> Select[Message]:
-    return select(Message).options(
-        selectinload(Message.recipients),
-        selectinload(Message.attachments).joinedload(MessageAttachment.file),
-    )
-
-
 async def get(
     session: AsyncSession, message_id: str, direction: str | None = None
-) -> Message | None:
+) -> MessageRecord | None:
     """The message with this id (and ``direction``, when given).
 
     Ids are unique per sender, so several rows may carry one: an outgoing copy wins over an
@@ -149,13 +142,21 @@ async def get(
     one, and the first stored wins among the rest (a later sender of the same id cannot take it
     over).
     """
-    query = _loaded().where(Message.id == message_id)
+    query = select(Message.seq).where(Message.id == message_id)
     if direction is not None:
         query = query.where(Message.direction == direction)
-    rows = await session.scalars(
-        query.order_by(Message.direction.desc(), (Message.status == "rejected").asc(), Message.seq)
+    seq = await session.scalar(
+        query.order_by(
+            Message.direction.desc(), (Message.status == "rejected").asc(), Message.seq
+        ).limit(1)
     )
-    return rows.first()
+    if seq is None:
+        return None
+    return (await records(session, [seq]))[0]
+
+
+async def set_read_at(session: AsyncSession, seq: int, at: datetime | None) -> None:
+    await session.execute(update(_MESSAGES).where(_MESSAGES.c.seq == seq).values(read_at=at))
 
 
 @dataclass(frozen=True)
@@ -205,15 +206,15 @@ async def set_digests(session: AsyncSession, digests: dict[int, bytes]) -> None:
         )
 
 
-async def outgoing_with_recipients(session: AsyncSession, ids: Iterable[str]) -> list[Message]:
+async def outgoing(session: AsyncSession, ids: Iterable[str]) -> list[MessageRecord]:
+    """Our outgoing messages with these ids."""
     wanted = list(ids)
     if not wanted:
         return []
-    return list(
-        await session.scalars(
-            _loaded().where(Message.id.in_(wanted), Message.direction == "outgoing")
-        )
+    seqs = await session.scalars(
+        select(Message.seq).where(Message.id.in_(wanted), Message.direction == "outgoing")
     )
+    return await records(session, list(seqs))
 
 
 async def start_local_sequence(sessions: Sessions) -> None:
@@ -250,7 +251,7 @@ async def page(
     limit: int,
     after_seq: int | None,
     descending: bool,
-) -> list[tuple[MessageRecord, list[File]]]:
+) -> list[MessageRecord]:
     """One page, keyset-paginated on the insertion sequence, with recipients and attachments.
 
     Read with plain column queries into records (three or four statements a page): building
@@ -282,19 +283,15 @@ async def page(
     return await _with_parts(session, rows)
 
 
-async def records(
-    session: AsyncSession, seqs: Sequence[int]
-) -> list[tuple[MessageRecord, list[File]]]:
-    """The messages with these seqs (in seq order) as records, with their attachments' files."""
+async def records(session: AsyncSession, seqs: Sequence[int]) -> list[MessageRecord]:
+    """The messages with these seqs (in seq order), with their recipients and files."""
     if not seqs:
         return []
     query = select(_MESSAGES).where(Message.seq.in_(list(seqs))).order_by(Message.seq)
     return await _with_parts(session, (await session.execute(query)).mappings().all())
 
 
-async def _with_parts(
-    session: AsyncSession, rows: Sequence[Any]
-) -> list[tuple[MessageRecord, list[File]]]:
+async def _with_parts(session: AsyncSession, rows: Sequence[Any]) -> list[MessageRecord]:
     """Records for message rows, with recipients, attachment ids and files (1-2 queries)."""
     if not rows:
         return []
@@ -331,13 +328,10 @@ async def _with_parts(
         else {}
     )
     return [
-        (
-            MessageRecord(
-                **{key: row[key] for key in _RECORD_COLUMNS},
-                recipients=recipients[row["seq"]],
-                attachment_ids=attached[row["seq"]],
-            ),
-            [files[file_id] for file_id in attached[row["seq"]] if file_id in files],
+        MessageRecord(
+            **{key: row[key] for key in _RECORD_COLUMNS},
+            recipients=recipients[row["seq"]],
+            files=[files[file_id] for file_id in attached[row["seq"]] if file_id in files],
         )
         for row in rows
     ]

@@ -50,7 +50,7 @@ async def _queued_message(sessions: Sessions) -> MessageRecord:
         created_at=now,
         expires_at=now + timedelta(days=1),
         recipients=[Recipient(BOB.address)],
-        attachment_ids=[],
+        files=[],
         content={"n": 1},
         digest=DIGEST,
     )
@@ -82,7 +82,7 @@ async def test_a_sent_recorded_meanwhile_gives_one_message_sent(
                 other, [message.seq or 0], status="sent", at=utcnow(), error=None
             )
             assert changed == {message.seq}
-            emit(other, "message.sent", message, [])
+            emit(other, "message.sent", message)
         return states
 
     monkeypatch.setattr(

@@ -23,7 +23,7 @@ def _message() -> MessageRecord:
         status="received",
         created_at=datetime.now(UTC),
         recipients=[Recipient("id1" + "b" * 32)],
-        attachment_ids=[],
+        files=[],
         content={},
     )
 
@@ -40,11 +40,11 @@ async def test_events_reach_their_commit_and_a_rollback_forgets_them(tmp_path: P
         sessions = create_sessions(engine, after_commit=after_commit)
         async with sessions() as session:
             await session.execute(select(1))  # a transaction under way, as every writer's is
-            emit(session, "message.received", _message(), [])
+            emit(session, "message.received", _message())
             await session.rollback()
             await session.commit()  # the next commit of the same session: nothing written
         async with sessions.begin() as session:
-            emit(session, "message.received", _message(), [])
+            emit(session, "message.received", _message())
         async with sessions() as session:
             count = await session.scalar(select(func.count()).select_from(Event))
         assert seen == [False, True]  # before, the rolled-back mark woke readers for nothing
