@@ -11,7 +11,8 @@ Covered: registration with proof (and its refusals), lookups, authentication as 
 can tell (an unregistered identity or a wrong signer is refused), file upload/download/delete
 with owners, tombstones and the size limit, idempotent sends per (sender, id) with every
 envelope check, unknown recipients, inbox paging by count and bytes, long-poll, ack with
-receipt relay, the per-day and stored-bytes quotas, and ``down`` for outages.
+receipt relay, the per-day and stored-bytes quotas, ``down`` for outages and ``failing`` for
+one kind of call failing (an ack lost, say); ``puts`` and ``acks`` log what was sent.
 
 Left out: HTTP itself (tokens expiring, 401 retries, malformed answers, timeouts, the client's
 page-size guard), the registration rate limit, pruning of expired envelopes (the double keeps
@@ -141,8 +142,12 @@ class PlatformDouble:
 
     down: bool = False
     """While True every call fails as an unreachable platform would (``health()`` is False)."""
+    failing: set[str] = field(default_factory=set, init=False)
+    """Names of client methods (``"ack"``, ...) that fail so, while the others work."""
     puts: list[str] = field(default_factory=list, init=False)
     """The id of every envelope put that reached the platform, repeats and refusals included."""
+    acks: list[tuple[str, int, list[dict[str, Any]]]] = field(default_factory=list, init=False)
+    """(caller, cursor, receipts) of every ack asked for, also those that failed."""
 
     identities: dict[str, PeerIdentity] = field(default_factory=dict, init=False)
     files: dict[str, _File] = field(default_factory=dict, init=False)
@@ -168,9 +173,9 @@ class PlatformDouble:
 
     # -- the platform's side of each call ------------------------------------------------------
 
-    def reachable(self) -> None:
-        if self.down:
-            raise PlatformUnavailableError("platform unreachable: the double is down")
+    def reachable(self, call: str) -> None:
+        if self.down or call in self.failing:
+            raise PlatformUnavailableError(f"platform unreachable: {call} failed (double)")
 
     def _append(self, recipient: str, **content: Any) -> None:
         """One more item in ``recipient``'s inbox, under the next cursor; wakes its long-poll."""
@@ -312,9 +317,9 @@ class DoubleClient:
         self._signer = sign_challenge
         self._signed_in = False
 
-    def _caller(self) -> str:
+    def _caller(self, call: str) -> str:
         """Who we are, signed in as the real client signs in (a challenge, once)."""
-        self._platform.reachable()
+        self._platform.reachable(call)
         if self._address is None or self._signer is None:
             raise RuntimeError("PlatformClient.set_identity() must be called first")
         if not self._signed_in:
@@ -333,7 +338,7 @@ class DoubleClient:
 
     async def register(self, signing_public: bytes, exchange_public: bytes, proof: bytes) -> str:
         platform = self._platform
-        platform.reachable()
+        platform.reachable("register")
         if len(signing_public) != 32 or len(exchange_public) != 32 or len(proof) != 64:
             raise _refused(400, "invalid_request", "A key or the proof has the wrong length.")
         if not backbone_keys.valid_exchange_key(exchange_public):
@@ -351,7 +356,7 @@ class DoubleClient:
         return address
 
     async def get_identity(self, address: str) -> PeerIdentity:
-        self._platform.reachable()
+        self._platform.reachable("get_identity")
         identity = self._platform.identities.get(address)
         if identity is None:
             raise PlatformIdentityNotFoundError()
@@ -366,7 +371,7 @@ class DoubleClient:
     async def upload_file(
         self, file_id: str, body: AsyncIterable[bytes], size: int | None = None
     ) -> int:
-        platform, caller = self._platform, self._caller()
+        platform, caller = self._platform, self._caller("upload_file")
         self._file_id(file_id)
         too_large = PlatformFileTooLargeError(
             f"The file exceeds the limit of {platform.max_file_size} bytes."
@@ -403,7 +408,7 @@ class DoubleClient:
 
     @asynccontextmanager
     async def download_file(self, file_id: str) -> AsyncIterator[_Download]:
-        self._caller()
+        self._caller("download_file")
         self._file_id(file_id)
         record = self._platform.files.get(file_id)
         if record is None or record.data is None:  # unknown, incomplete or deleted
@@ -411,7 +416,7 @@ class DoubleClient:
         yield _Download(record.data)
 
     async def delete_file(self, file_id: str) -> None:
-        platform, caller = self._platform, self._caller()
+        platform, caller = self._platform, self._caller("delete_file")
         self._file_id(file_id)
         record = platform.files.get(file_id)
         if record is None or record.deleted:
@@ -429,7 +434,7 @@ class DoubleClient:
             raise ValueError("the envelope has no id")
         platform = self._platform
         raw = _wire(envelope)
-        caller = self._caller()
+        caller = self._caller("send_message")
         platform.puts.append(message_id)
         if not MESSAGE_ID.fullmatch(message_id):
             raise _refused(400, "invalid_id", f"'{message_id}' is not a message id.")
@@ -445,7 +450,7 @@ class DoubleClient:
         platform.put_envelope(caller, message_id, body)
 
     async def fetch_inbox(self, after: int, limit: int = 100, wait: float = 0) -> InboxPage:
-        platform, caller = self._platform, self._caller()
+        platform, caller = self._platform, self._caller("fetch_inbox")
         if after < 0 or limit < 1:
             raise _refused(400, "invalid_request", "'after' and 'limit' must be positive.")
         limit = min(limit, MAX_LIMIT)
@@ -466,10 +471,13 @@ class DoubleClient:
         return InboxPage(items=[item.as_item() for item in items], cursor=cursor)
 
     async def ack(self, cursor: int, receipts: Sequence[Mapping[str, Any]] = ()) -> None:
-        platform, caller = self._platform, self._caller()
+        platform = self._platform
         body: dict[str, Any] = {"cursor": cursor}
         if receipts:
             body["receipts"] = list(receipts)
+        posted = json.loads(_wire(body)).get("receipts", [])
+        platform.acks.append((self._address or "", cursor, posted))
+        caller = self._caller("ack")
         if len(_wire(body)) > platform.max_request_bytes:
             raise _refused(413, "request_too_large", "The request body is too large.")
         if isinstance(cursor, bool) or not 0 <= cursor <= MAX_CURSOR:
@@ -480,7 +488,11 @@ class DoubleClient:
         platform.ack(caller, cursor, checked)
 
     async def health(self) -> bool:
-        return not self._platform.down
+        try:
+            self._platform.reachable("health")
+        except PlatformUnavailableError:
+            return False
+        return True
 
 
 def _invalid_envelope(detail: str) -> PlatformRejectedError:
