@@ -206,6 +206,17 @@ async def test_the_same_envelope_again_is_answered_alike_and_stored_once(world: 
     assert [item.message_id for item in await everything(bob)] == [envelope["id"]]
 
 
+async def test_a_repeat_after_the_recipient_acknowledged_is_not_delivered_again(
+    world: World,
+) -> None:
+    alice, bob = await world.party(), await world.party()
+    envelope = alice.envelope(bob)
+    await alice.client.send_message(envelope)
+    await bob.client.ack((await bob.client.fetch_inbox(0)).cursor)
+    await alice.client.send_message(envelope)  # a retry whose first answer was lost
+    assert await everything(bob) == []
+
+
 async def test_message_ids_are_unique_per_sender(world: World) -> None:
     alice, bob, carol = await world.party(), await world.party(), await world.party()
     from_alice = alice.envelope(bob)
@@ -330,6 +341,16 @@ async def test_ack_removes_up_to_the_cursor_and_relays_the_receipts(world: World
     assert await everything(alice) == []
     # acknowledging again is harmless
     await bob.client.ack(page.cursor, [to_alice])
+    assert await everything(alice) == []
+
+
+async def test_an_ack_without_receipts_tells_the_sender_nothing(world: World) -> None:
+    """The platform makes up no receipt: only the recipient's signed one is relayed (DESIGN.md
+    section 4 words it as if the ack itself put one in the sender's inbox)."""
+    alice, bob = await world.party(), await world.party()
+    await alice.client.send_message(alice.envelope(bob))
+    await bob.client.ack((await bob.client.fetch_inbox(0)).cursor)
+    assert await everything(bob) == []
     assert await everything(alice) == []
 
 
