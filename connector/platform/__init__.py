@@ -12,11 +12,14 @@ from connector.platform.errors import (
     PlatformUnavailableError,
 )
 from connector.platform.models import InboxItem, InboxPage, PeerIdentity
+from connector.platform.protocol import Download, Platform
 
 __all__ = [
+    "Download",
     "InboxItem",
     "InboxPage",
     "PeerIdentity",
+    "Platform",
     "PlatformClient",
     "PlatformDownload",
     "PlatformError",

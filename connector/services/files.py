@@ -30,7 +30,7 @@ from connector.errors import (
     PlatformUnavailable,
 )
 from connector.ids import new_file_id
-from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.services import cursors
 from connector.services.body import AttachmentDescriptor, line_char
 from connector.services.platform_outcomes import platform_errors
@@ -173,7 +173,7 @@ class FileService:
     def __init__(
         self,
         sessions: Sessions,
-        platform: PlatformClient,
+        platform: Platform,
         *,
         master_key: bytes,
         address: str,

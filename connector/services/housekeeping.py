@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from connector.clock import utcnow
 from connector.errors import PlatformUnavailable
-from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.repositories import files as files_repo
@@ -36,7 +36,7 @@ class Housekeeping:
     def __init__(
         self,
         sessions: Sessions,
-        platform: PlatformClient,
+        platform: Platform,
         *,
         file_retention: int,
         message_retention: int,

@@ -8,7 +8,7 @@ from connector.clock import utcnow
 from connector.crypto.at_rest import open_secret, seal_secret
 from connector.crypto.keys import IdentityKeys, registration_proof
 from connector.errors import PlatformUnavailable
-from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.models import Identity
@@ -47,7 +47,7 @@ async def load_or_create(sessions: Sessions, master_key: bytes) -> tuple[Identit
 
 
 async def ensure_registered(
-    sessions: Sessions, keys: IdentityKeys, platform: PlatformClient, *, again: bool = False
+    sessions: Sessions, keys: IdentityKeys, platform: Platform, *, again: bool = False
 ) -> bool:
     """Register the public keys with the platform (idempotent there); True once registered.
 

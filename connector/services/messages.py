@@ -30,7 +30,7 @@ from connector.errors import (
     RecipientNotFound,
 )
 from connector.ids import new_message_id
-from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.schemas import SendMessageRequest
 from connector.services import cursors
 from connector.services.idempotency import IdempotencyKeys, IdempotencyRequest, KeyTaken, Recorded
@@ -96,7 +96,7 @@ class MessageService:
         self,
         sessions: Sessions,
         statuses: StatusRecorder,
-        platform: PlatformClient,
+        platform: Platform,
         sealer: Sealer,
         *,
         address: str,

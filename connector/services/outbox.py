@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.receipts import envelope_digest
 from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
-from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.retry import FullJitterBackoff
 from connector.services.lifecycle import MessageStatus
 from connector.services.load import SendLoad
@@ -58,7 +58,7 @@ class OutboxService:
         sessions: Sessions,
         writes: WriteBatcher,
         statuses: StatusRecorder,
-        platform: PlatformClient,
+        platform: Platform,
         sealer: Sealer,
         *,
         load: SendLoad | None = None,

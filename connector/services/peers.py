@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from connector.clock import utcnow
 from connector.crypto.keys import derive_address, usable_exchange_key, verify_registration_proof
 from connector.errors import PeerKeyInvalid, RecipientNotFound
-from connector.platform.client import PlatformClient
 from connector.platform.models import PeerIdentity
+from connector.platform.protocol import Platform
 from connector.services.platform_outcomes import platform_errors
 from storage.engine import Sessions
 from storage.repositories import peers as peers_repo
@@ -66,7 +66,7 @@ def fingerprint(signing_public: bytes, exchange_public: bytes) -> str:
 
 
 class PeerDirectory:
-    def __init__(self, sessions: Sessions, platform: PlatformClient) -> None:
+    def __init__(self, sessions: Sessions, platform: Platform) -> None:
         self._sessions = sessions
         self._platform = platform
         self._cache: dict[str, PeerKeys] = {}

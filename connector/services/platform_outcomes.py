@@ -49,7 +49,6 @@ from connector.errors import (
     PlatformUnavailable,
     RecipientNotFound,
 )
-from connector.platform.client import PlatformClient
 from connector.platform.errors import (
     PlatformError,
     PlatformFileNotFoundError,
@@ -60,6 +59,7 @@ from connector.platform.errors import (
     PlatformRejectedError,
     PlatformUnavailableError,
 )
+from connector.platform.protocol import Platform
 
 __all__ = [
     "Refused",
@@ -161,7 +161,7 @@ def classify_send(exc: PlatformError | TimeoutError | None) -> SendOutcome:
 
 
 async def attempt_send(
-    platform: PlatformClient, envelope: Mapping[str, Any], *, within: float | None = None
+    platform: Platform, envelope: Mapping[str, Any], *, within: float | None = None
 ) -> SendOutcome:
     """Hand ``envelope`` to the platform once; past ``within`` seconds that is a :class:`TryAgain`.
 

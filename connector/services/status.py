@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.services.sync import SyncService
 from scheduler import JobScheduler
 from scheduler.runner import JobStatus
@@ -43,7 +43,7 @@ class StatusService:
     def __init__(
         self,
         sessions: Sessions,
-        platform: PlatformClient,
+        platform: Platform,
         sync: SyncService,
         scheduler: JobScheduler,
     ) -> None:

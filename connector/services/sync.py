@@ -35,8 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.keys import IdentityKeys
 from connector.errors import PlatformUnavailable
-from connector.platform.client import PlatformClient
 from connector.platform.models import InboxItem
+from connector.platform.protocol import Platform
 from connector.services import lifecycle
 from connector.services.events import emit
 from connector.services.files import AttachmentMismatch, FileService
@@ -81,7 +81,7 @@ class SyncService:
     def __init__(
         self,
         sessions: Sessions,
-        platform: PlatformClient,
+        platform: Platform,
         peers: PeerDirectory,
         *,
         files: FileService,
