@@ -6,9 +6,11 @@ What each envelope becomes (new, a repeat, rejected and why) is worked out by
 the pull itself: the page's transaction, the fallback to one item at a time, the cursor, the
 acknowledgement and the health of the sync.
 
-The batch, its events and the new cursor are committed in one transaction *before* the ack, so
-a crash anywhere loses nothing; a redelivered envelope is recognised by its (sender, id) and
-skipped, and a redelivered receipt changes nothing, so nothing is duplicated either.
+The batch and its events are committed in one transaction *before* the ack, and the cursor
+moves past a page only once the platform took its ack. So a crash anywhere, or an ack that
+fails, loses nothing: the page comes again, each envelope in it is recognised as a repeat by its
+(sender, id) and digest and answered with the same signed receipt, so its sender still learns it
+was delivered; a redelivered receipt changes nothing, so nothing is duplicated either.
 
 Everything in a page is hostile input (DESIGN.md §3): a peer or the platform itself may send
 anything. So one item can never hold up the items after it:
@@ -18,8 +20,8 @@ anything. So one item can never hold up the items after it:
   stored (no id or sender) is skipped with a logged reason;
 - a batch that fails to store anyway falls back to one item at a time, an item that still fails
   is stored as ``rejected`` without its content, and failing that, skipped;
-- the cursor moves on in every case, and the page is acknowledged with our signed receipts
-  (``delivered`` or ``rejected``) for every envelope in it.
+- the page is acknowledged with our signed receipts (``delivered`` or ``rejected``) for every
+  envelope in it, whatever became of each, and the cursor moves on once the platform took it.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class SyncService:
         self._page_size = min(self._batch_size, self._page_size * 2)
         async with self._lock:
             try:
-                counts, receipts = await self._store(page.items, page.cursor)
+                counts, receipts = await self._store(page.items)
             except Exception as exc:
                 await self._record_failure(f"cannot store the inbox page: {exc}")
                 raise
@@ -140,9 +142,12 @@ class SyncService:
                 with platform_errors(f"ack of cursor {page.cursor} failed"):
                     await self._platform.ack(page.cursor, receipts)
             except PlatformUnavailable as exc:
-                # Stored already; the platform redelivers, we recognise the ids and answer the
-                # same receipts again.
+                # Stored already; the cursor stays, so the page comes again and its envelopes,
+                # recognised as repeats, are answered with the same receipts.
                 log.warning("%s", exc.detail)
+                await self._record_failure(exc.detail)
+            else:
+                await self._acknowledged(page.cursor)
         counts.pages = 1
         return counts, len(page.items) >= asked
 
@@ -165,9 +170,7 @@ class SyncService:
 
     # -- one page -------------------------------------------------------------------------------
 
-    async def _store(
-        self, items: list[InboxItem], cursor: int
-    ) -> tuple[SyncCounts, list[dict[str, Any]]]:
+    async def _store(self, items: list[InboxItem]) -> tuple[SyncCounts, list[dict[str, Any]]]:
         """Store a page; answer the counts and the signed receipts to acknowledge it with."""
         now = utcnow()
         batch = _Batch(arrivals=self._receiver.arrivals(items))
@@ -177,10 +180,10 @@ class SyncService:
         try:
             async with self._sessions.begin() as session:
                 counts = await self._write(session, batch, now)
-                await self._advance(session, cursor, counts, now)
+                await self._record_success(session, counts, now)
         except Exception:
             log.exception("storing a page of %d items failed; storing them one by one", len(items))
-            counts = await self._write_one_by_one(batch, cursor, now)
+            counts = await self._write_one_by_one(batch, now)
         return counts, await self._receipts.sign(self._receiver.answers(batch.arrivals), now)
 
     # -- writing --------------------------------------------------------------------------------
@@ -214,7 +217,7 @@ class SyncService:
         counts.receipts = await self._receipts.apply(session, batch.receipts, now)
         return counts
 
-    async def _write_one_by_one(self, batch: _Batch, cursor: int, now: datetime) -> SyncCounts:
+    async def _write_one_by_one(self, batch: _Batch, now: datetime) -> SyncCounts:
         """Each item in a transaction of its own, so that one cannot hold up the others."""
         counts = SyncCounts()
         for arrival in batch.arrivals:
@@ -232,18 +235,23 @@ class SyncService:
         try:
             async with self._sessions.begin() as session:
                 counts.receipts += await self._receipts.apply(session, batch.receipts, now)
-                await self._advance(session, cursor, counts, now)
+                await self._record_success(session, counts, now)
         except Exception:
             log.exception("applying %d receipts failed; they are dropped", len(batch.receipts))
             async with self._sessions.begin() as session:
-                await self._advance(session, cursor, counts, now)
+                await self._record_success(session, counts, now)
         return counts
 
-    async def _advance(
-        self, session: AsyncSession, cursor: int, counts: SyncCounts, now: datetime
+    async def _acknowledged(self, cursor: int) -> None:
+        """The platform took the ack up to ``cursor``: the next pull starts after it."""
+        async with self._sessions.begin() as session:
+            state = await sync_state_repo.get(session)
+            state.cursor = max(state.cursor, cursor)
+
+    async def _record_success(
+        self, session: AsyncSession, counts: SyncCounts, now: datetime
     ) -> None:
         state = await sync_state_repo.get(session)
-        state.cursor = max(state.cursor, cursor)
         state.last_run_at = state.last_success_at = now
         state.last_error = None
         state.failures = 0

@@ -114,11 +114,6 @@ async def test_a_repeated_envelope_is_recognised_and_answered_with_the_same_rece
     assert (await alice.message(message_id)).status == "delivered"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: the sync stores its new cursor before the ack, so a page whose ack "
-    "fails is never read again, and the next ack removes it without its receipt",
-)
 async def test_a_lost_ack_still_tells_the_sender(
     make_node: MakeNode, platform: PlatformDouble
 ) -> None:
