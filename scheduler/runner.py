@@ -1,9 +1,10 @@
-"""The job scheduler: APScheduler 3 interval jobs plus supervised long-running loops.
+"""The job scheduler: runs the job table (``scheduler.jobs``) on APScheduler 3 and tasks.
 
-Interval jobs (sync fallback, outbox retries, housekeeping) run on ``AsyncIOScheduler`` with
-``max_instances=1`` and ``coalesce=True``, so a slow run is never overlapped by the next one.
-Loops (the inbox long-poll) are plain tasks that restart after a failure with a capped backoff;
-references to them are kept and their failures logged.
+Interval jobs (sync fallback, housekeeping) run on ``AsyncIOScheduler`` with ``max_instances=1``
+and ``coalesce=True``, so a slow run is never overlapped by the next one. Loops (the outbox, the
+inbox long-poll) are plain tasks that run unit after unit, rest as each unit's :class:`Pace`
+says, and restart after a failure with a capped backoff; references to them are kept and their
+failures logged.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-log = logging.getLogger(__name__)
+from scheduler.jobs import Job, JobKind, Pace
 
-Work = Callable[[], Awaitable[Any]]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,7 +40,8 @@ class JobStatus:
 class JobScheduler:
     def __init__(self, *, loop_backoff: tuple[float, float] = (0.5, 30.0)) -> None:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
-        self._loops: dict[str, Work] = {}
+        self._loops: dict[str, Job] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running_jobs: set[asyncio.Task[Any]] = set()
         self._status: dict[str, JobStatus] = {}
@@ -49,32 +51,43 @@ class JobScheduler:
 
     # -- declaration ---------------------------------------------------------------------------
 
-    def every(self, name: str, seconds: float, work: Work) -> None:
-        """Run ``work`` every ``seconds``, never two at once; the first run is immediate."""
-        self._status[name] = JobStatus(name)
+    def add(self, job: Job) -> None:
+        """Take one line of the job table; before :meth:`start`."""
+        if job.name in self._status:
+            raise ValueError(f"job {job.name} is declared twice")
+        self._status[job.name] = JobStatus(job.name)
+        if job.kind is JobKind.LOOP:
+            self._loops[job.name] = job
+            self._wakeups[job.name] = asyncio.Event()
+            return
         self._scheduler.add_job(
             self._run_job,
             "interval",
-            seconds=seconds,
-            args=(name, work),
-            id=name,
+            seconds=job.interval,
+            args=(job,),
+            id=job.name,
             max_instances=1,
             coalesce=True,
             next_run_time=datetime.now(UTC),
             misfire_grace_time=None,
         )
 
-    def loop(self, name: str, work: Work) -> None:
-        """Run ``work`` again and again until stopped (each call may block, e.g. a long-poll)."""
-        self._status[name] = JobStatus(name)
-        self._loops[name] = work
+    def add_all(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            self.add(job)
+
+    def wake(self, name: str) -> None:
+        """End the idle rest of loop ``name`` now (something was queued); no-op if unknown."""
+        wakeup = self._wakeups.get(name)
+        if wakeup is not None:
+            wakeup.set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
         self._scheduler.start()
-        for name, work in self._loops.items():
-            task = asyncio.create_task(self._supervise(name, work), name=f"loop:{name}")
+        for name, job in self._loops.items():
+            task = asyncio.create_task(self._supervise(job), name=f"loop:{name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._started = True
@@ -106,36 +119,51 @@ class JobScheduler:
 
     # -- internals -----------------------------------------------------------------------------
 
-    async def _run_job(self, name: str, work: Work) -> None:
+    async def _run_job(self, job: Job) -> object:
+        """One run of ``job``, counted in its status; its answer, or None when it failed."""
         if self._stopping.is_set():
-            return
+            return None
         task = asyncio.current_task()
         if task is not None:
             self._running_jobs.add(task)
             task.add_done_callback(self._running_jobs.discard)
-        status = self._status[name]
+        status = self._status[job.name]
         status.runs += 1
         status.last_started_at = datetime.now(UTC)
         try:
-            await work()
+            answer = await job.work()
             status.last_error = None
+            return answer
         except Exception as exc:
             status.failures += 1
             status.last_error = str(exc) or type(exc).__name__
-            log.warning("job %s failed: %s", name, status.last_error)
+            log.warning("job %s failed: %s", job.name, status.last_error)
+            return None
         finally:
             status.last_finished_at = datetime.now(UTC)
 
-    async def _supervise(self, name: str, work: Work) -> None:
+    async def _supervise(self, job: Job) -> None:
         low, high = self._loop_backoff
         delay = low
+        wakeup = self._wakeups[job.name]
         while not self._stopping.is_set():
             started = time.monotonic()
-            await self._run_job(name, work)
-            if self._status[name].last_error is None:
+            wakeup.clear()  # a wake-up during the unit makes the next one start at once
+            answer = await self._run_job(job)
+            if self._status[job.name].last_error is None:
                 delay = low
+                await self._rest(job, answer if isinstance(answer, Pace) else Pace.AGAIN, wakeup)
                 continue
             if time.monotonic() - started > high:
                 delay = low
             await asyncio.sleep(delay)
             delay = min(high, delay * 2)
+
+    async def _rest(self, job: Job, pace: Pace, wakeup: asyncio.Event) -> None:
+        if pace is Pace.GATHER and job.gather:
+            await asyncio.sleep(job.gather)
+        elif pace is Pace.IDLE:
+            try:
+                await asyncio.wait_for(wakeup.wait(), job.interval)
+            except TimeoutError:
+                pass
