@@ -5,17 +5,20 @@ often it runs or how long it rests, whether only one replica may run it at a tim
 an async callable injected by the caller (``connector.runtime`` hands in the services' methods;
 this package never imports them). :func:`connector_jobs` is the table itself:
 
-==============  ========  ==========================================  =========
-job             kind      interval                                    singleton
-==============  ========  ==========================================  =========
-sync            interval  ``sync.interval``                           inbox
-long-poll       loop      rests ``receipt_gathering`` after a page    inbox
+==============  ========  ==========================================  =========  ==========
+job             kind      interval                                    singleton  on stop
+==============  ========  ==========================================  =========  ==========
+sync            interval  ``sync.interval``                           inbox      finish run
+long-poll       loop      rests ``receipt_gathering`` after a page    inbox      cancel
                           of receipts only; the unit itself waits
                           at the platform (``sync.long_poll_wait``)
-outbox          loop      rests up to ``outbox_idle`` when nothing    no
-                          is due, or until woken
-housekeeping    interval  ``housekeeping.interval``                   yes
-==============  ========  ==========================================  =========
+outbox          loop      rests up to ``outbox_idle`` when nothing    no         finish
+                          is due, or until woken                                 batch
+housekeeping    interval  ``housekeeping.interval``                   yes        finish run
+==============  ========  ==========================================  =========  ==========
+
+On stop (arq's ``handle_sig_wait_for_completion``), a running batch is finished and its outcomes
+recorded before the loop exits, within the grace period; only then is anything cancelled.
 
 The sync and the long-poll both pull the one platform inbox, so they share the lease ``inbox``:
 whichever replica holds it runs both, and no other replica pulls (or acknowledges) at the same
@@ -55,6 +58,15 @@ class Pace(enum.Enum):
     """A thin unit: rest ``gather`` seconds, so that the next one finds more to do at once."""
 
 
+class OnStop(enum.Enum):
+    """What stopping the scheduler does to a loop's unit of work that is running."""
+
+    FINISH = "finish"
+    """Let the unit finish (within the stop's grace period), then exit: no half-done batch."""
+    CANCEL = "cancel"
+    """Cancel it at once: for a unit that mostly waits and is safe to redo from its start."""
+
+
 Work = Callable[[], Awaitable[object]]
 """A job's work: an async callable; a loop's answers a :class:`Pace` (anything else is AGAIN)."""
 
@@ -76,6 +88,9 @@ class Job:
     lease. None: the job's own name."""
     gather: float = 0.0
     """LOOP: seconds to rest after a unit that answered ``Pace.GATHER``."""
+    on_stop: OnStop = OnStop.FINISH
+    """LOOP: finish or cancel a running unit on stop. An interval run always finishes (within
+    the grace period); a rest always ends at once."""
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -124,6 +139,9 @@ def connector_jobs(
                 singleton=True,
                 lease=INBOX_LEASE,
                 gather=receipt_gathering,
+                # Waiting at the platform most of the time; a page cut short is fetched again,
+                # since nothing is acknowledged before it is stored.
+                on_stop=OnStop.CANCEL,
             )
         )
     return jobs

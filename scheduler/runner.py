@@ -19,7 +19,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from scheduler.jobs import Job, JobKind, Pace
+from scheduler.jobs import Job, JobKind, OnStop, Pace
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class JobScheduler:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._loops: dict[str, Job] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running_jobs: set[asyncio.Task[Any]] = set()
         self._status: dict[str, JobStatus] = {}
         self._loop_backoff = loop_backoff
@@ -87,27 +87,32 @@ class JobScheduler:
     def start(self) -> None:
         self._scheduler.start()
         for name, job in self._loops.items():
-            task = asyncio.create_task(self._supervise(job), name=f"loop:{name}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[name] = asyncio.create_task(self._supervise(job), name=f"loop:{name}")
         self._started = True
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop taking new runs; let running interval jobs finish their batch; cancel the loops.
+        """Stop taking new runs and units; let running ones finish their batch; then return.
 
-        Loops are cancelled at once: they only wait (long-poll) between units of work, and a
-        unit cut short is redone after restart, since nothing is acknowledged before it is stored.
+        A running interval job, and a loop's unit whose job says ``OnStop.FINISH``, completes
+        (and records its outcomes) before the scheduler stops, as arq's worker finishes its jobs
+        on SIGTERM; a loop resting between units exits at once. Whatever is still running after
+        ``grace`` seconds is cancelled, and so, at once, are ``OnStop.CANCEL`` units (a
+        long-poll waiting at the platform: nothing is acknowledged before it is stored).
         """
         self._stopping.set()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._running_jobs:
-            _, pending = await asyncio.wait(set(self._running_jobs), timeout=grace)
-            for task in pending:
+        for name, task in self._tasks.items():
+            if self._loops[name].on_stop is OnStop.CANCEL:
                 task.cancel()
-        await asyncio.gather(*self._tasks, *self._running_jobs, return_exceptions=True)
+        finishing = {task for task in self._tasks.values() if not task.done()}
+        finishing |= self._running_jobs
+        if finishing:
+            _, pending = await asyncio.wait(finishing, timeout=grace)
+            for task in pending:
+                log.warning("job %s did not finish within %s s: cancelled", task.get_name(), grace)
+                task.cancel()
+        await asyncio.gather(*self._tasks.values(), *self._running_jobs, return_exceptions=True)
         self._started = False
 
     @property
@@ -156,14 +161,22 @@ class JobScheduler:
                 continue
             if time.monotonic() - started > high:
                 delay = low
-            await asyncio.sleep(delay)
+            await self._pause(delay)
             delay = min(high, delay * 2)
 
     async def _rest(self, job: Job, pace: Pace, wakeup: asyncio.Event) -> None:
         if pace is Pace.GATHER and job.gather:
-            await asyncio.sleep(job.gather)
+            await self._pause(job.gather)
         elif pace is Pace.IDLE:
-            try:
-                await asyncio.wait_for(wakeup.wait(), job.interval)
-            except TimeoutError:
-                pass
+            await self._pause(job.interval, wakeup)
+
+    async def _pause(self, seconds: float, wakeup: asyncio.Event | None = None) -> None:
+        """Sleep ``seconds``, or less when ``wakeup`` is set or the scheduler stops."""
+        events = [self._stopping] if wakeup is None else [self._stopping, wakeup]
+        waiters = [asyncio.create_task(event.wait()) for event in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.wait(waiters)

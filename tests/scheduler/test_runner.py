@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from scheduler import JobScheduler
-from scheduler.jobs import Job, JobKind, Pace, connector_jobs
+from scheduler.jobs import Job, JobKind, OnStop, Pace, connector_jobs
 from tests.e2e.helpers import eventually
 
 _LONG = 600.0  # a rest no test waits out: only a wake-up (or the pace) ends it
@@ -148,3 +148,43 @@ def test_the_table_names_each_job_once_and_pairs_the_inbox_pullers() -> None:
     assert "long-poll" not in {job.name for job in without}
     with pytest.raises(ValueError, match="twice"):
         JobScheduler().add_all([*jobs, jobs[0]])
+
+
+async def test_stop_cancels_a_waiting_unit_at_once_and_a_finishing_one_after_grace() -> None:
+    started = {"long-poll": asyncio.Event(), "outbox": asyncio.Event()}
+    cancelled: set[str] = set()
+
+    def forever(name: str) -> Callable[[], Awaitable[Pace]]:
+        async def work() -> Pace:
+            started[name].set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.add(name)
+                raise
+            return Pace.AGAIN
+
+        return work
+
+    scheduler = JobScheduler()
+    scheduler.add(
+        Job("long-poll", JobKind.LOOP, forever("long-poll"), _LONG, on_stop=OnStop.CANCEL)
+    )
+    scheduler.add(Job("outbox", JobKind.LOOP, forever("outbox"), _LONG))
+    scheduler.start()
+    async with asyncio.timeout(10):
+        await started["long-poll"].wait()
+        await started["outbox"].wait()
+    stopping = asyncio.create_task(scheduler.stop(grace=_LONG))
+
+    async def long_poll_cancelled() -> bool:
+        return "long-poll" in cancelled
+
+    await eventually(long_poll_cancelled, "the long-poll to be cancelled")
+    assert "outbox" not in cancelled and not stopping.done()  # the batch may finish
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    async with asyncio.timeout(10):
+        await scheduler.stop(grace=0.01)  # past the grace period, the unit is cancelled
+    assert cancelled == {"long-poll", "outbox"}
