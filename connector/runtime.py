@@ -34,6 +34,7 @@ from connector.services.transitions import StatusRecorder
 from connector.settings import Settings, is_loopback
 from scheduler import JobScheduler
 from scheduler.jobs import Job, Pace, connector_jobs
+from scheduler.leases import instance_id
 from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
@@ -131,7 +132,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         sealer = Sealer(keys, peers, files)
         statuses = StatusRecorder(sessions)
         load = SendLoad()
-        scheduler = JobScheduler()
+        scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))
         outbox = OutboxService(sessions, writes, statuses, platform, sealer, load=load)
         messages = MessageService(
             sessions,

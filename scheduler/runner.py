@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,8 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from scheduler.jobs import Job, JobKind, OnStop, Pace
+from scheduler.leases import RENEW_EVERY, TTL, Leases
+from storage.engine import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,39 @@ class JobStatus:
     last_started_at: datetime | None = None
     last_finished_at: datetime | None = None
     last_error: str | None = None
+    lease: str | None = None
+    """The lease a singleton job runs under; None when every replica runs it."""
+    lease_holder: str | None = None
+    """Who holds that lease, by the last look (see ``holds_lease`` for whether it is us)."""
+    holds_lease: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class JobScheduler:
-    def __init__(self, *, loop_backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+    """Runs the job table; with ``sessions``, singleton jobs only while holding their lease.
+
+    Without ``sessions`` (one process, tests) singleton jobs simply run. ``instance`` is where
+    this replica runs (``scheduler.leases.instance_id``); the holder id is new at each start.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions | None = None,
+        *,
+        loop_backoff: tuple[float, float] = (0.5, 30.0),
+        instance: str | None = None,
+        holder: str | None = None,
+        lease_ttl: float = TTL,
+        lease_renew_every: float = RENEW_EVERY,
+    ) -> None:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._sessions = sessions
+        self._instance = instance
+        self._holder = holder
+        self._lease_timing = (lease_ttl, lease_renew_every)
+        self._leases: Leases | None = None
+        self._keeping: asyncio.Task[None] | None = None
+        self._jobs: dict[str, Job] = {}
         self._loops: dict[str, Job] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -55,13 +84,14 @@ class JobScheduler:
         """Take one line of the job table; before :meth:`start`."""
         if job.name in self._status:
             raise ValueError(f"job {job.name} is declared twice")
-        self._status[job.name] = JobStatus(job.name)
+        self._status[job.name] = JobStatus(job.name, lease=job.lease_name)
+        self._jobs[job.name] = job
         if job.kind is JobKind.LOOP:
             self._loops[job.name] = job
             self._wakeups[job.name] = asyncio.Event()
             return
         self._scheduler.add_job(
-            self._run_job,
+            self._run_interval,
             "interval",
             seconds=job.interval,
             args=(job,),
@@ -85,6 +115,18 @@ class JobScheduler:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        names = {job.lease_name for job in self._jobs.values() if job.lease_name}
+        if names and self._sessions is not None:
+            ttl, renew_every = self._lease_timing
+            self._leases = Leases(
+                self._sessions,
+                names,
+                instance=self._instance,
+                holder=self._holder,
+                ttl=ttl,
+                renew_every=renew_every,
+            )
+            self._keeping = asyncio.create_task(self._leases.keep(), name="leases")
         self._scheduler.start()
         for name, job in self._loops.items():
             self._tasks[name] = asyncio.create_task(self._supervise(job), name=f"loop:{name}")
@@ -113,16 +155,44 @@ class JobScheduler:
                 log.warning("job %s did not finish within %s s: cancelled", task.get_name(), grace)
                 task.cancel()
         await asyncio.gather(*self._tasks.values(), *self._running_jobs, return_exceptions=True)
+        if self._keeping is not None:
+            self._keeping.cancel()
+            await asyncio.gather(self._keeping, return_exceptions=True)
+            self._keeping = None
+        if self._leases is not None:
+            await self._leases.release()
         self._started = False
 
     @property
     def running(self) -> bool:
         return self._started and self._scheduler.running and not self._stopping.is_set()
 
+    @property
+    def holder(self) -> str | None:
+        """This replica's holder id in the lease table (None until started with leases)."""
+        return self._leases.holder if self._leases is not None else None
+
     def status(self) -> dict[str, JobStatus]:
+        if self._leases is not None:
+            for status in self._status.values():
+                if status.lease is not None:
+                    status.holds_lease = self._leases.held(status.lease)
+                    status.lease_holder = self._leases.holder_of(status.lease)
         return dict(self._status)
 
+    def _may_run(self, job: Job) -> bool:
+        """Whether this replica may start a unit of ``job`` now (its lease, if any, is ours)."""
+        lease = job.lease_name
+        return lease is None or self._leases is None or self._leases.held(lease)
+
     # -- internals -----------------------------------------------------------------------------
+
+    async def _run_interval(self, job: Job) -> None:
+        """An interval run; a singleton's only where its lease is held (else skipped)."""
+        if self._leases is not None and job.lease_name is not None:
+            await self._pause(None, self._leases.tried)  # the first round of tries at start
+        if self._may_run(job):
+            await self._run_job(job)
 
     async def _run_job(self, job: Job) -> object:
         """One run of ``job``, counted in its status; its answer, or None when it failed."""
@@ -152,6 +222,10 @@ class JobScheduler:
         delay = low
         wakeup = self._wakeups[job.name]
         while not self._stopping.is_set():
+            if not self._may_run(job):
+                assert self._leases is not None and job.lease_name is not None
+                await self._pause(None, self._leases.wait_held(job.lease_name))
+                continue
             started = time.monotonic()
             wakeup.clear()  # a wake-up during the unit makes the next one start at once
             answer = await self._run_job(job)
@@ -170,10 +244,16 @@ class JobScheduler:
         elif pace is Pace.IDLE:
             await self._pause(job.interval, wakeup)
 
-    async def _pause(self, seconds: float, wakeup: asyncio.Event | None = None) -> None:
-        """Sleep ``seconds``, or less when ``wakeup`` is set or the scheduler stops."""
-        events = [self._stopping] if wakeup is None else [self._stopping, wakeup]
-        waiters = [asyncio.create_task(event.wait()) for event in events]
+    async def _pause(
+        self, seconds: float | None, until: asyncio.Event | Coroutine[Any, Any, Any] | None = None
+    ) -> None:
+        """Wait ``seconds`` (None: no limit), or less when ``until`` is set or done, or the
+        scheduler stops."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if isinstance(until, asyncio.Event):
+            waiters.append(asyncio.ensure_future(until.wait()))
+        elif until is not None:
+            waiters.append(asyncio.ensure_future(until))
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
