@@ -6,7 +6,6 @@ tests all start a connector through it, and it tears everything down in reverse 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -35,6 +34,8 @@ from connector.services.sync import SyncService
 from connector.services.transitions import StatusRecorder
 from connector.settings import Settings, is_loopback
 from scheduler import JobScheduler
+from scheduler.jobs import Job, Pace, connector_jobs
+from scheduler.leases import instance_id
 from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
@@ -45,8 +46,6 @@ from storage.repositories import sync_state as sync_state_repo
 log = logging.getLogger(__name__)
 
 MASTER_KEY_ENV = "CONNECTOR_MASTER_KEY"
-_OUTBOX_INTERVAL = 1.0
-_RECEIPT_GATHERING = 0.1
 
 
 @dataclass
@@ -135,6 +134,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         sealer = Sealer(keys, peers, files)
         statuses = StatusRecorder(sessions)
         load = SendLoad()
+        scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))
         outbox = OutboxService(sessions, writes, statuses, platform, sealer, load=load)
         messages = MessageService(
             sessions,
@@ -144,7 +144,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             address=keys.address,
             default_time_to_live=settings.messages.default_time_to_live,
             request_timeout=settings.platform.request_timeout,
-            wake_outbox=outbox.wake,
+            wake_outbox=lambda: scheduler.wake("outbox"),
             load=load,
         )
         sync = SyncService(
@@ -156,7 +156,6 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             batch_size=settings.sync.batch_size,
             max_age=_freshness_window(settings),
         )
-        scheduler = JobScheduler()
         runtime = Runtime(
             settings=settings,
             sessions=sessions,
@@ -182,7 +181,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             bootstrap_key=bootstrap_key,
         )
         if run_scheduler:
-            _schedule(runtime)
+            scheduler.add_all(_jobs(runtime))
             scheduler.start()
             stack.push_async_callback(scheduler.stop)
         yield runtime
@@ -211,7 +210,8 @@ def _freshness_window(settings: Settings) -> float:
     return min(settings.sync.max_age, retention) if retention else settings.sync.max_age
 
 
-def _schedule(runtime: Runtime) -> None:
+def _jobs(runtime: Runtime) -> list[Job]:
+    """The job table (``scheduler.jobs``) with this connector's work and settings."""
     settings = runtime.settings
 
     async def sync_all() -> None:
@@ -220,20 +220,23 @@ def _schedule(runtime: Runtime) -> None:
         ):
             await runtime.sync.pull_all()
 
-    async def long_poll() -> None:
+    async def long_poll() -> Pace:
         counts, more = await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
         if counts.receipts and not counts.received and not counts.rejected and not more:
-            # Only delivery receipts, and few: nobody waits on them to the millisecond, so
-            # let them gather into larger pages (one transaction each) while sends are busy.
-            await asyncio.sleep(_RECEIPT_GATHERING)
+            return Pace.GATHER  # only delivery receipts, and few
+        return Pace.AGAIN
 
-    runtime.scheduler.every("sync", settings.sync.interval, sync_all)
-    runtime.scheduler.every(
-        "housekeeping", settings.housekeeping.interval, runtime.housekeeping.run
+    async def outbox() -> Pace:
+        return Pace.AGAIN if await runtime.outbox.run_due() else Pace.IDLE
+
+    return connector_jobs(
+        sync=sync_all,
+        long_poll=long_poll if settings.sync.long_poll else None,
+        outbox=outbox,
+        housekeeping=runtime.housekeeping.run,
+        sync_interval=settings.sync.interval,
+        housekeeping_interval=settings.housekeeping.interval,
     )
-    runtime.scheduler.loop("outbox", lambda: runtime.outbox.run_forever_step(_OUTBOX_INTERVAL))
-    if settings.sync.long_poll:
-        runtime.scheduler.loop("long-poll", long_poll)
 
 
 @asynccontextmanager

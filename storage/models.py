@@ -227,6 +227,24 @@ class SyncState(Base):
     """Pulls that failed in a row since the last success; ``/health`` fails the sync check."""
 
 
+class Lease(Base):
+    """Which replica runs a singleton job (``scheduler.leases``): ``holder`` until ``expires_at``.
+
+    The holder renews it while it works; once it stops renewing (it died, or hangs), another
+    replica takes it after ``expires_at``. Taking and renewing are one conditional statement.
+    ``instance`` names the holder's host and data directory, which one process at a time can
+    run on (``connector.data_dir.data_dir_lock``): a restart there takes the lease back at once.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(160))
+    instance: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
 class IdempotencyKey(Base):
     """An ``Idempotency-Key`` of a send, per API key: which message it made, and the answer.
 

@@ -59,6 +59,13 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         "# HELP connector_job_failures_total Scheduler job runs that failed.",
         "# TYPE connector_job_failures_total counter",
         *(_line("connector_job_failures_total", s.failures, job=n) for n, s in counts.jobs.items()),
+        "# HELP connector_lease_held Whether this replica holds the lease of a singleton job.",
+        "# TYPE connector_lease_held gauge",
+        *(
+            _line("connector_lease_held", int(s.holds_lease), job=n)
+            for n, s in counts.jobs.items()
+            if s.lease is not None
+        ),
     ]
     return web.Response(
         text="\n".join(lines) + "\n",

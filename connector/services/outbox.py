@@ -105,8 +105,9 @@ class OutboxService:
             width, limit = self._busy_concurrency, self._busy_concurrency * 8
         else:
             width, limit = self._concurrency, self._batch_size
+        async with self._sessions.begin() as session:  # claimed: no other replica sends them
+            entries = await outbox_repo.claim(session, utcnow(), limit)
         async with self._sessions() as session:
-            entries = await outbox_repo.due(session, utcnow(), limit)
             found = await messages_repo.records(session, [e.message_seq for e in entries])
         messages = {record.seq: record for record in found}
         queued = [

@@ -1,9 +1,19 @@
-"""Sealed envelopes waiting to be sent; retries are data (attempts, next_attempt_at)."""
+"""Sealed envelopes waiting to be sent; retries are data (attempts, next_attempt_at).
+
+Entries are *claimed* before they are sent, so that replicas sharing the database never send
+one at the same time: :func:`claim` pushes ``next_attempt_at`` of the due entries it takes
+forward by ``hold`` in the same statement that picks them. On PostgreSQL the pick is ``SELECT
+... FOR UPDATE SKIP LOCKED`` (a replica skips the rows another is claiming at that moment, and
+finds them claimed afterwards); on SQLite the one writer makes the UPDATE atomic. The claimer
+finishes the claim with the attempt's outcome (:func:`remove_many`, :func:`reschedule_many`, or
+the message's final status); a claimer that dies leaves the entry to come due again when
+``hold`` has passed, and then it is retried.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
@@ -28,15 +38,36 @@ class Retry:
     next_attempt_at: datetime
 
 
-async def due(session: AsyncSession, now: datetime, limit: int) -> list[DueEntry]:
-    """Up to ``limit`` entries whose next attempt is due, the longest-waiting first."""
-    query = (
-        select(_OUTBOX.c.message_seq, _OUTBOX.c.envelope, _OUTBOX.c.attempts)
+CLAIM_HOLD = timedelta(seconds=30)
+"""How long a claim lasts. Longer than a batch takes (well under a second while the platform
+answers; a slow platform's sends end at ``platform.request_timeout``, 10 s by default), so that
+no other replica takes an entry still being sent; short enough that what a crashed replica had
+claimed is retried soon (a crash mid-request already deferred the retry by the request
+timeout before claims)."""
+
+
+async def claim(
+    session: AsyncSession, now: datetime, limit: int, *, hold: timedelta = CLAIM_HOLD
+) -> list[DueEntry]:
+    """Claim up to ``limit`` due entries, the longest-waiting first, until ``now + hold``.
+
+    Run it in a write transaction of its own and commit at once: on PostgreSQL the claimed rows
+    stay locked until then.
+    """
+    due = (
+        select(_OUTBOX.c.message_seq)
         .where(_OUTBOX.c.next_attempt_at <= now)
         .order_by(_OUTBOX.c.next_attempt_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
     )
-    return [DueEntry(*row) for row in await session.execute(query)]
+    claimed = await session.execute(
+        update(_OUTBOX)
+        .where(_OUTBOX.c.message_seq.in_(due.scalar_subquery()))
+        .values(next_attempt_at=now + hold)
+        .returning(_OUTBOX.c.message_seq, _OUTBOX.c.envelope, _OUTBOX.c.attempts)
+    )
+    return sorted((DueEntry(*row) for row in claimed), key=lambda entry: entry.message_seq)
 
 
 async def remove_many(session: AsyncSession, message_seqs: list[int]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import SyncState
@@ -16,16 +18,23 @@ async def get(session: AsyncSession) -> SyncState:
 
 
 async def ensure(session: AsyncSession) -> None:
-    """Make the sync state row if there is none yet (once, at start-up)."""
-    state = await session.get(SyncState, 1)
-    if state is None:
-        state = SyncState(
+    """Make the sync state row if there is none yet (once, at start-up).
+
+    ``ON CONFLICT DO NOTHING``, so replicas starting together on one database do not race into
+    an IntegrityError.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(SyncState)
+        .values(
             id=1,
             cursor=0,
             last_received=0,
             last_receipts=0,
             last_rejected=0,
             total_received=0,
+            failures=0,
         )
-        session.add(state)
-        await session.flush()
+        .on_conflict_do_nothing(index_elements=[SyncState.id])
+    )

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from connector.crypto.at_rest import MASTER_KEY_FILENAME
 from tests.processes import CLI, REPO, clean_env, free_port
 
 HEALTH_TIMEOUT = 45.0
@@ -128,17 +129,29 @@ class Proc:
 class Connector(Proc):
     """``connector serve --config`` with its own data dir, port and API key."""
 
-    def __init__(self, name: str, root: Path, platform_url: str, **sync: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        platform_url: str,
+        *,
+        database_url: str = "",
+        key: str = "",
+        **sync: Any,
+    ) -> None:
+        """``database_url`` and ``key`` shared make replicas of one identity (with one
+        master key: see :meth:`share_master_key`)."""
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.key = f"test-key-{name}-0123456789"
+        self.key = key or f"test-key-{name}-0123456789"
         self.config = root / f"{name}.toml"
         sync_lines = "".join(f"{k} = {_toml(v)}\n" for k, v in {**_SYNC, **sync}.items())
         self.config.write_text(
             f'data_dir = "{self.data_dir}"\n'
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n'
+            f'[database]\nurl = "{database_url}"\n'
             f'[platform]\nurl = "{platform_url}"\nrequest_timeout = 5\n'
             f'[api]\nkeys = [{{ name = "t", key = "{self.key}", scopes = ["*"] }}]\n'
             f"[sync]\n{sync_lines}"
@@ -154,6 +167,12 @@ class Connector(Proc):
     @property
     def headers(self) -> dict[str, str]:
         return {"X-API-KEY": self.key}
+
+    def share_master_key(self, other: Connector) -> None:
+        """Copy ``other``'s master key into this data dir (before the first start)."""
+        target = self.data_dir / MASTER_KEY_FILENAME
+        target.write_bytes((other.data_dir / MASTER_KEY_FILENAME).read_bytes())
+        target.chmod(0o600)
 
     @property
     def db_path(self) -> Path:

@@ -53,12 +53,14 @@ async def send_all(
     pace: float = 0.0,
     gate: asyncio.Event | None = None,
     sends: Sends | None = None,
+    idempotency_prefix: str | None = None,
 ) -> Sends:
     """POST one message per ``n`` (``{"n": n}``), ``concurrency`` at a time.
 
     ``pace`` spreads the starts (message i starts no earlier than i * pace seconds in);
     ``gate``, when given, is awaited before each request (cleared while the sender is down).
     A request that dies with the connection is recorded as no answer, never retried.
+    With ``idempotency_prefix``, each request carries ``Idempotency-Key: <prefix><n>``.
     """
     sends = sends or Sends()
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -78,12 +80,15 @@ async def send_all(
             if gate is not None:
                 await asyncio.wait_for(gate.wait(), 60)
             body = {"recipients": [recipient], "content": {"n": n}}
+            keyed = headers
+            if idempotency_prefix is not None:
+                keyed = {**headers, "Idempotency-Key": f"{idempotency_prefix}{n}"}
             sends.open += 1
             try:
                 async with http.post(
                     sender.url + "/api/v1/messages",
                     json=body,
-                    headers=headers,
+                    headers=keyed,
                     timeout=REQUEST_TIMEOUT,
                 ) as response:
                     sends.status[n] = response.status
