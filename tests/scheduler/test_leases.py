@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scheduler import JobScheduler
 from scheduler.jobs import Job, JobKind, Pace
+from scheduler.leases import Leases
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
 from storage.repositories import leases as leases_repo
@@ -246,3 +247,25 @@ async def test_a_restart_on_the_same_instance_takes_its_lease_back_at_once(
     assert await acquire("host:dir/2/cc", "host:dir")  # the restarted process, at once
     async with sessions() as session:
         assert (await leases_repo.holders(session, ["inbox"]))["inbox"].holder == "host:dir/2/cc"
+
+
+async def test_a_holder_that_cannot_renew_stops_within_the_ttl(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database is out of reach: the lease lapses here before it expires there."""
+    leases = Leases(await replica(), ["inbox"], ttl=TTL, renew_every=RENEW_EVERY)
+    await leases.renew()
+    assert leases.held("inbox") and leases.holder_of("inbox") == leases.holder
+
+    async def unreachable(*args: object, **kwargs: object) -> bool:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(leases_repo, "acquire", unreachable)
+    keeping = asyncio.create_task(leases.keep())
+    try:
+        await eventually(lambda: _true(not leases.held("inbox")), "the lease to lapse", within=10)
+    finally:
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
+    warnings = [r for r in caplog.records if "cannot renew" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not at every try

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import Api
 from tests.e2e.helpers import eventually
@@ -69,7 +70,5 @@ async def test_stop_finishes_the_outbox_batch_in_flight(
         expected = {"sent", "delivered"} if message_id in batch else {"queued"}
         assert statuses[message_id] in expected, (message_id, statuses, batch)
     async with runtime.sessions() as session:
-        from sqlalchemy import text
-
         rows = (await session.execute(text("SELECT message_seq FROM outbox"))).all()
     assert len(rows) == len(ids) - len(batch), statuses
