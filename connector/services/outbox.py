@@ -77,21 +77,6 @@ class OutboxService:
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._busy_concurrency = busy_concurrency
-        self._wakeup = asyncio.Event()
-
-    def wake(self) -> None:
-        """Something was queued: run now instead of at the next tick."""
-        self._wakeup.set()
-
-    async def run_forever_step(self, idle: float = 1.0) -> None:
-        """One scheduler-loop step: send what is due, then sleep until woken or ``idle``."""
-        self._wakeup.clear()
-        if await self.run_due():
-            return  # more may be due right away
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), idle)
-        except TimeoutError:
-            pass
 
     async def run_due(self) -> bool:
         """Try due entries once, several at a time; True when more may be due already.
