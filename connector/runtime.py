@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ from connector.crypto.at_rest import load_or_create_master_key
 from connector.crypto.keys import IdentityKeys, sign_challenge
 from connector.data_dir import data_dir_lock, prepare_data_dir
 from connector.platform.client import PlatformClient
+from connector.platform.protocol import Platform
 from connector.services import identity as identity_service
 from connector.services.api_keys import ApiKeyService
 from connector.services.events import EventFeed, EventNotifier, settle_for
@@ -121,41 +122,17 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         await api_keys.sync_configured(settings.api.keys)
         bootstrap_key = await api_keys.bootstrap_key()
 
-        peers = PeerDirectory(sessions, platform)
-        files = FileService(
-            sessions,
-            platform,
-            master_key=master_key,
-            address=keys.address,
-            max_size=settings.files.max_size,
-            chunk_size=settings.files.chunk_size,
-        )
-        writes = WriteBatcher(sessions)
-        sealer = Sealer(keys, peers, files)
-        statuses = StatusRecorder(sessions)
-        load = SendLoad()
         scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))
-        outbox = OutboxService(sessions, writes, statuses, platform, sealer, load=load)
-        messages = MessageService(
-            sessions,
-            statuses,
-            platform,
-            sealer,
-            address=keys.address,
-            default_time_to_live=settings.messages.default_time_to_live,
-            request_timeout=settings.platform.request_timeout,
-            wake_outbox=lambda: scheduler.wake("outbox"),
-            load=load,
-        )
-        sync = SyncService(
+        services = build_services(
+            settings,
             sessions,
             platform,
-            peers,
-            files=files,
             keys=keys,
-            batch_size=settings.sync.batch_size,
-            max_age=_freshness_window(settings),
+            master_key=master_key,
+            wake_outbox=lambda: scheduler.wake("outbox"),
         )
+        peers, files, messages = services.peers, services.files, services.messages
+        sync, outbox = services.sync, services.outbox
         runtime = Runtime(
             settings=settings,
             sessions=sessions,
@@ -185,6 +162,64 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             scheduler.start()
             stack.push_async_callback(scheduler.stop)
         yield runtime
+
+
+@dataclass(frozen=True)
+class Services:
+    """The services that send, receive and store, wired to one another."""
+
+    peers: PeerDirectory
+    files: FileService
+    messages: MessageService
+    outbox: OutboxService
+    sync: SyncService
+
+
+def build_services(
+    settings: Settings,
+    sessions: Sessions,
+    platform: Platform,
+    *,
+    keys: IdentityKeys,
+    master_key: bytes,
+    wake_outbox: Callable[[], None],
+) -> Services:
+    """The services for ``settings`` on ``sessions`` and ``platform``: the one wiring, used by
+    :func:`open_runtime` and by the tests that run services on a platform double."""
+    peers = PeerDirectory(sessions, platform)
+    files = FileService(
+        sessions,
+        platform,
+        master_key=master_key,
+        address=keys.address,
+        max_size=settings.files.max_size,
+        chunk_size=settings.files.chunk_size,
+    )
+    sealer = Sealer(keys, peers, files)
+    statuses = StatusRecorder(sessions)
+    load = SendLoad()
+    outbox = OutboxService(sessions, WriteBatcher(sessions), statuses, platform, sealer, load=load)
+    messages = MessageService(
+        sessions,
+        statuses,
+        platform,
+        sealer,
+        address=keys.address,
+        default_time_to_live=settings.messages.default_time_to_live,
+        request_timeout=settings.platform.request_timeout,
+        wake_outbox=wake_outbox,
+        load=load,
+    )
+    sync = SyncService(
+        sessions,
+        platform,
+        peers,
+        files=files,
+        keys=keys,
+        batch_size=settings.sync.batch_size,
+        max_age=_freshness_window(settings),
+    )
+    return Services(peers, files, messages, outbox, sync)
 
 
 def warn_if_plaintext(platform_url: str) -> bool:

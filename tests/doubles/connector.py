@@ -19,18 +19,14 @@ from sqlalchemy import select
 
 from connector.crypto.keys import IdentityKeys, sign_challenge
 from connector.local import local_settings
+from connector.runtime import build_services
 from connector.services import identity as identity_service
 from connector.services.files import FileService
-from connector.services.load import SendLoad
 from connector.services.messages import MessageService
 from connector.services.outbox import OutboxService
-from connector.services.peers import PeerDirectory
-from connector.services.sealing import Sealer
 from connector.services.status import StatusService
 from connector.services.sync import SyncService
-from connector.services.transitions import StatusRecorder
 from scheduler import JobScheduler
-from storage.batching import WriteBatcher
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
 from storage.models import Event, Message, OutboxEntry
@@ -99,40 +95,19 @@ async def double_node(
         client.set_identity(keys.address, lambda challenge: sign_challenge(keys, challenge))
         await identity_service.ensure_registered(sessions, keys, client, again=True)
 
-        peers = PeerDirectory(sessions, client)
-        files = FileService(
+        services = build_services(
+            settings,
             sessions,
             client,
-            master_key=master_key,
-            address=keys.address,
-            max_size=settings.files.max_size,
-            chunk_size=settings.files.chunk_size,
-        )
-        statuses = StatusRecorder(sessions)
-        sealer = Sealer(keys, peers, files)
-        load = SendLoad()
-        outbox = OutboxService(
-            sessions, WriteBatcher(sessions), statuses, client, sealer, load=load
-        )
-        messages = MessageService(
-            sessions,
-            statuses,
-            client,
-            sealer,
-            address=keys.address,
-            default_time_to_live=settings.messages.default_time_to_live,
-            request_timeout=settings.platform.request_timeout,
-            wake_outbox=lambda: None,  # the tests run the outbox themselves
-            load=load,
-        )
-        sync = SyncService(
-            sessions,
-            client,
-            peers,
-            files=files,
             keys=keys,
-            batch_size=settings.sync.batch_size,
-            max_age=settings.sync.max_age,  # messages.retention is 0 (keep all) here
+            master_key=master_key,
+            wake_outbox=lambda: None,  # the tests run the outbox themselves
+        )
+        messages, outbox, sync, files = (
+            services.messages,
+            services.outbox,
+            services.sync,
+            services.files,
         )
         status = StatusService(sessions, client, sync, JobScheduler())
         yield Node(keys, sessions, client, messages, outbox, sync, files, status)
