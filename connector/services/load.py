@@ -10,6 +10,14 @@ at once (``crowded`` or more within the last ``calm_after`` seconds: clients are
 the loop), it pauses until the crowd thins, or long enough to have used at most ``share`` of the
 time. A steady load the loop can carry keeps few sends in flight, because each is answered in
 milliseconds; nothing pauses then and the outbox keeps up. After a burst it drains at full speed.
+
+Why this heuristic stays (issue 10 asked whether a simpler design could replace it): sealing is
+only part of the outbox's time on the loop. The platform calls (request building, answer
+parsing) and the status writes with their events run on the loop too, so moving sealing into
+executor slices, as the sync does with decryption, would shrink the outbox's share but not end
+the contention a respond-async burst sees. The give-way is small, has no state beyond two
+numbers, and the respond-async figure in BENCHMARKS.md depends on it; the alternative was not
+built and measured, so the simpler-looking design is not known to hold that figure.
 """
 
 from __future__ import annotations
