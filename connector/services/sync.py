@@ -218,7 +218,13 @@ class SyncService:
         return counts
 
     async def _write_one_by_one(self, batch: _Batch, now: datetime) -> SyncCounts:
-        """Each item in a transaction of its own, so that one cannot hold up the others."""
+        """Each item in a transaction of its own, so that one cannot hold up the others.
+
+        Repeats are recognised again first: the batch may have failed because someone else
+        (another replica's pull, ``POST /account/sync`` there) stored the same envelopes
+        meanwhile, and those are repeats to answer as delivered, not items to reject.
+        """
+        await self._receiver.recognise(batch.arrivals)
         counts = SyncCounts()
         for arrival in batch.arrivals:
             while arrival.known is None and not arrival.skipped:

@@ -128,3 +128,37 @@ async def test_a_lost_ack_still_tells_the_sender(
     await alice.sync.pull_page(wait=0)
     assert (await alice.message(second)).status == "delivered"
     assert (await alice.message(first)).status == "delivered"
+
+
+async def test_a_page_stored_meanwhile_by_another_puller_is_answered_as_delivered(
+    make_node: MakeNode, platform: PlatformDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pullers of one inbox (replicas, or POST /account/sync on a replica without the
+    lease) may store the same page: the slower one's insert then fails on the ids, and its
+    envelopes are repeats, never 'rejected' (which would tell the sender its message failed)."""
+    alice, bob = await make_node("alice"), await make_node("bob")
+    message_id = await send(alice, bob)
+    platform.failing.add("ack")
+    await bob.sync.pull_page(wait=0)  # stored; the ack is lost, so the page comes again
+    platform.failing.clear()
+    receiver = bob.sync._receiver
+    recognise = receiver.recognise
+    calls = 0
+
+    async def stale_then_fresh(arrivals: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the first look misses the rows the other puller just stored
+            await recognise(arrivals)
+
+    monkeypatch.setattr(receiver, "recognise", stale_then_fresh)
+    counts, _ = await bob.sync.pull_page(wait=0)
+    assert counts.rejected == 0
+    # the lost ack's receipt and this one: both say delivered
+    assert [m["status"] for r in posted_receipts(platform, bob) for m in r["messages"]] == [
+        "delivered",
+        "delivered",
+    ]
+    assert await bob.events(message_id) == ["message.received"]
+    await alice.sync.pull_page(wait=0)
+    assert (await alice.message(message_id)).status == "delivered"
