@@ -66,7 +66,6 @@ class OutboxService:
         batch_size: int = 200,
         concurrency: int = 16,
         busy_concurrency: int = 8,
-        request_timeout: float = 10.0,
     ) -> None:
         self._sessions = sessions
         self._writes = writes
@@ -78,15 +77,6 @@ class OutboxService:
         self._batch_size = batch_size
         self._concurrency = concurrency
         self._busy_concurrency = busy_concurrency
-        self._request_timeout = request_timeout
-
-    def _claim_hold(self, width: int, limit: int) -> timedelta:
-        """How long a batch may take at worst: its rounds of ``width`` sends, each bounded by
-        the platform's request timeout, and room for sealing and recording. Shorter, and another
-        replica could claim rows this one is still sending (the platform would take them once,
-        by id, but it is work done twice)."""
-        rounds = -(-limit // width)
-        return outbox_repo.CLAIM_HOLD + timedelta(seconds=rounds * self._request_timeout)
 
     async def run_due(self) -> bool:
         """Try due entries once, several at a time; True when more may be due already.
@@ -101,9 +91,7 @@ class OutboxService:
         else:
             width, limit = self._concurrency, self._batch_size
         async with self._sessions.begin() as session:  # claimed: no other replica sends them
-            entries = await outbox_repo.claim(
-                session, utcnow(), limit, hold=self._claim_hold(width, limit)
-            )
+            entries = await outbox_repo.claim(session, utcnow(), limit)
         async with self._sessions() as session:
             found = await messages_repo.records(session, [e.message_seq for e in entries])
         messages = {record.seq: record for record in found}

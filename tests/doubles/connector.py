@@ -75,10 +75,9 @@ class Node:
 
 @asynccontextmanager
 async def double_node(
-    data_dir: Path, double: PlatformDouble, /, **overrides: Any
+    data_dir: Path, platform: PlatformDouble, **overrides: Any
 ) -> AsyncIterator[Node]:
-    """A connector in ``data_dir`` on the platform ``double``; ``overrides`` are settings
-    sections (``platform={...}`` among them)."""
+    """A connector in ``data_dir`` on ``platform``; ``overrides`` are settings sections."""
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = local_settings(
         data_dir, "http://platform.invalid", "no-api-in-these-tests", **overrides
@@ -92,7 +91,7 @@ async def double_node(
         async with sessions.begin() as session:
             await sync_state_repo.ensure(session)
         keys, _ = await identity_service.load_or_create(sessions, master_key)
-        client = double.client()
+        client = platform.client()
         client.set_identity(keys.address, lambda challenge: sign_challenge(keys, challenge))
         await identity_service.ensure_registered(sessions, keys, client, again=True)
 

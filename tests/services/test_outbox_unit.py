@@ -7,7 +7,6 @@ outbox's clock instead of sleeping.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -134,37 +133,3 @@ async def test_a_message_whose_time_to_live_ran_out_expires(
     assert await alice.events(message_id) == ["message.failed"]
     assert await alice.outbox_entry(message_id) is None
     assert platform.accepted(alice.address) == []
-
-
-async def test_a_claimed_entry_stays_claimed_as_long_as_its_batch_may_take(
-    make_node: MakeNode, platform: PlatformDouble, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While a batch is out (here: the platform is slow to answer), its rows stay claimed for
-    as long as the batch's sends may take (rounds of sends, each up to the request timeout),
-    so another replica does not claim them and send them again."""
-    timeout = 90  # a platform slow enough that a send may take a minute and a half
-    slow = {"url": "http://platform.invalid", "request_timeout": timeout}
-    alice = await make_node("alice", platform=slow)
-    bob = await make_node("bob")
-    message_id = await queue(alice, bob)
-    released = asyncio.Event()
-    real_send = alice.platform.send_message
-
-    async def slow_send(envelope: Any) -> None:
-        await released.wait()
-        await real_send(envelope)
-
-    monkeypatch.setattr(alice.platform, "send_message", slow_send)
-    started = utcnow()
-    batch = asyncio.create_task(alice.outbox.run_due())
-    try:
-        for _ in range(200):  # until the claim is written (bounded)
-            claimed = (await entry_of(alice, message_id)).next_attempt_at
-            if claimed > started + timedelta(seconds=1):
-                break
-            await asyncio.sleep(0.01)
-        assert claimed >= started + timedelta(seconds=timeout)
-    finally:
-        released.set()
-        await batch
-    assert (await alice.message(message_id)).status == "sent"
