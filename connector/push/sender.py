@@ -56,7 +56,7 @@ _CHUNK = 1 << 14
 class _Attempt:
     status: int | None  # None when no answer came (connection error, timeout)
     error: str | None  # None for Delivered
-    duration: float  # seconds from the first byte sent to the last byte read
+    duration: float  # seconds the attempt took, connecting and reading the excerpt included
     response: str  # at most RESPONSE_LIMIT bytes of the answer, decoded
 
 
