@@ -1,0 +1,1 @@
+"""Push: webhook signing and delivery (issue 11)."""
