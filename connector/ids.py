@@ -36,5 +36,15 @@ def new_event_id() -> str:
     return _new("EVT")
 
 
+def new_webhook_id() -> str:
+    return _new("WHK")
+
+
+def new_delivery_id() -> str:
+    return _new("DLV")
+
+
 FILE_ID = re.compile(r"^FIL[A-Za-z0-9]{17}$")
 MESSAGE_ID = re.compile(r"^MSG[A-Za-z0-9]{17}$")
+WEBHOOK_ID = re.compile(r"^WHK[A-Za-z0-9]{17}$")
+DELIVERY_ID = re.compile(r"^DLV[A-Za-z0-9]{17}$")

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -264,3 +266,108 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+_CONFIG_SOURCE = text("source = 'config'")
+
+
+class Webhook(Base):
+    """A push subscription (DESIGN.md section 7), from config or from the API, with its health.
+
+    ``auth_sealed`` and ``secret_sealed`` are sealed by the caller with the master key; this
+    table never sees them in clear. A config subscription is its (url, format): replicas that
+    mirror the same ``[[webhooks]]`` entry at start-up meet on one row (``uq_webhooks_url_format``
+    covers config rows only; API subscriptions may repeat a url and format).
+    """
+
+    __tablename__ = "webhooks"
+    __table_args__ = (
+        Index(
+            "uq_webhooks_url_format",
+            "url",
+            "format",
+            unique=True,
+            sqlite_where=_CONFIG_SOURCE,
+            postgresql_where=_CONFIG_SOURCE,
+        ),
+        CheckConstraint(
+            "format IN ('standard', 'camunda7', 'camunda8', 'spiff')", name="ck_webhooks_format"
+        ),
+        CheckConstraint("source IN ('config', 'api')", name="ck_webhooks_source"),
+        CheckConstraint(
+            "breaker_state IN ('closed', 'open', 'half_open')", name="ck_webhooks_breaker_state"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    format: Mapped[str] = mapped_column(String(16))
+    events: Mapped[list[str]]
+    filter: Mapped[dict[str, Any]]
+    """``name``, ``correlationKey``, ``sender``: each absent or the value to match."""
+    headers: Mapped[dict[str, Any]]
+    auth_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    ordered: Mapped[bool] = mapped_column(Boolean)
+    receipts: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(8))  # config | api
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_success_at: Mapped[datetime | None]
+    failure_streak: Mapped[int] = mapped_column(Integer, default=0)
+    breaker_state: Mapped[str] = mapped_column(String(16), default="closed")
+    breaker_until: Mapped[datetime | None]
+
+
+class Delivery(Base):
+    """One event for one subscription: at most one row per (event, subscription).
+
+    ``pending`` waits for its first attempt, ``failed`` for a retry after a failed attempt
+    (both are *open*: due at ``next_attempt_at``); ``succeeded`` and ``dead`` are final until a
+    retry by hand or a replay opens the row again. A claimer pushes ``next_attempt_at`` and
+    ``claimed_until`` forward while it sends (storage.repositories.deliveries.claim_due).
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_seq", "webhook_id"),
+        Index("ix_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # A subscription's deliveries by seq (the API's pages), and its open ones by event
+        # order (an ordered subscription's oldest open delivery).
+        Index("ix_deliveries_webhook_id_seq", "webhook_id", "seq"),
+        Index("ix_deliveries_webhook_id_status_event_seq", "webhook_id", "status", "event_seq"),
+        CheckConstraint(
+            "status IN ('pending', 'succeeded', 'failed', 'dead')", name="ck_deliveries_status"
+        ),
+    )
+
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(20), unique=True)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_seq: Mapped[int] = mapped_column(BigIntKey, ForeignKey("events.seq", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DeliveryAttempt(Base):
+    """One request of a delivery, as it went: for the operations API and for debugging."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("ix_delivery_attempts_delivery_seq_id", "delivery_seq", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    delivery_seq: Mapped[int] = mapped_column(
+        BigIntKey, ForeignKey("deliveries.seq", ondelete="CASCADE")
+    )
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    """Up to 20 kB of the response (the caller truncates)."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import insert, inspect, select
 from sqlalchemy.engine import Connection
 
 from storage.engine import create_engine
-from storage.migrate import upgrade
-from storage.models import Base
+from storage.migrate import alembic_config, upgrade
+from storage.models import Base, Event
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -32,6 +36,53 @@ async def test_postgres_schema_matches_models(postgres_url: str) -> None:
     engine = create_engine(postgres_url)
     try:
         await upgrade(engine)
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
+_PUSH_TABLES = {"webhooks", "deliveries", "delivery_attempts"}
+
+
+def _tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+def _downgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+async def test_push_tables_migrate_up_and_down_keeping_the_events(database_url: str) -> None:
+    """0005 adds the push tables to a database that has events, and takes them away again."""
+    engine = create_engine(database_url)
+    event = {"id": "EVT" + "a" * 17, "type": "message.received", "data": {}}
+    try:
+        await upgrade(engine, "0004")
+        async with engine.begin() as connection:
+            assert not await connection.run_sync(_tables) & _PUSH_TABLES
+            await connection.execute(
+                insert(Event.__table__), [{**event, "created_at": datetime.now(UTC)}]
+            )
+        await upgrade(engine)
+        async with engine.begin() as connection:
+            assert await connection.run_sync(_tables) >= _PUSH_TABLES
+            assert await connection.run_sync(_differences) == []
+            await connection.run_sync(_downgrade, "0004")
+        async with engine.begin() as connection:
+            assert not await connection.run_sync(_tables) & _PUSH_TABLES
+            assert (await connection.execute(select(Event.id))).scalars().all() == [event["id"]]
+        await upgrade(engine)  # and up again: the downgrade left nothing behind
         async with engine.connect() as connection:
             assert await connection.run_sync(_differences) == []
     finally:
