@@ -60,10 +60,18 @@ async def claim(
         .order_by(_OUTBOX.c.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
+        # A CTE, run once: as an ``IN (subquery)`` PostgreSQL may run the pick again and again
+        # inside the UPDATE, each run skipping the rows the runs before locked, and so claim
+        # more than ``limit`` rows (seen with the same statement for webhook deliveries).
+        .cte("picked")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     claimed = await session.execute(
         update(_OUTBOX)
-        .where(_OUTBOX.c.message_seq.in_(due.scalar_subquery()))
+        .where(
+            _OUTBOX.c.message_seq.in_(select(due.c.message_seq)),
+            _OUTBOX.c.next_attempt_at <= now,  # as the row is now (another claimer's update)
+        )
         .values(next_attempt_at=now + hold)
         .returning(_OUTBOX.c.message_seq, _OUTBOX.c.envelope, _OUTBOX.c.attempts)
     )
