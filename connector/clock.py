@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 
 def utcnow() -> datetime:
@@ -32,3 +33,25 @@ def aware_in_range(value: datetime) -> datetime:
     if not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:
         raise ValueError(f"must be in the years {EARLIEST_YEAR}..{LATEST_YEAR}")
     return utc
+
+
+def retry_after_seconds(value: str | None, *, now: datetime, cap: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP date), else None.
+
+    The header comes from the network (the platform, a webhook receiver): anything unreadable
+    is ignored, a date in the past means 0, and the wait is at most ``cap`` seconds.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - now).total_seconds()
+    return min(max(seconds, 0.0), cap)

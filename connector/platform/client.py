@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
+from connector.clock import retry_after_seconds, utcnow
 from connector.platform.errors import (
     PlatformError,
     PlatformFileNotFoundError,
@@ -526,27 +527,11 @@ def _error(status: int, raw: bytes, retry_after: str | None = None) -> PlatformE
 
 
 _MAX_RETRY_AFTER = 7 * 24 * 3600.0
+"""The platform is not trusted with our schedule: a ``Retry-After`` waits at most a week."""
 
 
 def _delay(retry_after: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), else None.
-
-    The platform is not trusted: anything unreadable is ignored, and a wait is at most a week.
-    """
-    if retry_after is None:
-        return None
-    text = retry_after.strip()
-    if text.isdigit():
-        seconds = float(text)
-    else:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+    return retry_after_seconds(retry_after, now=utcnow(), cap=_MAX_RETRY_AFTER)
 
 
 def _server_time(response: aiohttp.ClientResponse) -> datetime | None:

@@ -24,13 +24,12 @@ import codecs
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 
 import aiohttp
 from multidict import CIMultiDict
 
-from connector.clock import utcnow
+from connector.clock import retry_after_seconds, utcnow
 from connector.push.signing import SignedRequest, WebhookSecret
 
 __all__ = [
@@ -194,24 +193,8 @@ def _classify(
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds a ``Retry-After`` asks for (delay-seconds or an HTTP date), else None.
-
-    Unreadable values are ignored; a date in the past means 0; the wait is at most a day.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        seconds = float(text)
-    else:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - now).total_seconds()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    """Seconds a ``Retry-After`` asks for, at most :data:`MAX_RETRY_AFTER`; else None."""
+    return retry_after_seconds(value, now=now, cap=MAX_RETRY_AFTER)
 
 
 def _describe(exc: BaseException) -> str:
