@@ -15,6 +15,8 @@ import pytest
 
 from backbone.server import start_embedded
 from connector.local import RunningConnector, local_settings, running_connector
+from storage.engine import Sessions, create_engine, create_sessions
+from storage.migrate import upgrade
 
 
 class Api:
@@ -83,6 +85,26 @@ async def postgres_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite, and PostgreSQL when it is reachable (the test is skipped, saying so, if not)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions on a migrated database of each kind (``database_url``)."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)
+        yield create_sessions(engine)
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

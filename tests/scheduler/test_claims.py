@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,28 +22,9 @@ from connector.local import local_settings
 from connector.runtime import Runtime, open_runtime
 from connector.schemas import SendMessageRequest
 from storage.engine import Sessions, create_engine, create_sessions
-from storage.migrate import upgrade
 from storage.models import Message, OutboxEntry
 from storage.repositories import outbox as outbox_repo
 from tests.conftest import ConnectorFactory
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(database_url)
-    try:
-        await upgrade(engine)
-        yield create_sessions(engine)
-    finally:
-        await engine.dispose()
 
 
 async def _queue(sessions: Sessions, count: int, due: datetime) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,14 +26,6 @@ TTL = 1.0
 RENEW_EVERY = 0.2
 TAKEOVER = TTL + RENEW_EVERY
 """The bound the design promises for a takeover after the holder's last renewal."""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 Replica = Callable[[], Awaitable[Sessions]]

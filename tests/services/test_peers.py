@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -23,8 +22,7 @@ from connector.errors import PeerKeyInvalid, PlatformUnavailable, RecipientNotFo
 from connector.platform import errors as platform_errors
 from connector.platform.models import PeerIdentity
 from connector.services.peers import PeerDirectory, PeerKeys
-from storage.engine import Sessions, create_engine, create_sessions
-from storage.migrate import upgrade
+from storage.engine import Sessions
 from storage.models import Peer
 from storage.repositories import peers as peers_repo
 
@@ -65,23 +63,6 @@ def identity_of(keys: IdentityKeys) -> PeerIdentity:
 def with_new_exchange_key(keys: IdentityKeys) -> IdentityKeys:
     """The same address (same signing key) with another exchange key, properly proven."""
     return IdentityKeys(signing=keys.signing, exchange=X25519PrivateKey.generate())
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite, and PostgreSQL when it is reachable (the test is skipped, saying so, if not)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'connector.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(database_url)
-    await upgrade(engine)
-    yield create_sessions(engine)
-    await engine.dispose()
 
 
 async def stored(sessions: Sessions) -> dict[str, tuple[bytes, bytes]]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -28,24 +26,6 @@ from storage.repositories.deliveries import Attempt, Dead, Retry
 from storage.repositories.webhooks import WebhookSpec
 
 HOLD = timedelta(seconds=60)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(database_url)
-    try:
-        await upgrade(engine)
-        yield create_sessions(engine)
-    finally:
-        await engine.dispose()
 
 
 async def _events(sessions: Sessions, count: int, now: datetime) -> list[int]:
