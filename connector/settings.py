@@ -29,6 +29,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from connector.push.auth import WebhookAuth
+
 SCOPES = (
     "messages:read",
     "messages:write",
@@ -178,6 +180,10 @@ class DeliverySettings(_Section):
     correlation_retry: CorrelationRetrySettings = CorrelationRetrySettings()
     timeout: Annotated[float, Field(gt=0)] = 15.0
     """Seconds one delivery request may take."""
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
+    """When not empty, the only hosts push requests may go to: names (``*.example.com``
+    matches subdomains), IP addresses or networks (``10.0.0.0/8``). Link-local and cloud
+    metadata addresses are refused whatever this says."""
 
     @field_validator("retry_schedule")
     @classmethod
@@ -197,7 +203,9 @@ class WebhookConfig(_Section):
     secret: str | None = None
     headers: dict[str, str] = {}
     filter: dict[str, str] = {}
+    auth: WebhookAuth | None = None
     enabled: bool = True
+    ordered: bool = False
     receipts: bool = False
 
 
