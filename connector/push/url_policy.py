@@ -73,10 +73,6 @@ class AddressRefused(OSError, WebhookUrlRefused):
         return str(self.strerror)
 
 
-def _nets(*cidrs: str) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(cidr) for cidr in cidrs)
-
-
 # Refused always, with the reason shown. Order matters only for the reason given.
 _REFUSED_V4: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.IPv4Network("169.254.169.254/32"), "the cloud metadata service"),
@@ -93,7 +89,7 @@ _REFUSED_V6: tuple[tuple[IPNetwork, str], ...] = (
 _METADATA_NAMES = frozenset({"metadata.google.internal", "metadata", "metadata.goog"})
 
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
-_NAT64 = _nets("64:ff9b::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 _NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 _CANONICAL_IPV4 = re.compile(
@@ -109,7 +105,7 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     if address.sixtofour is not None:
         return address.sixtofour
     plain = ipaddress.IPv6Address(int(address))  # without a zone
-    if any(plain in net for net in _NAT64):
+    if plain in _NAT64:
         return ipaddress.IPv4Address(int(plain) & 0xFFFFFFFF)
     if plain in _IPV4_COMPATIBLE and int(plain) > 1:  # not :: and ::1, which are IPv6's own
         return ipaddress.IPv4Address(int(plain))
@@ -125,7 +121,7 @@ def _candidates(address: IPAddress) -> list[IPAddress]:
     return [address]
 
 
-def address_refusal(address: IPAddress) -> str | None:
+def _always_refused(address: IPAddress) -> str | None:
     """Why ``address`` is refused always, or None when it is not."""
     own, *embedded = _candidates(address)
     why = _refused_as(own)
@@ -218,7 +214,7 @@ def _parse_allowed(entries: Iterable[str]) -> _Allowed:
                 except ValueError as exc:
                     raise ValueError(f"not an IP network: {exc}") from None
                 for refused, why in _REFUSED_V4 + _REFUSED_V6:
-                    if net.version == refused.version and net.subnet_of(refused):  # type: ignore[arg-type]
+                    if net.network_address in refused and net.broadcast_address in refused:
                         raise ValueError(f"refused always: {net} is {why}")
                 networks.append(net)
                 continue
@@ -229,7 +225,7 @@ def _parse_allowed(entries: Iterable[str]) -> _Allowed:
             if host.address is not None:
                 if wildcard:
                     raise ValueError("a wildcard needs a name after '*.', not an address")
-                refusal = address_refusal(host.address)
+                refusal = _always_refused(host.address)
                 if refusal is not None:
                     raise ValueError(f"refused always: {refusal}")
                 networks.append(ipaddress.ip_network(host.address))
@@ -325,7 +321,7 @@ class UrlPolicy:
             parsed = ipaddress.ip_address(address)
         except ValueError:
             return f"{address!r}, which is not an IP address"
-        refusal = address_refusal(parsed)
+        refusal = _always_refused(parsed)
         if refusal is not None:
             return refusal
         if (
@@ -359,22 +355,31 @@ class UrlPolicy:
                 "the URL carries credentials (user:password@host); give them as auth instead"
             )
         host = _parse_host(raw)
+        refusal = self._host_refusal(host)
+        if refusal is not None:
+            raise WebhookUrlRefused(refusal)
+        return parsed, host
+
+    def _host_refusal(self, host: _Host) -> str | None:
+        """Why ``host`` is refused before resolving it, or None."""
         if host.address is not None:
-            refusal = address_refusal(host.address)
-            if refusal is not None:
-                raise WebhookUrlRefused(refusal)
-            if self._allowed and not self._allowed.address_matches(host.address):
-                raise WebhookUrlRefused(f"{host.address} is not in delivery.allowed_hosts")
-            return parsed, host
+            refusal = _always_refused(host.address)
+            if (
+                refusal is None
+                and self._allowed
+                and not self._allowed.address_matches(host.address)
+            ):
+                refusal = f"{host.address} is not in delivery.allowed_hosts"
+            return refusal
         if host.name in _METADATA_NAMES:
-            raise WebhookUrlRefused(f"host {host.name!r} is a cloud metadata service's name")
+            return f"host {host.name!r} is a cloud metadata service's name"
         if (
             self._allowed
             and not self._allowed.name_matches(host.name)
             and not self._allowed.networks
         ):
-            raise WebhookUrlRefused(f"host {host.name!r} is not in delivery.allowed_hosts")
-        return parsed, host
+            return f"host {host.name!r} is not in delivery.allowed_hosts"
+        return None
 
     def _check_name(self, raw: str) -> str:
         """The resolver's check of a name before resolving it; returns it normalised."""
@@ -382,18 +387,9 @@ class UrlPolicy:
             host = _parse_host(raw)
         except WebhookUrlRefused as exc:
             raise AddressRefused(str(exc)) from None
-        if host.address is not None:
-            refusal = self.address_refusal(host.name, host.name)
-            if refusal is not None:
-                raise AddressRefused(refusal)
-        elif host.name in _METADATA_NAMES:
-            raise AddressRefused(f"host {host.name!r} is a cloud metadata service's name")
-        elif (
-            self._allowed
-            and not self._allowed.name_matches(host.name)
-            and not self._allowed.networks
-        ):
-            raise AddressRefused(f"host {host.name!r} is not in delivery.allowed_hosts")
+        refusal = self._host_refusal(host)
+        if refusal is not None:
+            raise AddressRefused(refusal)
         return host.name
 
 
