@@ -14,6 +14,9 @@ long-poll       loop      rests ``receipt_gathering`` after a page    inbox     
                           at the platform (``sync.long_poll_wait``)
 outbox          loop      rests up to ``outbox_idle`` when nothing    no         finish
                           is due, or until woken                                 batch
+delivery        loop      rests up to ``delivery_idle`` when nothing  no         finish
+                          is due, or until woken (a commit that                  batch
+                          wrote events)
 housekeeping    interval  ``housekeeping.interval``                   yes        finish run
 ==============  ========  ==========================================  =========  ==========
 
@@ -30,6 +33,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+DELIVERY_IDLE = 1.0
+"""Seconds the push delivery rests when nothing was due; a commit that wrote events wakes it,
+and deliveries that other replicas wrote or whose retry comes due are found within this."""
 
 OUTBOX_IDLE = 1.0
 """Seconds the outbox rests when nothing was due; a new send wakes it at once."""
@@ -116,6 +123,7 @@ def connector_jobs(
     sync: Work,
     long_poll: Work | None,
     outbox: Work,
+    delivery: Work,
     housekeeping: Work,
     sync_interval: float,
     housekeeping_interval: float,
@@ -127,6 +135,7 @@ def connector_jobs(
         Job("sync", JobKind.INTERVAL, sync, sync_interval, singleton=True, lease=INBOX_LEASE),
         Job("housekeeping", JobKind.INTERVAL, housekeeping, housekeeping_interval, singleton=True),
         Job("outbox", JobKind.LOOP, outbox, outbox_idle),
+        Job("delivery", JobKind.LOOP, delivery, DELIVERY_IDLE),
     ]
     if long_poll is not None:
         jobs.append(

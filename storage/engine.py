@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -81,6 +81,20 @@ def _write_deferred_inserts(session: Session) -> None:
         session.execute(insert(table), rows)
 
 
+async def write_deferred(session: AsyncSession) -> None:
+    """Insert the rows deferred so far now, rather than at commit: for a step before the
+    commit that needs them in the database (their keys)."""
+    work = unit_of_work(session)
+    deferred, work.deferred = work.deferred, {}
+    for table, rows in deferred.items():
+        await session.execute(insert(table), rows)
+
+
+def deferred_rows(session: AsyncSession, table: Table) -> list[dict[str, Any]]:
+    """The rows of ``table`` this transaction will insert at commit (not a copy)."""
+    return unit_of_work(session).deferred.get(table, [])
+
+
 @event.listens_for(UnitOfWork, "after_commit")
 def _call_after_commit(session: Session) -> None:
     assert isinstance(session, UnitOfWork)
@@ -105,8 +119,16 @@ def defer_insert(session: AsyncSession, table: Table, row: dict[str, Any]) -> No
     unit_of_work(session).deferred.setdefault(table, []).append(row)
 
 
+BeforeCommit = Callable[[AsyncSession], Awaitable[None]]
+"""A last step of every write transaction of a factory, in the transaction, before it commits."""
+
+
 class Sessions(async_sessionmaker[AsyncSession]):
     """``sessions()`` for reads, ``sessions.begin()`` for a write transaction.
+
+    ``before_commit`` runs at the end of each ``begin()`` block that did not raise, inside the
+    transaction: what must be written with whatever the block wrote (push deliveries for its
+    events) is then written by one hook, not by every writer remembering to.
 
     SQLite allows one writer at a time; two connections writing at once make the second one
     wait in SQLite's busy handler, which sleeps in steps of up to 100 ms. So on SQLite the
@@ -115,9 +137,14 @@ class Sessions(async_sessionmaker[AsyncSession]):
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, after_commit: Callable[[UnitOfWork], None] | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        after_commit: Callable[[UnitOfWork], None] | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> None:
         self.message_seqs = LocalSequence()
+        self.before_commit = before_commit
         super().__init__(
             engine,
             expire_on_commit=False,
@@ -132,9 +159,13 @@ class Sessions(async_sessionmaker[AsyncSession]):
         if self._write_lock is None:
             async with super().begin() as session:
                 yield session
+                if self.before_commit is not None:
+                    await self.before_commit(session)
             return
         async with self._write_lock, super().begin() as session:
             yield session
+            if self.before_commit is not None:
+                await self.before_commit(session)
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
@@ -195,13 +226,16 @@ def _drop_error_detail(context: ExceptionContext) -> None:
 
 
 def create_sessions(
-    engine: AsyncEngine, *, after_commit: Callable[[UnitOfWork], None] | None = None
+    engine: AsyncEngine,
+    *,
+    after_commit: Callable[[UnitOfWork], None] | None = None,
+    before_commit: BeforeCommit | None = None,
 ) -> Sessions:
     """``after_commit(work)`` runs after each commit of these sessions, once the data is
     visible to others (the :class:`UnitOfWork` says what the transaction wrote); it must not raise
     and must not touch the database. A callback per factory, not a global listener: several
     connectors may run in one process (the tests do)."""
-    return Sessions(engine, after_commit=after_commit)
+    return Sessions(engine, after_commit=after_commit, before_commit=before_commit)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,6 +76,19 @@ def emit(
         message_id=message.id,
         created_at=utcnow(),
         data=message_json(message),
+    )
+
+
+def emit_other(session: AsyncSession, type: str, data: dict[str, Any]) -> None:
+    """Append a ``type`` event about something other than a message (``webhook.*``)."""
+    unit_of_work(session).wrote_events = True
+    events_repo.append(
+        session,
+        event_id=new_event_id(),
+        type=type,
+        message_id=None,
+        created_at=utcnow(),
+        data=data,
     )
 
 

@@ -37,6 +37,12 @@ class EventType(StrEnum):
     DELIVERED = "message.delivered"
     FAILED = "message.failed"
     REJECTED = "message.rejected"
+    WEBHOOK_FAILING = "webhook.failing"
+    """A push subscription's endpoint keeps failing: its circuit breaker opened."""
+    WEBHOOK_RECOVERED = "webhook.recovered"
+    """It answered again after ``webhook.failing``: the breaker closed."""
+    WEBHOOK_DISABLED = "webhook.disabled"
+    """It answered 410 Gone: the subscription is disabled."""
 
 
 class IllegalTransition(ValueError):

@@ -14,7 +14,8 @@ finishes with :func:`record_attempts` and one of :func:`succeed`, :func:`resched
 
 An ``ordered`` subscription hands out only its oldest open delivery (by event order): the next
 one waits until that one succeeded or died, also while it is claimed or waiting for a retry.
-Deliveries of a disabled subscription are kept but not handed out.
+Deliveries of a disabled subscription are kept but not handed out, nor those of a subscription
+paused until ``breaker_until`` (an open circuit breaker, or a ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,6 +38,8 @@ _WEBHOOKS: Table = Webhook.__table__  # type: ignore[assignment]
 
 OPEN = ("pending", "failed")
 """Statuses of a delivery that is still to be made."""
+
+_INSERT_CHUNK = 500  # rows per INSERT: 10 columns each, under SQLite's 32,766 parameters
 
 RESPONSE_EXCERPT_LIMIT = 20 * 1024
 """Bytes (UTF-8) of a response kept with an attempt; the caller truncates."""
@@ -82,33 +85,46 @@ class Dead:
 async def add_for_event(
     session: AsyncSession, event_seq: int, webhook_ids: Sequence[str], now: datetime
 ) -> None:
-    """A pending delivery of event ``event_seq`` to each subscription, due at ``now``; one
-    statement. A (event, subscription) that has its delivery already is left as it is."""
-    if not webhook_ids:
-        return
-    rows = [
-        {
-            "id": new_delivery_id(),
-            "webhook_id": webhook_id,
-            "event_seq": event_seq,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "claimed_until": None,
-            "last_error": None,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for webhook_id in dict.fromkeys(webhook_ids)
-    ]
+    """A pending delivery of event ``event_seq`` to each subscription, due at ``now``."""
+    await add_many(session, [(event_seq, webhook_id) for webhook_id in webhook_ids], now)
+
+
+async def add_many(session: AsyncSession, pairs: Sequence[tuple[int, str]], now: datetime) -> int:
+    """A pending delivery for each (event seq, subscription id), due at ``now``, in chunks of
+    one statement each. A pair that has its delivery already is left as it is; how many were
+    new."""
+    unique = list(dict.fromkeys(pairs))
+    if not unique:
+        return 0
     dialect = session.get_bind().dialect.name
     insert_ = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert_(_DELIVERIES).values(rows)
-    await session.execute(
-        statement.on_conflict_do_nothing(
-            index_elements=[_DELIVERIES.c.event_seq, _DELIVERIES.c.webhook_id]
+    added = 0
+    for start in range(0, len(unique), _INSERT_CHUNK):
+        rows = [
+            {
+                "id": new_delivery_id(),
+                "webhook_id": webhook_id,
+                "event_seq": event_seq,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "claimed_until": None,
+                "last_error": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for event_seq, webhook_id in unique[start : start + _INSERT_CHUNK]
+        ]
+        result = await session.execute(
+            insert_(_DELIVERIES)
+            .values(rows)
+            .on_conflict_do_nothing(
+                index_elements=[_DELIVERIES.c.event_seq, _DELIVERIES.c.webhook_id]
+            )
+            .returning(_DELIVERIES.c.seq)
         )
-    )
+        added += len(result.all())
+    return added
 
 
 async def claim_due(
@@ -122,7 +138,11 @@ async def claim_due(
     """
     pick = _DELIVERIES.alias("due")
     earlier = _DELIVERIES.alias("earlier")
-    enabled = select(_WEBHOOKS.c.id).where(_WEBHOOKS.c.enabled.is_(True))
+    # enabled, and not paused (an open circuit breaker, or a Retry-After that asked us to wait)
+    enabled = select(_WEBHOOKS.c.id).where(
+        _WEBHOOKS.c.enabled.is_(True),
+        or_(_WEBHOOKS.c.breaker_until.is_(None), _WEBHOOKS.c.breaker_until <= now),
+    )
     ordered = select(_WEBHOOKS.c.id).where(_WEBHOOKS.c.ordered.is_(True))
     waits = (
         exists()
@@ -322,3 +342,75 @@ async def reset_for_retry(
         .returning(_DELIVERIES.c.id)
     )
     return list(result.scalars())
+
+
+async def release(session: AsyncSession, seqs: Sequence[int], at: datetime) -> None:
+    """Give claimed deliveries back unsent, due again at ``at``; no attempt is counted."""
+    if seqs:
+        await session.execute(
+            update(_DELIVERIES)
+            .where(_DELIVERIES.c.seq.in_(list(seqs)))
+            .values(next_attempt_at=at, claimed_until=None)
+        )
+
+
+async def due_now(session: AsyncSession, webhook_id: str, now: datetime) -> int:
+    """Every delivery of ``webhook_id`` waiting for a retry is due at ``now`` (the endpoint
+    is back: what waited for it goes now, not on each one's own schedule); how many."""
+    result = await session.execute(
+        update(_DELIVERIES)
+        .where(
+            _DELIVERIES.c.webhook_id == webhook_id,
+            _DELIVERIES.c.status == "failed",
+            _DELIVERIES.c.next_attempt_at > now,
+            or_(_DELIVERIES.c.claimed_until.is_(None), _DELIVERIES.c.claimed_until <= now),
+        )
+        .values(next_attempt_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def counts_by_status(session: AsyncSession, webhook_id: str | None = None) -> dict[str, int]:
+    """How many deliveries are in each status (of one subscription, if given)."""
+    query = select(_DELIVERIES.c.status, func.count()).group_by(_DELIVERIES.c.status)
+    if webhook_id is not None:
+        query = query.where(_DELIVERIES.c.webhook_id == webhook_id)
+    return {status: int(n) for status, n in await session.execute(query)}
+
+
+async def get_by_seqs(session: AsyncSession, seqs: Sequence[int]) -> dict[int, Delivery]:
+    if not seqs:
+        return {}
+    rows = await session.scalars(select(Delivery).where(Delivery.seq.in_(list(seqs))))
+    return {d.seq: d for d in rows}
+
+
+async def reopen_for_events(
+    session: AsyncSession, webhook_id: str, event_seqs: Sequence[int], now: datetime
+) -> int:
+    """Open ``webhook_id``'s deliveries of these events again, due at ``now`` (a replay);
+    those in flight are left to their claimer. How many were opened."""
+    if not event_seqs:
+        return 0
+    in_flight = and_(
+        _DELIVERIES.c.status.in_(OPEN),
+        _DELIVERIES.c.claimed_until.is_not(None),
+        _DELIVERIES.c.claimed_until > now,
+    )
+    result = await session.execute(
+        update(_DELIVERIES)
+        .where(
+            _DELIVERIES.c.webhook_id == webhook_id,
+            _DELIVERIES.c.event_seq.in_(list(event_seqs)),
+            ~in_flight,
+        )
+        .values(
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            claimed_until=None,
+            last_error=None,
+            updated_at=now,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

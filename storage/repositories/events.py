@@ -6,11 +6,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.engine import defer_insert
+from storage.engine import defer_insert, deferred_rows
 from storage.models import Event
+
+_EVENTS: Table = Event.__table__  # type: ignore[assignment]
 
 
 def append(
@@ -30,7 +32,7 @@ def append(
         "created_at": created_at,
         "data": data,
     }
-    defer_insert(session, Event.__table__, row)  # type: ignore[arg-type]
+    defer_insert(session, _EVENTS, row)
 
 
 async def after(
@@ -60,3 +62,52 @@ async def stamps_before(
         query = query.where(Event.seq < before_seq)
     rows = await session.execute(query.order_by(Event.seq.desc()).limit(limit))
     return [(seq, created_at) for seq, created_at in rows]
+
+
+def pending(session: AsyncSession) -> list[dict[str, Any]]:
+    """The events this transaction will write at commit, as :func:`append` made them."""
+    return deferred_rows(session, _EVENTS)
+
+
+async def seqs_of(session: AsyncSession, event_ids: Sequence[str]) -> dict[str, int]:
+    """Event id -> seq, for events written already (in this transaction or before)."""
+    found: dict[str, int] = {}
+    for start in range(0, len(event_ids), 500):
+        rows = await session.execute(
+            select(Event.id, Event.seq).where(Event.id.in_(event_ids[start : start + 500]))
+        )
+        found.update((event_id, seq) for event_id, seq in rows)
+    return found
+
+
+async def in_window(
+    session: AsyncSession,
+    since: datetime,
+    until: datetime,
+    types: Sequence[str],
+    *,
+    after_seq: int = 0,
+    limit: int = 500,
+) -> list[Event]:
+    """A page of the events of ``types`` created in ``[since, until)``, by seq after
+    ``after_seq`` (a replay walks the window page by page)."""
+    query = (
+        select(Event)
+        .where(
+            Event.seq > after_seq,
+            Event.created_at >= since,
+            Event.created_at < until,
+            Event.type.in_(list(types)),
+        )
+        .order_by(Event.seq)
+        .limit(limit)
+    )
+    return list(await session.scalars(query))
+
+
+async def by_seqs(session: AsyncSession, seqs: Sequence[int]) -> dict[int, Event]:
+    """The events of these seqs."""
+    if not seqs:
+        return {}
+    rows = await session.scalars(select(Event).where(Event.seq.in_(list(seqs))))
+    return {event.seq: event for event in rows}

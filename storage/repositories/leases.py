@@ -43,9 +43,7 @@ class Held:
     expires_at: datetime
 
 
-def _clock(
-    postgresql: bool, ttl: float
-) -> tuple[ColumnElement[datetime], ColumnElement[datetime]]:
+def _clock(postgresql: bool, ttl: float) -> tuple[ColumnElement[datetime], ColumnElement[datetime]]:
     """Now, and ``ttl`` seconds later, as SQL."""
     if postgresql:
         return func.now(), func.now() + timedelta(seconds=ttl)

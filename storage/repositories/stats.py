@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Event, File, Message, OutboxEntry
+from storage.models import Delivery, Event, File, Message, OutboxEntry, Webhook
 
 
 async def message_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
@@ -35,3 +35,19 @@ async def file_counts(session: AsyncSession) -> dict[bool, int]:
 async def ping(session: AsyncSession) -> None:
     """One round trip to the database (the health check)."""
     await session.execute(text("SELECT 1"))
+
+
+async def delivery_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """(subscription id, delivery status) -> deliveries."""
+    rows = await session.execute(
+        select(Delivery.webhook_id, Delivery.status, func.count()).group_by(
+            Delivery.webhook_id, Delivery.status
+        )
+    )
+    return {(webhook_id, status): int(n) for webhook_id, status, n in rows}
+
+
+async def webhook_states(session: AsyncSession) -> dict[str, tuple[bool, str]]:
+    """Subscription id -> (enabled, breaker state)."""
+    rows = await session.execute(select(Webhook.id, Webhook.enabled, Webhook.breaker_state))
+    return {webhook_id: (enabled, breaker) for webhook_id, enabled, breaker in rows}

@@ -10,6 +10,7 @@ health; what config says replaces the rest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict
@@ -185,3 +186,39 @@ async def delete(session: AsyncSession, webhook_id: str) -> bool:
         sql_delete(Webhook).where(Webhook.id == webhook_id).returning(Webhook.id)
     )
     return result.first() is not None
+
+
+async def enabled_routes(session: AsyncSession) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """``(id, events, filter)`` of every enabled subscription: what routing an event needs,
+    without the sealed columns."""
+    rows = await session.execute(
+        select(Webhook.id, Webhook.events, Webhook.filter)
+        .where(Webhook.enabled.is_(True))
+        .order_by(Webhook.created_at, Webhook.id)
+    )
+    return [(webhook_id, events, filter_) for webhook_id, events, filter_ in rows]
+
+
+async def lock_many(session: AsyncSession, webhook_ids: Sequence[str]) -> dict[str, Webhook]:
+    """These subscriptions, their rows locked until the transaction ends (PostgreSQL; SQLite
+    has one writer): for read-modify-write of their health by concurrent replicas."""
+    if not webhook_ids:
+        return {}
+    rows = await session.scalars(
+        select(Webhook)
+        .where(Webhook.id.in_(list(webhook_ids)))
+        .order_by(Webhook.id)  # one lock order, so two replicas never deadlock
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {webhook.id: webhook for webhook in rows}
+
+
+async def delete_config_except(session: AsyncSession, keep: Sequence[str]) -> list[str]:
+    """Remove the config subscriptions other than ``keep`` (ids), with their deliveries;
+    the urls of those removed."""
+    query = sql_delete(Webhook).where(Webhook.source == "config")
+    if keep:
+        query = query.where(Webhook.id.not_in(list(keep)))
+    result = await session.execute(query.returning(Webhook.url))
+    return list(result.scalars())
