@@ -243,6 +243,14 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
             )
         else:
             print(f"  API key:   make one with: {_KEYS_CREATE_HINT}", flush=True)
+        for made in runtime.new_webhook_secrets:
+            print(f"  webhook:   {made.url}", flush=True)
+            print(f"    secret:  {made.secret}", flush=True)
+            print(
+                "    (made because [[webhooks]] names no secret; the endpoint verifies requests\n"
+                '     with it. Shown only now: to choose it yourself, set secret = "whsec_...")',
+                flush=True,
+            )
         shown_key = runtime.bootstrap_key or "<your key>"
         print(
             f"  try:       curl -H 'X-API-KEY: {shown_key}' {url}/api/v1/account/identity",

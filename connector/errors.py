@@ -11,8 +11,11 @@ The tree::
     │   ├── RecipientNotFound       404 recipient_not_found
     │   └── FileNotFound            404 file_not_found (422 when named as an attachment)
     ├── Conflict                    409 conflict
-    │   └── IdempotencyInProgress   409 idempotency_in_progress
+    │   ├── IdempotencyInProgress   409 idempotency_in_progress
+    │   ├── WebhookFromConfig       409 webhook_from_config
+    │   └── DeliveryInFlight        409 delivery_in_flight
     ├── IdempotencyKeyReused        422 idempotency_key_reused
+    ├── WebhookUrlRefused           422 webhook_url_refused
     ├── FileTooLarge                413 file_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
     ├── FileIntegrityFailed         502 file_integrity_failed
@@ -114,6 +117,29 @@ class IdempotencyInProgress(Conflict):
 
     code = "idempotency_in_progress"
     title = "Idempotency key in progress"
+
+
+class WebhookFromConfig(Conflict):
+    """This subscription comes from [[webhooks]] in the configuration; change it there."""
+
+    code = "webhook_from_config"
+    title = "Webhook from config"
+
+
+class DeliveryInFlight(Conflict):
+    """The delivery is being sent right now; ask again once that attempt has ended."""
+
+    code = "delivery_in_flight"
+    title = "Delivery in flight"
+
+
+class WebhookUrlRefused(ConnectorError):
+    """Push requests may not go to this URL (link-local, cloud metadata, or outside
+    delivery.allowed_hosts)."""
+
+    status = 422
+    code = "webhook_url_refused"
+    title = "Webhook URL refused"
 
 
 class IdempotencyKeyReused(ConnectorError):

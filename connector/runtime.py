@@ -20,6 +20,13 @@ from connector.crypto.keys import IdentityKeys, sign_challenge
 from connector.data_dir import data_dir_lock, prepare_data_dir
 from connector.platform.client import PlatformClient
 from connector.platform.protocol import Platform
+from connector.push.auth import AuthHeaders
+from connector.push.delivery import BreakerPolicy, DeliveryLimits, DeliveryService
+from connector.push.routing import route_pending_events
+from connector.push.schemas import DELIVERED_FORMATS
+from connector.push.subscriptions import NewSecret, Subscriptions
+from connector.push.url_policy import UrlPolicy
+from connector.retry import FixedSchedule
 from connector.services import identity as identity_service
 from connector.services.api_keys import ApiKeyService
 from connector.services.events import EventFeed, EventNotifier, settle_for
@@ -33,12 +40,12 @@ from connector.services.sealing import Sealer
 from connector.services.status import StatusService
 from connector.services.sync import SyncService
 from connector.services.transitions import StatusRecorder
-from connector.settings import Settings, is_loopback
+from connector.settings import ConfigError, Settings, is_loopback
 from scheduler import JobScheduler
 from scheduler.jobs import Job, Pace, connector_jobs
 from scheduler.leases import instance_id
 from storage.batching import WriteBatcher
-from storage.engine import Sessions, create_engine, create_sessions
+from storage.engine import Sessions, UnitOfWork, create_engine, create_sessions
 from storage.migrate import upgrade
 from storage.models import Identity
 from storage.repositories import messages as messages_repo
@@ -68,6 +75,10 @@ class Runtime:
     scheduler: JobScheduler
     status: StatusService
     bootstrap_key: str | None
+    subscriptions: Subscriptions
+    delivery: DeliveryService
+    new_webhook_secrets: list[NewSecret]
+    """Secrets made at this start-up for [[webhooks]] entries without one: shown once."""
 
     @property
     def address(self) -> str:
@@ -80,11 +91,12 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
     async with AsyncExitStack() as stack:
         prepare_data_dir(settings)
         stack.enter_context(data_dir_lock(settings.data_dir))
-        if settings.webhooks or settings.publishers:
+        if settings.publishers:
             log.warning(
-                "[[webhooks]] and [[publishers]] are accepted but not delivered yet in this "
-                "version; follow GET /api/v1/events instead"
+                "[[publishers]] are accepted but not published to yet in this version; "
+                "use [[webhooks]] or follow GET /api/v1/events instead"
             )
+        _refuse_undelivered_formats(settings)
         master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
 
         engine = create_engine(settings.database_url)
@@ -92,7 +104,18 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         await upgrade(engine)
         notifier = EventNotifier()  # wakes event-feed long-polls after commits that wrote events
         stack.callback(notifier.close)
-        sessions = create_sessions(engine, after_commit=notifier.after_commit)
+        woken: list[Callable[[], None]] = []  # the delivery job, once the scheduler exists
+
+        def after_commit(work: UnitOfWork) -> None:
+            notifier.after_commit(work)
+            if work.wrote_events:
+                for wake in woken:
+                    wake()
+
+        # every write transaction routes the events it writes to the push subscriptions
+        sessions = create_sessions(
+            engine, after_commit=after_commit, before_commit=route_pending_events
+        )
 
         platform_url = settings.platform.url
         warn_if_plaintext(platform_url)
@@ -122,7 +145,40 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         await api_keys.sync_configured(settings.api.keys)
         bootstrap_key = await api_keys.bootstrap_key()
 
+        url_policy = UrlPolicy(settings.delivery.allowed_hosts)
+        subscriptions = Subscriptions(sessions, master_key, url_policy.check_resolved)
+        new_webhook_secrets = await subscriptions.mirror_config(settings.webhooks)
+        push_http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=settings.delivery.concurrency, resolver=url_policy.resolver()
+                ),
+                # the endpoint's own cookies never come back with the next request
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        )
+        delivery = DeliveryService(
+            sessions,
+            push_http,
+            subscriptions,
+            schedule=FixedSchedule.from_settings(settings.delivery),
+            timeout=settings.delivery.timeout,
+            breaker=BreakerPolicy(
+                settings.delivery.breaker.failures,
+                settings.delivery.breaker.first,
+                settings.delivery.breaker.max,
+            ),
+            limits=DeliveryLimits(
+                concurrency=settings.delivery.concurrency,
+                per_endpoint=settings.delivery.per_endpoint,
+            ),
+            auth=AuthHeaders(url_policy=url_policy, timeout=settings.delivery.timeout),
+            check_url=url_policy.check,
+        )
+        stack.push_async_callback(delivery.drain)  # after the scheduler stopped: see below
+
         scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))
+        woken.append(lambda: scheduler.wake("delivery"))
         services = build_services(
             settings,
             sessions,
@@ -156,6 +212,9 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             scheduler=scheduler,
             status=StatusService(sessions, platform, sync, scheduler),
             bootstrap_key=bootstrap_key,
+            subscriptions=subscriptions,
+            delivery=delivery,
+            new_webhook_secrets=new_webhook_secrets,
         )
         if run_scheduler:
             scheduler.add_all(_jobs(runtime))
@@ -222,6 +281,16 @@ def build_services(
     return Services(peers, files, messages, outbox, sync)
 
 
+def _refuse_undelivered_formats(settings: Settings) -> None:
+    """Stop start-up for a [[webhooks]] format this version cannot deliver yet."""
+    for index, webhook in enumerate(settings.webhooks):
+        if webhook.format not in DELIVERED_FORMATS:
+            raise ConfigError(
+                f"webhooks[{index}].format: {webhook.format!r} is not delivered by this "
+                f"version; use one of {', '.join(DELIVERED_FORMATS)}"
+            )
+
+
 def warn_if_plaintext(platform_url: str) -> bool:
     """Log a warning (and return True) for plain ``http://`` to a host beyond loopback.
 
@@ -264,10 +333,14 @@ def _jobs(runtime: Runtime) -> list[Job]:
     async def outbox() -> Pace:
         return Pace.AGAIN if await runtime.outbox.run_due() else Pace.IDLE
 
+    async def delivery() -> Pace:
+        return Pace.AGAIN if await runtime.delivery.run_due() else Pace.IDLE
+
     return connector_jobs(
         sync=sync_all,
         long_poll=long_poll if settings.sync.long_poll else None,
         outbox=outbox,
+        delivery=delivery,
         housekeeping=runtime.housekeeping.run,
         sync_interval=settings.sync.interval,
         housekeeping_interval=settings.housekeeping.interval,

@@ -30,6 +30,7 @@ from pydantic_settings import (
 )
 
 from connector.push.auth import WebhookAuth
+from connector.push.url_policy import check_allowed_hosts
 
 SCOPES = (
     "messages:read",
@@ -161,6 +162,22 @@ class CorrelationRetrySettings(_Section):
         return self
 
 
+class BreakerSettings(_Section):
+    """``delivery.breaker``: when an endpoint counts as failing, and how long it rests."""
+
+    failures: Annotated[int, Field(ge=1)] = 5
+    """Failed attempts in a row that open the breaker (``webhook.failing``)."""
+    first: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds of the first pause; each failed probe doubles it."""
+    max: Annotated[float, Field(gt=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _max_not_below_first(self) -> BreakerSettings:
+        if self.max < self.first:
+            raise ValueError(f"max ({self.max:g}) must be at least first ({self.first:g})")
+        return self
+
+
 class DeliverySettings(_Section):
     """Push delivery (webhooks and brokers), DESIGN.md sections 7 and 8."""
 
@@ -180,10 +197,20 @@ class DeliverySettings(_Section):
     correlation_retry: CorrelationRetrySettings = CorrelationRetrySettings()
     timeout: Annotated[float, Field(gt=0)] = 15.0
     """Seconds one delivery request may take."""
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 64
+    """Push requests in flight, in all."""
+    per_endpoint: Annotated[int, Field(ge=1, le=1000)] = 8
+    """Push requests in flight to one subscription."""
+    breaker: BreakerSettings = BreakerSettings()
     allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] = []
     """When not empty, the only hosts push requests may go to: names (``*.example.com``
     matches subdomains), IP addresses or networks (``10.0.0.0/8``). Link-local and cloud
     metadata addresses are refused whatever this says."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return check_allowed_hosts(value)
 
     @field_validator("retry_schedule")
     @classmethod
@@ -191,8 +218,8 @@ class DeliverySettings(_Section):
         if not value:
             raise ValueError("needs at least one delay")
         for before, after in itertools.pairwise(value):
-            if after <= before:
-                raise ValueError(f"must be ascending: {after:g} follows {before:g}")
+            if after < before:
+                raise ValueError(f"must not go down: {after:g} follows {before:g}")
         return value
 
 

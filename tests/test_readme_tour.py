@@ -24,10 +24,13 @@ import aiohttp
 import pytest
 
 from connector.cli import _parser
-from tests.processes import REPO, clean_env, serving
+from tests.processes import REPO, clean_env, free_port, serving
 
 README = REPO / "README.md"
 TOUR = "A five-minute tour"
+WEBHOOKS = "Webhooks: pushed to you, signed, at least once"
+"""Its shell blocks run after the tour's, in the same terminal."""
+RECEIVER_PORT = "9000"
 README_URL = "http://127.0.0.1:8080"
 KEY_PLACEHOLDER = "export KEY=ck_..."
 CONNECTOR = ".venv/bin/connector"
@@ -46,10 +49,13 @@ def shell_blocks(section: str) -> list[str]:
 
 
 def tour_blocks() -> list[str]:
-    tour = sections(README.read_text(encoding="utf-8")).get(TOUR)
-    assert tour is not None, f"README.md has no section '## {TOUR}'"
-    blocks = shell_blocks(tour)
-    assert blocks, f"README.md's '{TOUR}' has no shell blocks"
+    found = sections(README.read_text(encoding="utf-8"))
+    blocks = []
+    for heading in (TOUR, WEBHOOKS):
+        section = found.get(heading)
+        assert section is not None, f"README.md has no section '## {heading}'"
+        assert shell_blocks(section), f"README.md's '{heading}' has no shell blocks"
+        blocks += shell_blocks(section)
     return blocks
 
 
@@ -60,7 +66,7 @@ def connector_executable() -> str:
     return found
 
 
-def as_typed(blocks: list[str], url: str, key: str) -> str:
+def as_typed(blocks: list[str], url: str, key: str, receiver_port: int = 9000) -> str:
     """One bash script: the blocks in order, as a user types them into one terminal.
 
     ``set -euo pipefail`` makes any failing command (curl -f on an error status included) end
@@ -74,6 +80,8 @@ def as_typed(blocks: list[str], url: str, key: str) -> str:
         block = block.replace(f"export URL={README_URL}", f"export URL={url}")
         block = block.replace(KEY_PLACEHOLDER, f"export KEY={key}")
         block = block.replace(CONNECTOR, connector_executable())
+        block = block.replace(f"127.0.0.1:{RECEIVER_PORT}/", f"127.0.0.1:{receiver_port}/")
+        block = block.replace(f"receiver.py {RECEIVER_PORT}", f"receiver.py {receiver_port}")
         script += [block, f"printf '\\n%s\\n' '{DONE.format(number)}'"]
     return "\n".join(script) + "\n"
 
@@ -170,7 +178,7 @@ async def test_the_readme_tour_works_as_typed(tmp_path: Path) -> None:
         key = re.search(r"API key:\s+(ck_\S+)", served.banner)
         assert url and key, served.banner
         script = tmp_path / "tour.sh"
-        script.write_text(as_typed(blocks, url.group(1), key.group(1)))
+        script.write_text(as_typed(blocks, url.group(1), key.group(1), free_port()))
 
         code, out, err = await run_bash(script, work)
         outputs = per_block(out, len(blocks))
@@ -210,6 +218,11 @@ async def test_the_readme_tour_works_as_typed(tmp_path: Path) -> None:
         assert {"message.sent", "message.received"} <= {e["type"] for e in events}
         assert any(o.get("status") == "queued" for o in json_objects(everything))
         assert "Demo succeeded" in everything
+        # The webhook block: the stdlib receiver verified the push and printed it; a replay.
+        pushed = re.search(r"message\.received MSG\w+ \{'order': 4712\}$", everything, re.M)
+        assert pushed, f"the receiver printed no push; the webhook block said:\n{outputs[-1]}"
+        replayed = [o for o in json_objects(everything) if "events" in o and len(o) == 1]
+        assert replayed and replayed[0]["events"] >= 1, everything
         from_cli = [name for name in files if name.startswith("downloads/")]
         assert from_cli, f"the client commands downloaded nothing: {list(files)}"
         for name in from_cli:  # each the very bytes uploaded under that name

@@ -17,6 +17,7 @@ from connector.api import (
     metrics,
     openapi,
     swagger,
+    webhooks,
 )
 from connector.api.appkeys import API_KEYS, RUNTIME, SCOPES
 from connector.api.auth import auth_middleware
@@ -32,6 +33,7 @@ _TABLES = (
     files.routes,
     messages.routes,
     events.routes,
+    webhooks.routes,
     openapi.routes,
     swagger.routes,
 )

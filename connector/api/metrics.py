@@ -66,6 +66,25 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             for n, s in counts.jobs.items()
             if s.lease is not None
         ),
+        "# HELP connector_webhook_deliveries Push deliveries by webhook and status.",
+        "# TYPE connector_webhook_deliveries gauge",
+        *(
+            _line("connector_webhook_deliveries", n, webhook=webhook_id, status=status)
+            for (webhook_id, status), n in sorted(counts.deliveries.items())
+        ),
+        "# HELP connector_webhook_breaker_open Whether a webhook's circuit breaker is open "
+        "(1) or closed (0); half-open probes count as open.",
+        "# TYPE connector_webhook_breaker_open gauge",
+        *(
+            _line("connector_webhook_breaker_open", int(breaker != "closed"), webhook=webhook_id)
+            for webhook_id, (_, breaker) in sorted(counts.webhooks.items())
+        ),
+        "# HELP connector_webhook_enabled Whether a webhook is enabled.",
+        "# TYPE connector_webhook_enabled gauge",
+        *(
+            _line("connector_webhook_enabled", int(enabled), webhook=webhook_id)
+            for webhook_id, (enabled, _) in sorted(counts.webhooks.items())
+        ),
     ]
     return web.Response(
         text="\n".join(lines) + "\n",

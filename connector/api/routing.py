@@ -97,6 +97,9 @@ class RouteTable:
     def post(self, path: str, **kw: object) -> Callable[[Handler], Handler]:
         return self.route("POST", path, **kw)  # type: ignore[arg-type]
 
+    def patch(self, path: str, **kw: object) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **kw)  # type: ignore[arg-type]
+
     def delete(self, path: str, **kw: object) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **kw)  # type: ignore[arg-type]
 

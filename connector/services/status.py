@@ -37,6 +37,10 @@ class Counts:
     """is_own -> files not deleted."""
     sync: SyncState
     jobs: dict[str, JobStatus]
+    deliveries: dict[tuple[str, str], int]
+    """(webhook id, delivery status) -> deliveries."""
+    webhooks: dict[str, tuple[bool, str]]
+    """webhook id -> (enabled, breaker state)."""
 
 
 class StatusService:
@@ -74,6 +78,8 @@ class StatusService:
                 files=await stats.file_counts(session),
                 sync=await sync_state_repo.get(session),
                 jobs=self._scheduler.status(),
+                deliveries=await stats.delivery_counts(session),
+                webhooks=await stats.webhook_states(session),
             )
 
     async def _database(self) -> str:

@@ -36,8 +36,6 @@ def database(request: pytest.FixtureRequest) -> dict[str, Any]:
     return {}
 
 
-
-
 @pytest.mark.parametrize("backbone", [{"max_stored_bytes": 300 * KIB}], indirect=True)
 async def test_an_upload_over_the_stored_bytes_quota_is_a_clear_507(
     connector_factory: ConnectorFactory, database: dict[str, Any]

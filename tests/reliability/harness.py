@@ -137,6 +137,7 @@ class Connector(Proc):
         *,
         database_url: str = "",
         key: str = "",
+        extra_config: str = "",
         **sync: Any,
     ) -> None:
         """``database_url`` and ``key`` shared make replicas of one identity (with one
@@ -154,7 +155,7 @@ class Connector(Proc):
             f'[database]\nurl = "{database_url}"\n'
             f'[platform]\nurl = "{platform_url}"\nrequest_timeout = 5\n'
             f'[api]\nkeys = [{{ name = "t", key = "{self.key}", scopes = ["*"] }}]\n'
-            f"[sync]\n{sync_lines}"
+            f"[sync]\n{sync_lines}" + extra_config
         )
         super().__init__(
             name,

@@ -129,9 +129,7 @@ async def _run(
 
     for name, proxy in proxies.items():
         proxy.on("PUT", _PUT, before=recorder(f"a{name}"), after=slow_answer(f"a{name}"))
-    a1, a2 = await replicas(
-        cluster, ("a1", "a2"), (proxies["1"].url, proxies["2"].url), a_database
-    )
+    a1, a2 = await replicas(cluster, ("a1", "a2"), (proxies["1"].url, proxies["2"].url), a_database)
     b1, b2 = await replicas(
         cluster, ("b1", "b2"), (cluster.backbone_url, cluster.backbone_url), b_database
     )
@@ -139,12 +137,8 @@ async def _run(
     keyed = {"respond_async": True, "pace": 0.02, "idempotency_prefix": "n-"}
     # Each replica of A takes sends (a respond-async accept wakes its own outbox at once): a1
     # the first 100, a2 the rest, side by side.
-    to_a1 = asyncio.create_task(
-        send_all(cluster.http, a1, b1.address, range(100), **keyed)
-    )
-    to_a2 = asyncio.create_task(
-        send_all(cluster.http, a2, b1.address, range(100, TOTAL), **keyed)
-    )
+    to_a1 = asyncio.create_task(send_all(cluster.http, a1, b1.address, range(100), **keyed))
+    to_a2 = asyncio.create_task(send_all(cluster.http, a2, b1.address, range(100, TOTAL), **keyed))
     try:
         # a1 dies with a send of its own in flight (or after 20 s, if none shows up).
         async def a1_has_sent() -> bool:

@@ -1,0 +1,427 @@
+"""The ``delivery`` job: claim due deliveries, send them, record how each went.
+
+At least once, from the table: a delivery is claimed (storage.repositories.deliveries), sent,
+and only then marked; a connector killed in between leaves its claim to expire and the
+delivery is sent again, with the same ``webhook-id``. Everything about the next attempt is
+data on the row (attempt count, next attempt time), decided here from each outcome:
+
+- 2xx: ``succeeded``.
+- 5xx, 408, 429, 3xx, no answer: ``failed`` and due again after the next step of
+  ``delivery.retry_schedule`` (±20 %), or after what ``Retry-After`` asked on 429/503; once the
+  schedule is used up, ``dead``.
+- another 4xx: ``dead`` at once (the same request will be refused again).
+- 410: ``dead``, and the subscription is disabled (``webhook.disabled``).
+
+Endpoints are protected from us, and we from them:
+
+- At most ``concurrency`` requests are in flight in all, and ``per_endpoint`` per subscription.
+- A circuit breaker per subscription: after ``breaker.failures`` failed attempts in a row it
+  opens (``webhook.failing``); nothing goes to the endpoint while it is open, and the
+  deliveries waiting for it keep their attempts. When the pause ends one delivery is sent as a
+  probe (``half_open``); if it fails the pause doubles (up to ``breaker.max``), if it gets an
+  answer the breaker closes (``webhook.recovered``) and every delivery that waited for the
+  endpoint is due at once, so a backlog drains right after an outage rather than on each
+  delivery's own schedule.
+- A ``Retry-After`` on 429 or 503 pauses the whole subscription until then.
+
+Sends run beside the loop: the job claims a batch, hands it to a task, and claims the next
+while capacity is left, so one slow endpoint does not hold up the others. On stop,
+:meth:`DeliveryService.drain` lets the batches in flight finish and record their outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from connector.clock import isoformat, utcnow
+from connector.ids import new_event_id
+from connector.push import sender
+from connector.push.auth import AuthHeaders, AuthUnavailable, OAuth2ClientCredentials, WebhookAuth
+from connector.push.schemas import TestResult
+from connector.push.sender import AttemptResult, Delivered, Gone, Rejected, Retry
+from connector.push.signing import SignedRequest, WebhookSecret
+from connector.push.subscriptions import Subscriptions
+from connector.retry import FixedSchedule, Uniform
+from connector.services.events import emit_other
+from connector.services.lifecycle import EventType
+from storage.engine import Sessions
+from storage.models import Event, Webhook
+from storage.repositories import deliveries as deliveries_repo
+from storage.repositories import events as events_repo
+from storage.repositories import webhooks as webhooks_repo
+from storage.repositories.deliveries import CLAIM_HOLD, Attempt, Dead, DueDelivery
+from storage.repositories.deliveries import Retry as RetryRow
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BreakerPolicy", "DeliveryLimits", "DeliveryService", "event_body"]
+
+TEST_EVENT_TYPE = "webhook.test"
+UrlGuard = Callable[[str], None]
+"""Raises ValueError for a URL a request may not go to now (checked before each send)."""
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """``delivery.breaker``: when an endpoint counts as failing, and how long it rests."""
+
+    failures: int = 5
+    """Failed attempts in a row that open the breaker."""
+    first: float = 5.0
+    """Seconds of the first pause; each failed probe doubles it."""
+    max: float = 300.0
+
+    def pause(self, streak: int) -> float:
+        """Seconds to rest after ``streak`` failures in a row (the breaker being open)."""
+        probes_failed = max(0, streak - self.failures)
+        return min(self.max, self.first * 2.0 ** min(probes_failed, 32))
+
+
+@dataclass(frozen=True)
+class DeliveryLimits:
+    batch: int = 200
+    """Deliveries claimed at once."""
+    concurrency: int = 64
+    """Requests in flight, in all."""
+    per_endpoint: int = 8
+    """Requests in flight to one subscription."""
+
+
+def event_body(event: Event) -> SignedRequest:
+    """The ``standard`` body of an event, serialised from the stored event alone, so every
+    attempt and every replay sends the same bytes."""
+    payload = {
+        "id": event.id,
+        "type": event.type,
+        "timestamp": isoformat(event.created_at),
+        "data": event.data,
+    }
+    return SignedRequest.of(event.id, payload)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    due: DueDelivery
+    started_at: datetime
+    result: AttemptResult | None
+    """None: released unsent (the endpoint's breaker opened meanwhile)."""
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        sessions: Sessions,
+        http: aiohttp.ClientSession,
+        subscriptions: Subscriptions,
+        *,
+        schedule: FixedSchedule,
+        timeout: float,
+        breaker: BreakerPolicy = BreakerPolicy(),
+        limits: DeliveryLimits = DeliveryLimits(),
+        auth: AuthHeaders | None = None,
+        check_url: UrlGuard | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: Uniform | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._http = http
+        self._subscriptions = subscriptions
+        self._schedule = schedule
+        self._timeout = timeout
+        self._breaker = breaker
+        self._limits = limits
+        self._auth = auth or AuthHeaders()
+        self._check_url = check_url
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._overall = asyncio.Semaphore(limits.concurrency)
+        self._endpoints: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(limits.per_endpoint)
+        )
+        self._in_flight = 0
+        self._freed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the job -----------------------------------------------------------------------------
+
+    async def run_due(self) -> int:
+        """Claim what is due (as much as capacity allows) and start sending it; how many.
+
+        With no capacity left it waits until a batch in flight finishes."""
+        free = self._limits.concurrency - self._in_flight
+        if free <= 0:
+            self._freed.clear()
+            await self._freed.wait()
+            return 1
+        claimed = await self._claim(min(self._limits.batch, free))
+        if claimed:
+            self._in_flight += len(claimed)
+            task = asyncio.create_task(self._deliver(claimed), name="delivery-batch")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claimed)
+
+    async def drain(self) -> None:
+        """Let the batches in flight finish and record their outcomes (on stop)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def _claim(self, limit: int) -> list[DueDelivery]:
+        now = self._clock()
+        async with self._sessions.begin() as session:
+            due = await deliveries_repo.claim_due(session, now, limit)
+            if not due:
+                return []
+            hooks = await webhooks_repo.lock_many(session, list({d.webhook_id for d in due}))
+            keep: list[DueDelivery] = []
+            released: list[int] = []
+            probing: set[str] = set()
+            for delivery in due:
+                webhook = hooks.get(delivery.webhook_id)
+                if webhook is None:
+                    continue
+                if webhook.breaker_state == "closed":
+                    keep.append(delivery)
+                elif webhook.id not in probing:
+                    # the pause is over: one delivery probes; the rest wait for its outcome
+                    probing.add(webhook.id)
+                    webhook.breaker_state = "half_open"
+                    webhook.breaker_until = now + CLAIM_HOLD
+                    keep.append(delivery)
+                else:
+                    released.append(delivery.seq)
+            await deliveries_repo.release(session, released, now)
+        return keep
+
+    async def _deliver(self, claimed: list[DueDelivery]) -> None:
+        try:
+            async with self._sessions() as session:
+                events = await events_repo.by_seqs(session, [d.event_seq for d in claimed])
+                hooks = {
+                    w.id: w
+                    for w in await webhooks_repo.list_all(session)
+                    if w.id in {d.webhook_id for d in claimed}
+                }
+            groups: dict[str, list[DueDelivery]] = defaultdict(list)
+            for delivery in claimed:
+                groups[delivery.webhook_id].append(delivery)
+            sent_groups = await asyncio.gather(
+                *(self._send_group(hooks[wid], items, events) for wid, items in groups.items())
+            )
+            await self._record([s for group in sent_groups for s in group], hooks)
+        except Exception:
+            # the claims expire and the deliveries come due again: nothing is lost
+            log.exception("a delivery batch failed; its deliveries are retried after the claim")
+        finally:
+            self._in_flight -= len(claimed)
+            self._freed.set()
+
+    async def _send_group(
+        self, webhook: Webhook, items: list[DueDelivery], events: dict[int, Event]
+    ) -> list[_Sent]:
+        secret = self._subscriptions.secret_of(webhook)
+        auth = self._subscriptions.auth_of(webhook)
+        endpoint = self._endpoints[webhook.id]
+        failures, answered = 0, False
+
+        async def one(delivery: DueDelivery) -> _Sent:
+            nonlocal failures, answered
+            async with self._overall, endpoint:
+                if failures >= self._breaker.failures and not answered:
+                    return _Sent(delivery, self._clock(), None)  # failing: do not hammer it
+                started = self._clock()
+                request = event_body(events[delivery.event_seq])
+                result = await self.attempt(webhook, secret, auth, request)
+            if isinstance(result, Retry):
+                failures += 1
+            else:
+                answered = True
+            return _Sent(delivery, started, result)
+
+        return list(await asyncio.gather(*(one(d) for d in items)))
+
+    async def attempt(
+        self,
+        webhook: Webhook,
+        secret: WebhookSecret,
+        auth: WebhookAuth | None,
+        request: SignedRequest,
+    ) -> AttemptResult:
+        """One request of ``request`` to ``webhook``, with its headers and auth."""
+        if self._check_url is not None:
+            try:
+                self._check_url(webhook.url)
+            except ValueError as exc:
+                return Rejected(status=None, error=f"URL refused: {exc}", duration=0, response="")
+        headers: dict[str, str] = dict(webhook.headers)
+        try:
+            authorization = await self._auth.headers(auth, self._http)
+        except AuthUnavailable as exc:
+            return Retry(status=None, error=f"auth: {exc}", duration=0, response="")
+        headers.update(authorization)
+        result = await sender.send(
+            self._http,
+            webhook.url,
+            request,
+            secret,
+            extra_headers=headers,
+            request_timeout=self._timeout,
+            clock=self._clock,
+        )
+        if result.status == 401 and isinstance(auth, OAuth2ClientCredentials):
+            # most likely a token revoked or expired early: the next attempt fetches another
+            self._auth.invalidate(auth, authorization)
+            return Retry(
+                status=401, error=result.error, duration=result.duration, response=result.response
+            )
+        return result
+
+    async def _record(self, sent: Sequence[_Sent], hooks: dict[str, Webhook]) -> None:
+        now = self._clock()
+        attempts: list[Attempt] = []
+        succeeded: list[int] = []
+        retries: list[RetryRow] = []
+        dead: list[Dead] = []
+        released: list[int] = []
+        by_webhook: dict[str, list[AttemptResult]] = defaultdict(list)
+        for item in sent:
+            result = item.result
+            if result is None:
+                released.append(item.due.seq)
+                continue
+            by_webhook[item.due.webhook_id].append(result)
+            attempts.append(
+                Attempt(
+                    delivery_seq=item.due.seq,
+                    started_at=item.started_at,
+                    duration_ms=round(result.duration * 1000),
+                    status_code=result.status,
+                    error=result.error,
+                    response_excerpt=_excerpt(result.response),
+                )
+            )
+            if isinstance(result, Delivered):
+                succeeded.append(item.due.seq)
+            elif isinstance(result, Retry):
+                delay = self._schedule.delay(item.due.attempts + 1, self._rng)
+                if delay is None:
+                    dead.append(Dead(item.due.seq, f"retries used up; last: {result.error}"))
+                else:
+                    if result.retry_after is not None:
+                        delay = result.retry_after
+                    at = now + timedelta(seconds=delay)
+                    retries.append(RetryRow(item.due.seq, result.error, at))
+            else:
+                dead.append(Dead(item.due.seq, result.error))
+        async with self._sessions.begin() as session:
+            await deliveries_repo.record_attempts(session, attempts)
+            await deliveries_repo.succeed(session, succeeded, now)
+            await deliveries_repo.reschedule(session, retries, now)
+            await deliveries_repo.mark_dead(session, dead, now)
+            await deliveries_repo.release(session, released, now)
+            locked = await webhooks_repo.lock_many(session, list(by_webhook))
+            for webhook_id, results in by_webhook.items():
+                webhook = locked.get(webhook_id)
+                if webhook is not None:
+                    await self._health(session, webhook, results, now)
+
+    async def _health(
+        self, session: Any, webhook: Webhook, results: list[AttemptResult], now: datetime
+    ) -> None:
+        """Move the subscription's health and breaker on this batch's outcomes."""
+        failed = sum(isinstance(r, Retry) for r in results)
+        answered = len(results) - failed
+        if any(isinstance(r, Delivered) for r in results):
+            webhook.last_success_at = now
+        was = webhook.breaker_state
+        if answered:
+            webhook.failure_streak = 0
+            if was != "closed":
+                webhook.breaker_state, webhook.breaker_until = "closed", None
+                await deliveries_repo.due_now(session, webhook.id, now)
+                emit_other(session, EventType.WEBHOOK_RECOVERED, _about(webhook))
+                log.info("webhook %s answers again: breaker closed", webhook.id)
+        elif failed:
+            webhook.failure_streak += failed
+            if (was == "closed" and webhook.failure_streak >= self._breaker.failures) or (
+                was != "closed"
+            ):
+                pause = self._breaker.pause(webhook.failure_streak)
+                webhook.breaker_state = "open"
+                webhook.breaker_until = now + timedelta(seconds=pause)
+                if was == "closed":
+                    emit_other(session, EventType.WEBHOOK_FAILING, _about(webhook, results[-1]))
+                    log.warning(
+                        "webhook %s keeps failing (%d in a row): paused %g s",
+                        webhook.id,
+                        webhook.failure_streak,
+                        pause,
+                    )
+        waits = [r.retry_after for r in results if isinstance(r, Retry) and r.retry_after]
+        if waits:
+            until = now + timedelta(seconds=max(waits))
+            if webhook.breaker_until is None or webhook.breaker_until < until:
+                webhook.breaker_until = until
+        if any(isinstance(r, Gone) for r in results) and webhook.enabled:
+            webhook.enabled = False
+            emit_other(session, EventType.WEBHOOK_DISABLED, _about(webhook, results[-1]))
+            log.warning("webhook %s answered 410 Gone: disabled", webhook.id)
+
+    # -- a test request ----------------------------------------------------------------------
+
+    async def test(self, webhook_id: str) -> TestResult:
+        """Send a signed example event to the subscription now; nothing is stored."""
+        webhook = await self._subscriptions.webhook(webhook_id)
+        event_id = new_event_id()
+        request = SignedRequest.of(
+            event_id,
+            {
+                "id": event_id,
+                "type": TEST_EVENT_TYPE,
+                "timestamp": isoformat(self._clock()),
+                "data": {"webhookId": webhook.id, "text": "a test event from the connector"},
+            },
+        )
+        result = await self.attempt(
+            webhook,
+            self._subscriptions.secret_of(webhook),
+            self._subscriptions.auth_of(webhook),
+            request,
+        )
+        return TestResult(
+            delivered=isinstance(result, Delivered),
+            status_code=result.status,
+            error=result.error,
+            duration_ms=round(result.duration * 1000),
+            response=result.response,
+        )
+
+
+def _about(webhook: Webhook, last: AttemptResult | None = None) -> dict[str, Any]:
+    return {
+        "id": webhook.id,
+        "url": webhook.url,
+        "enabled": webhook.enabled,
+        "failureStreak": webhook.failure_streak,
+        "breaker": webhook.breaker_state,
+        "pausedUntil": None if webhook.breaker_until is None else isoformat(webhook.breaker_until),
+        "lastError": None if last is None else last.error,
+    }
+
+
+def _excerpt(text: str) -> str | None:
+    if not text:
+        return None
+    raw = text.encode()
+    if len(raw) <= deliveries_repo.RESPONSE_EXCERPT_LIMIT:
+        return text
+    return raw[: deliveries_repo.RESPONSE_EXCERPT_LIMIT].decode(errors="ignore")
