@@ -169,7 +169,9 @@ class BreakerSettings(_Section):
     """Failed attempts in a row that open the breaker (``webhook.failing``)."""
     first: Annotated[float, Field(gt=0)] = 5.0
     """Seconds of the first pause; each failed probe doubles it."""
-    max: Annotated[float, Field(gt=0)] = 300.0
+    max: Annotated[float, Field(gt=0)] = 30.0
+    """The longest pause: an endpoint that comes back is found within this (one probe
+    request per pause is no load on anyone)."""
 
     @model_validator(mode="after")
     def _max_not_below_first(self) -> BreakerSettings:

@@ -78,7 +78,7 @@ class BreakerPolicy:
     """Failed attempts in a row that open the breaker."""
     first: float = 5.0
     """Seconds of the first pause; each failed probe doubles it."""
-    max: float = 300.0
+    max: float = 30.0
 
     def pause(self, streak: int) -> float:
         """Seconds to rest after ``streak`` failures in a row (the breaker being open)."""
@@ -94,6 +94,12 @@ class DeliveryLimits:
     """Requests in flight, in all."""
     per_endpoint: int = 8
     """Requests in flight to one subscription."""
+
+    @property
+    def held_per_endpoint(self) -> int:
+        """Deliveries of one subscription claimed at a time (in flight or queued for it):
+        enough to keep ``per_endpoint`` busy, few enough to be sent well within a claim."""
+        return self.per_endpoint * 4
 
 
 def event_body(event: Event) -> SignedRequest:
@@ -148,6 +154,7 @@ class DeliveryService:
             lambda: asyncio.Semaphore(limits.per_endpoint)
         )
         self._in_flight = 0
+        self._held: dict[str, int] = defaultdict(int)  # subscription -> claimed, not recorded
         self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -162,47 +169,63 @@ class DeliveryService:
             self._freed.clear()
             await self._freed.wait()
             return 1
-        claimed = await self._claim(min(self._limits.batch, free))
+        claimed_at = self._clock()
+        claimed = await self._claim(min(self._limits.batch, free), claimed_at)
         if claimed:
             self._in_flight += len(claimed)
-            task = asyncio.create_task(self._deliver(claimed), name="delivery-batch")
+            for delivery in claimed:
+                self._held[delivery.webhook_id] += 1
+            until = claimed_at + CLAIM_HOLD
+            task = asyncio.create_task(self._deliver(claimed, until), name="delivery-batch")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return len(claimed)
 
-    async def drain(self) -> None:
-        """Let the batches in flight finish and record their outcomes (on stop)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def drain(self, grace: float | None = None) -> None:
+        """Let the batches in flight finish and record their outcomes (on stop), within
+        ``grace`` seconds (default: one request's timeout and a little); then cancel what is
+        left: its claims expire and those deliveries are sent again later."""
+        grace = self._timeout + 5 if grace is None else grace
+        if self._tasks:
+            _, late = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
-    async def _claim(self, limit: int) -> list[DueDelivery]:
-        now = self._clock()
+    async def _claim(self, limit: int, now: datetime) -> list[DueDelivery]:
+        cap = self._limits.held_per_endpoint
+        full = [webhook_id for webhook_id, held in self._held.items() if held >= cap]
         async with self._sessions.begin() as session:
-            due = await deliveries_repo.claim_due(session, now, limit)
+            due = await deliveries_repo.claim_due(session, now, limit, skip=full)
             if not due:
                 return []
             hooks = await webhooks_repo.lock_many(session, list({d.webhook_id for d in due}))
             keep: list[DueDelivery] = []
             released: list[int] = []
             probing: set[str] = set()
+            taken: dict[str, int] = defaultdict(int)
             for delivery in due:
                 webhook = hooks.get(delivery.webhook_id)
                 if webhook is None:
                     continue
-                if webhook.breaker_state == "closed":
+                if self._held[webhook.id] + taken[webhook.id] >= cap:
+                    released.append(delivery.seq)  # enough of its deliveries in hand
+                elif webhook.breaker_state == "closed":
+                    taken[webhook.id] += 1
                     keep.append(delivery)
                 elif webhook.id not in probing:
                     # the pause is over: one delivery probes; the rest wait for its outcome
                     probing.add(webhook.id)
                     webhook.breaker_state = "half_open"
                     webhook.breaker_until = now + CLAIM_HOLD
+                    taken[webhook.id] += 1
                     keep.append(delivery)
                 else:
                     released.append(delivery.seq)
             await deliveries_repo.release(session, released, now)
         return keep
 
-    async def _deliver(self, claimed: list[DueDelivery]) -> None:
+    async def _deliver(self, claimed: list[DueDelivery], claimed_until: datetime) -> None:
         try:
             async with self._sessions() as session:
                 events = await events_repo.by_seqs(session, [d.event_seq for d in claimed])
@@ -213,9 +236,14 @@ class DeliveryService:
                 }
             groups: dict[str, list[DueDelivery]] = defaultdict(list)
             for delivery in claimed:
-                groups[delivery.webhook_id].append(delivery)
+                if delivery.webhook_id in hooks and delivery.event_seq in events:
+                    groups[delivery.webhook_id].append(delivery)
+                # else deleted meanwhile, with its deliveries (the foreign keys cascade)
             sent_groups = await asyncio.gather(
-                *(self._send_group(hooks[wid], items, events) for wid, items in groups.items())
+                *(
+                    self._send_group(hooks[wid], items, events, claimed_until)
+                    for wid, items in groups.items()
+                )
             )
             await self._record([s for group in sent_groups for s in group], hooks)
         except Exception:
@@ -223,10 +251,18 @@ class DeliveryService:
             log.exception("a delivery batch failed; its deliveries are retried after the claim")
         finally:
             self._in_flight -= len(claimed)
+            for delivery in claimed:
+                self._held[delivery.webhook_id] -= 1
+                if not self._held[delivery.webhook_id]:
+                    del self._held[delivery.webhook_id]
             self._freed.set()
 
     async def _send_group(
-        self, webhook: Webhook, items: list[DueDelivery], events: dict[int, Event]
+        self,
+        webhook: Webhook,
+        items: list[DueDelivery],
+        events: dict[int, Event],
+        claimed_until: datetime,
     ) -> list[_Sent]:
         secret = self._subscriptions.secret_of(webhook)
         auth = self._subscriptions.auth_of(webhook)
@@ -236,9 +272,13 @@ class DeliveryService:
         async def one(delivery: DueDelivery) -> _Sent:
             nonlocal failures, answered
             async with self._overall, endpoint:
-                if failures >= self._breaker.failures and not answered:
-                    return _Sent(delivery, self._clock(), None)  # failing: do not hammer it
                 started = self._clock()
+                if failures >= self._breaker.failures and not answered:
+                    return _Sent(delivery, started, None)  # failing: do not hammer it
+                if started + timedelta(seconds=self._timeout) >= claimed_until:
+                    # queued so long its claim could end mid-request: another claimer may
+                    # take it then, so it goes back unsent rather than twice
+                    return _Sent(delivery, started, None)
                 request = event_body(events[delivery.event_seq])
                 result = await self.attempt(webhook, secret, auth, request)
             if isinstance(result, Retry):

@@ -128,10 +128,16 @@ async def add_many(session: AsyncSession, pairs: Sequence[tuple[int, str]], now:
 
 
 async def claim_due(
-    session: AsyncSession, now: datetime, limit: int, hold: timedelta = CLAIM_HOLD
+    session: AsyncSession,
+    now: datetime,
+    limit: int,
+    hold: timedelta = CLAIM_HOLD,
+    *,
+    skip: Sequence[str] = (),
 ) -> list[DueDelivery]:
     """Claim up to ``limit`` due open deliveries, the longest-waiting first, until ``now +
-    hold``; in event order.
+    hold``; in event order. Subscriptions in ``skip`` are left out (the caller has enough of
+    theirs in hand).
 
     Run it in a write transaction of its own and commit at once: on PostgreSQL the claimed rows
     stay locked until then.
@@ -143,6 +149,8 @@ async def claim_due(
         _WEBHOOKS.c.enabled.is_(True),
         or_(_WEBHOOKS.c.breaker_until.is_(None), _WEBHOOKS.c.breaker_until <= now),
     )
+    if skip:
+        enabled = enabled.where(_WEBHOOKS.c.id.not_in(list(skip)))
     ordered = select(_WEBHOOKS.c.id).where(_WEBHOOKS.c.ordered.is_(True))
     waits = (
         exists()
