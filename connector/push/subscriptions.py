@@ -41,7 +41,7 @@ from connector.push.schemas import (
     WebhookPatch,
 )
 from connector.push.signing import WebhookSecret, new_secret, parse_secret
-from connector.settings import WebhookConfig
+from connector.settings import ConfigError, WebhookConfig
 from storage.engine import Sessions
 from storage.models import Delivery, DeliveryAttempt, Event, Webhook
 from storage.repositories import deliveries as deliveries_repo
@@ -198,8 +198,11 @@ class Subscriptions:
     async def mirror_config(self, configured: Sequence[WebhookConfig]) -> list[NewSecret]:
         """Make the config subscriptions exactly the ``[[webhooks]]`` entries; the secrets made
         for entries without one that are new (to be shown once)."""
-        for entry in configured:
-            await self._checked(entry.url)
+        for index, entry in enumerate(configured):
+            try:
+                await self._check_url(entry.url)
+            except ValueError as exc:
+                raise ConfigError(f"webhooks[{index}].url: {exc}") from None
         made: list[NewSecret] = []
         now = utcnow()
         async with self._sessions.begin() as session:

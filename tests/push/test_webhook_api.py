@@ -263,3 +263,12 @@ async def test_a_webhook_on_postgresql(
 
 async def _accepted(receiver: Receiver, n: int) -> bool:
     return len({r.webhook_id for r in receiver.accepted}) >= n
+
+
+async def test_a_config_webhook_aimed_at_metadata_stops_start_up(
+    connector_factory: ConnectorFactory,
+) -> None:
+    from connector.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"webhooks\[0\]\.url: .*metadata"):
+        await connector_factory("bob", webhooks=[{"url": "http://169.254.169.254/latest"}])
