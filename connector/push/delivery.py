@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import isoformat, utcnow
 from connector.ids import new_event_id
@@ -369,15 +370,24 @@ class DeliveryService:
             await deliveries_repo.mark_dead(session, dead, now)
             await deliveries_repo.release(session, released, now)
             locked = await webhooks_repo.lock_many(session, list(by_webhook))
-            for webhook_id, results in by_webhook.items():
-                webhook = locked.get(webhook_id)
-                if webhook is not None:
-                    await self._health(session, webhook, results, now)
+            recovered = [
+                webhook_id
+                for webhook_id, results in by_webhook.items()
+                if webhook_id in locked and self._health(session, locked[webhook_id], results, now)
+            ]
+        # What waited for a recovered endpoint is due now. Not in the transaction above: it
+        # holds subscription rows locked, and a claim holding delivery rows may be waiting for
+        # one of those (a deadlock on PostgreSQL).
+        for webhook_id in recovered:
+            async with self._sessions.begin() as session:
+                await deliveries_repo.due_now(session, webhook_id, now)
 
-    async def _health(
-        self, session: Any, webhook: Webhook, results: list[AttemptResult], now: datetime
-    ) -> None:
-        """Move the subscription's health and breaker on this batch's outcomes."""
+    def _health(
+        self, session: AsyncSession, webhook: Webhook, results: list[AttemptResult], now: datetime
+    ) -> bool:
+        """Move the subscription's health and breaker on this batch's outcomes; whether the
+        endpoint recovered (its breaker closed)."""
+        recovered = False
         failed = sum(isinstance(r, Retry) for r in results)
         answered = len(results) - failed
         if any(isinstance(r, Delivered) for r in results):
@@ -387,7 +397,7 @@ class DeliveryService:
             webhook.failure_streak = 0
             if was != "closed":
                 webhook.breaker_state, webhook.breaker_until = "closed", None
-                await deliveries_repo.due_now(session, webhook.id, now)
+                recovered = True
                 emit_other(session, EventType.WEBHOOK_RECOVERED, _about(webhook))
                 log.info("webhook %s answers again: breaker closed", webhook.id)
         elif failed:
@@ -415,6 +425,7 @@ class DeliveryService:
             webhook.enabled = False
             emit_other(session, EventType.WEBHOOK_DISABLED, _about(webhook, results[-1]))
             log.warning("webhook %s answered 410 Gone: disabled", webhook.id)
+        return recovered
 
     # -- a test request ----------------------------------------------------------------------
 
