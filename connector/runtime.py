@@ -26,7 +26,7 @@ from connector.push.routing import route_pending_events
 from connector.push.schemas import DELIVERED_FORMATS
 from connector.push.subscriptions import NewSecret, Subscriptions
 from connector.push.url_policy import UrlPolicy
-from connector.retry import FixedSchedule
+from connector.retry import FixedSchedule, GrowingInterval
 from connector.services import identity as identity_service
 from connector.services.api_keys import ApiKeyService
 from connector.services.events import EventFeed, EventNotifier, settle_for
@@ -162,6 +162,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             push_http,
             subscriptions,
             schedule=FixedSchedule.from_settings(settings.delivery),
+            correlation=GrowingInterval.from_settings(settings.delivery.correlation_retry),
+            connector_url=settings.server.base_url,
             timeout=settings.delivery.timeout,
             breaker=BreakerPolicy(
                 settings.delivery.breaker.failures,

@@ -56,6 +56,19 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    public_url: Annotated[
+        str, Field(max_length=2048, pattern=r"^(https?://[^\s/]+(/[^\s]*)?)?$")
+    ] = ""
+    """Where business systems reach this API (behind a proxy, say), for the links the
+    connector hands out (attachment downloads pushed to engines). Empty: http://host:port."""
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
 
 class MetricsSettings(_Section):
@@ -233,6 +246,12 @@ class WebhookConfig(_Section):
     headers: dict[str, str] = {}
     filter: dict[str, str] = {}
     auth: WebhookAuth | None = None
+    correlate_by: Annotated[str, Field(min_length=1, max_length=255)] = "businessKey"
+    """camunda7: ``businessKey``, or the correlation key (process variable) to match."""
+    tenant_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    """camunda7, camunda8: the tenant."""
+    process_group: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    """spiff: the process group qualifying message names, such as ``orders/payments``."""
     enabled: bool = True
     ordered: bool = False
     receipts: bool = False

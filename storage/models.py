@@ -306,6 +306,8 @@ class Webhook(Base):
     filter: Mapped[dict[str, Any]]
     """``name``, ``correlationKey``, ``sender``: each absent or the value to match."""
     headers: Mapped[dict[str, Any]]
+    options: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'"))
+    """Engine formats' options: ``correlate_by``, ``tenant_id``, ``process_group``."""
     auth_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     enabled: Mapped[bool] = mapped_column(Boolean)

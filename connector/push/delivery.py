@@ -47,11 +47,12 @@ from connector.clock import isoformat, utcnow
 from connector.ids import new_event_id
 from connector.push import sender
 from connector.push.auth import AuthHeaders, AuthUnavailable, OAuth2ClientCredentials, WebhookAuth
+from connector.push.formats import FORMATS, EngineOptions, Push
 from connector.push.schemas import TestResult
-from connector.push.sender import AttemptResult, Delivered, Gone, Rejected, Retry
+from connector.push.sender import AttemptResult, Delivered, Gone, NotCorrelated, Rejected, Retry
 from connector.push.signing import SignedRequest, WebhookSecret
 from connector.push.subscriptions import Subscriptions
-from connector.retry import FixedSchedule, Uniform
+from connector.retry import FixedSchedule, GrowingInterval, Uniform
 from connector.services.events import emit_other
 from connector.services.lifecycle import EventType
 from storage.engine import Sessions
@@ -64,7 +65,7 @@ from storage.repositories.deliveries import Retry as RetryRow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BreakerPolicy", "DeliveryLimits", "DeliveryService", "event_body"]
+__all__ = ["BreakerPolicy", "DeliveryLimits", "DeliveryService"]
 
 TEST_EVENT_TYPE = "webhook.test"
 UrlGuard = Callable[[str], None]
@@ -103,24 +104,14 @@ class DeliveryLimits:
         return self.per_endpoint * 4
 
 
-def event_body(event: Event) -> SignedRequest:
-    """The ``standard`` body of an event, serialised from the stored event alone, so every
-    attempt and every replay sends the same bytes."""
-    payload = {
-        "id": event.id,
-        "type": event.type,
-        "timestamp": isoformat(event.created_at),
-        "data": event.data,
-    }
-    return SignedRequest.of(event.id, payload)
-
-
 @dataclass(frozen=True)
 class _Sent:
     due: DueDelivery
     started_at: datetime
     result: AttemptResult | None
     """None: released unsent (the endpoint's breaker opened meanwhile)."""
+    deadline: datetime | None = None
+    """Engine formats: the message's expiresAt, when retries end."""
 
 
 class DeliveryService:
@@ -131,6 +122,8 @@ class DeliveryService:
         subscriptions: Subscriptions,
         *,
         schedule: FixedSchedule,
+        correlation: GrowingInterval | None = None,
+        connector_url: str = "",
         timeout: float,
         breaker: BreakerPolicy = BreakerPolicy(),
         limits: DeliveryLimits = DeliveryLimits(),
@@ -143,6 +136,8 @@ class DeliveryService:
         self._http = http
         self._subscriptions = subscriptions
         self._schedule = schedule
+        self._correlation = correlation or GrowingInterval()
+        self._connector_url = connector_url
         self._timeout = timeout
         self._breaker = breaker
         self._limits = limits
@@ -280,15 +275,46 @@ class DeliveryService:
                     # queued so long its claim could end mid-request: another claimer may
                     # take it then, so it goes back unsent rather than twice
                     return _Sent(delivery, started, None)
-                request = event_body(events[delivery.event_seq])
-                result = await self.attempt(webhook, secret, auth, request)
+                result = await self._push(webhook, secret, auth, delivery, events)
             if isinstance(result, Retry):
                 failures += 1
             else:
                 answered = True
-            return _Sent(delivery, started, result)
+            deadline = None
+            if webhook.format != "standard":
+                deadline = _expires_at(events[delivery.event_seq])
+            return _Sent(delivery, started, result, deadline)
 
         return list(await asyncio.gather(*(one(d) for d in items)))
+
+    async def _push(
+        self,
+        webhook: Webhook,
+        secret: WebhookSecret,
+        auth: WebhookAuth | None,
+        delivery: DueDelivery,
+        events: dict[int, Event],
+    ) -> AttemptResult:
+        """One attempt of ``delivery`` in its subscription's format."""
+        event = events[delivery.event_seq]
+        format_ = FORMATS[webhook.format]
+        push = Push(
+            event_id=event.id,
+            event_type=event.type,
+            created_at=event.created_at,
+            data=event.data,
+            attempt=delivery.attempts + 1,
+            now=self._clock(),
+            connector_url=self._connector_url,
+        )
+        try:
+            target = format_.request(webhook.url, EngineOptions.of(webhook.options), push)
+            request = SignedRequest.of(event.id, target.payload)
+        except ValueError as exc:
+            error = f"cannot be sent as {webhook.format}: {exc}"
+            return Rejected(status=None, error=error, duration=0, response="")
+        result = await self.attempt(webhook, secret, auth, request, url=target.url)
+        return format_.classify(result)
 
     async def attempt(
         self,
@@ -296,11 +322,15 @@ class DeliveryService:
         secret: WebhookSecret,
         auth: WebhookAuth | None,
         request: SignedRequest,
+        *,
+        url: str | None = None,
     ) -> AttemptResult:
-        """One request of ``request`` to ``webhook``, with its headers and auth."""
+        """One request of ``request`` to ``url`` (default: the subscription's), with the
+        subscription's headers and auth."""
+        url = url or webhook.url
         if self._check_url is not None:
             try:
-                self._check_url(webhook.url)
+                self._check_url(url)
             except ValueError as exc:
                 return Rejected(status=None, error=f"URL refused: {exc}", duration=0, response="")
         headers: dict[str, str] = dict(webhook.headers)
@@ -311,7 +341,7 @@ class DeliveryService:
         headers.update(authorization)
         result = await sender.send(
             self._http,
-            webhook.url,
+            url,
             request,
             secret,
             extra_headers=headers,
@@ -352,17 +382,13 @@ class DeliveryService:
             )
             if isinstance(result, Delivered):
                 succeeded.append(item.due.seq)
-            elif isinstance(result, Retry):
-                delay = self._schedule.delay(item.due.attempts + 1, self._rng)
-                if delay is None:
-                    dead.append(Dead(item.due.seq, f"retries used up; last: {result.error}"))
-                else:
-                    if result.retry_after is not None:
-                        delay = result.retry_after
-                    at = now + timedelta(seconds=delay)
-                    retries.append(RetryRow(item.due.seq, result.error, at))
+                continue
+            delay, why = self._next_try(item, result, now)
+            if delay is None:
+                dead.append(Dead(item.due.seq, why))
             else:
-                dead.append(Dead(item.due.seq, result.error))
+                at = now + timedelta(seconds=delay)
+                retries.append(RetryRow(item.due.seq, result.error, at))
         async with self._sessions.begin() as session:
             await deliveries_repo.record_attempts(session, attempts)
             await deliveries_repo.succeed(session, succeeded, now)
@@ -381,6 +407,43 @@ class DeliveryService:
         for webhook_id in recovered:
             async with self._sessions.begin() as session:
                 await deliveries_repo.due_now(session, webhook_id, now)
+
+    def _next_try(
+        self, item: _Sent, result: AttemptResult, now: datetime
+    ) -> tuple[float | None, str | None]:
+        """Seconds until the next attempt after a failed one, or None and why it is dead.
+
+        Engines are asked until the message expires: "not correlated yet" on the correlation
+        policy, other transient failures on the retry schedule (its last step repeating). A
+        plain webhook follows the retry schedule and then is dead.
+        """
+        attempt = item.due.attempts + 1
+        if isinstance(result, Rejected | Gone):
+            return None, result.error
+        deadline = item.deadline
+        if isinstance(result, NotCorrelated):
+            if deadline is None:
+                return None, f"not correlated, and the message has no expiresAt: {result.error}"
+            delay = self._correlation.delay(attempt, now=now, deadline=deadline)
+            if delay is None:
+                return None, f"not correlated before the message expired; last: {result.error}"
+            return delay, None
+        assert isinstance(result, Retry)
+        if deadline is not None:
+            if now >= deadline:
+                return None, f"the message expired; last: {result.error}"
+            steps = len(self._schedule.delays)
+            delay = self._schedule.delay(min(attempt, steps), self._rng)
+        else:
+            delay = self._schedule.delay(attempt, self._rng)
+            if delay is None:
+                return None, f"retries used up; last: {result.error}"
+        assert delay is not None
+        if result.retry_after is not None:
+            delay = result.retry_after
+        if deadline is not None:
+            delay = min(delay, max((deadline - now).total_seconds(), 0.0))
+        return delay, None
 
     def _health(
         self, session: AsyncSession, webhook: Webhook, results: list[AttemptResult], now: datetime
@@ -455,6 +518,16 @@ class DeliveryService:
             duration_ms=round(result.duration * 1000),
             response=result.response,
         )
+
+
+def _expires_at(event: Event) -> datetime | None:
+    value = event.data.get("expiresAt") if isinstance(event.data, dict) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _about(webhook: Webhook, last: AttemptResult | None = None) -> dict[str, Any]:

@@ -103,6 +103,9 @@ class WebhookFilter(_Request):
     sender: Address | None = None
 
 
+_Option = Annotated[str, Field(min_length=1, max_length=255)]
+
+
 class WebhookIn(_Request):
     url: Url
     events: EventTypes = [EventType.RECEIVED]
@@ -110,6 +113,15 @@ class WebhookIn(_Request):
     filter: WebhookFilter = WebhookFilter()
     headers: Headers = {}
     auth: WebhookAuth | None = None
+    correlate_by: _Option = Field(
+        "businessKey",
+        description="camunda7: businessKey, or the correlation key (process variable) the "
+        "message's correlationKey is matched against",
+    )
+    tenant_id: _Option | None = Field(None, description="camunda7, camunda8: the tenant")
+    process_group: _Option | None = Field(
+        None, description="spiff: the process group qualifying message names (orders/payments)"
+    )
     enabled: bool = True
     ordered: bool = False
     """Deliver one event at a time, in event order."""
@@ -125,6 +137,9 @@ class WebhookPatch(_Request):
     filter: WebhookFilter | None = None
     headers: Headers | None = None
     auth: WebhookAuth | None = Field(None, description="null removes the auth")
+    correlate_by: _Option | None = None
+    tenant_id: _Option | None = Field(None, description="null removes it")
+    process_group: _Option | None = Field(None, description="null removes it")
     enabled: bool | None = None
     ordered: bool | None = None
     receipts: bool | None = None
@@ -157,6 +172,9 @@ class WebhookOut(_Model):
     filter: WebhookFilter
     headers: dict[str, str]
     auth: AuthOut | None
+    correlate_by: str
+    tenant_id: str | None
+    process_group: str | None
     enabled: bool
     ordered: bool
     receipts: bool

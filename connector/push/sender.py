@@ -39,6 +39,7 @@ __all__ = [
     "AttemptResult",
     "Delivered",
     "Gone",
+    "NotCorrelated",
     "Rejected",
     "Retry",
     "parse_retry_after",
@@ -81,7 +82,14 @@ class Rejected(_Attempt):
     """A permanent failure: the same request will be refused again."""
 
 
-AttemptResult = Delivered | Retry | Gone | Rejected
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotCorrelated(_Attempt):
+    """An engine answered that nothing waits for the message yet (a format's reading of the
+    answer, never the sender's): asked again on ``delivery.correlation_retry`` until the
+    message's ``expiresAt``."""
+
+
+AttemptResult = Delivered | Retry | Gone | Rejected | NotCorrelated
 
 
 async def send(

@@ -16,7 +16,6 @@ The rules live here; SQL lives in ``storage.repositories.webhooks`` and ``...del
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -127,6 +126,7 @@ class Subscriptions:
             events=[str(e) for e in request.events],
             filter=request.filter.model_dump(by_alias=True, exclude_none=True),
             headers=dict(request.headers),
+            options=_options(request.correlate_by, request.tenant_id, request.process_group),
             auth_sealed=self._seal_auth(request.auth),
             enabled=request.enabled,
             ordered=request.ordered,
@@ -164,6 +164,7 @@ class Subscriptions:
             changes["headers"] = dict(patch.headers)
         if "auth" in given:
             changes["auth_sealed"] = self._seal_auth(patch.auth)
+        engine_fields = {"correlate_by", "tenant_id", "process_group"} & given
         for flag in ("enabled", "ordered", "receipts"):
             value = getattr(patch, flag)
             if value is not None:
@@ -172,6 +173,15 @@ class Subscriptions:
             webhook = await _existing(session, webhook_id)
             if webhook.source == "config":
                 raise WebhookFromConfig()
+            if engine_fields:
+                now_options = {**webhook.options}
+                for name in engine_fields:
+                    now_options[name] = getattr(patch, name)
+                changes["options"] = _options(
+                    now_options.get("correlate_by") or "businessKey",
+                    now_options.get("tenant_id"),
+                    now_options.get("process_group"),
+                )
             if changes.get("enabled") is True and not webhook.enabled:
                 # enabled again by hand: a fresh start, not the old breaker's pause
                 changes["failure_streak"] = 0
@@ -215,6 +225,7 @@ class Subscriptions:
                     events=list(entry.events),
                     filter=dict(entry.filter),
                     headers=dict(entry.headers),
+                    options=_options(entry.correlate_by, entry.tenant_id, entry.process_group),
                     auth_sealed=self._seal_auth(entry.auth),
                     enabled=entry.enabled,
                     ordered=entry.ordered,
@@ -297,6 +308,9 @@ class Subscriptions:
             filter=WebhookFilter.model_validate(webhook.filter),
             headers=dict(webhook.headers),
             auth=None if auth is None else AuthOut(type=auth.type),
+            correlate_by=webhook.options.get("correlate_by", "businessKey"),
+            tenant_id=webhook.options.get("tenant_id"),
+            process_group=webhook.options.get("process_group"),
             enabled=webhook.enabled,
             ordered=webhook.ordered,
             receipts=webhook.receipts,
@@ -314,10 +328,13 @@ class Subscriptions:
         )
 
 
-def with_secret_json(view: WebhookOut, secret: str) -> dict[str, object]:
-    data: dict[str, object] = json.loads(view.model_dump_json(by_alias=True))
-    data["secret"] = secret
-    return data
+def _options(correlate_by: str, tenant_id: str | None, process_group: str | None) -> dict[str, str]:
+    options = {"correlate_by": correlate_by}
+    if tenant_id is not None:
+        options["tenant_id"] = tenant_id
+    if process_group is not None:
+        options["process_group"] = process_group
+    return options
 
 
 async def _existing(session: AsyncSession, webhook_id: str) -> Webhook:

@@ -35,6 +35,7 @@ class WebhookSpec:
     events: list[str] = field(default_factory=lambda: ["message.received"])
     filter: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     auth_sealed: bytes | None = None
     enabled: bool = True
     ordered: bool = False
@@ -47,6 +48,7 @@ class WebhookSpec:
             "events": self.events,
             "filter": self.filter,
             "headers": self.headers,
+            "options": self.options,
             "auth_sealed": self.auth_sealed,
             "enabled": self.enabled,
             "ordered": self.ordered,
@@ -62,6 +64,7 @@ class WebhookChanges(TypedDict, total=False):
     events: list[str]
     filter: dict[str, Any]
     headers: dict[str, Any]
+    options: dict[str, Any]
     auth_sealed: bytes | None
     secret_sealed: bytes
     enabled: bool

@@ -1,0 +1,13 @@
+"""Push formats by name: ``standard`` webhooks and the BPM engines' message APIs."""
+
+from __future__ import annotations
+
+from connector.push.formats.base import EngineOptions, Format, Push, PushRequest
+from connector.push.formats.standard import Standard
+
+__all__ = ["FORMATS", "EngineOptions", "Format", "Push", "PushRequest"]
+
+FORMATS: dict[str, Format] = {
+    "standard": Standard(),
+}
+"""Every format this version delivers."""
