@@ -22,8 +22,8 @@ from connector.platform.client import PlatformClient
 from connector.platform.protocol import Platform
 from connector.push.auth import AuthHeaders
 from connector.push.delivery import BreakerPolicy, DeliveryLimits, DeliveryService
+from connector.push.formats import FORMATS
 from connector.push.routing import route_pending_events
-from connector.push.schemas import DELIVERED_FORMATS
 from connector.push.subscriptions import NewSecret, Subscriptions
 from connector.push.url_policy import UrlPolicy
 from connector.retry import FixedSchedule, GrowingInterval
@@ -286,10 +286,10 @@ def build_services(
 def _refuse_undelivered_formats(settings: Settings) -> None:
     """Stop start-up for a [[webhooks]] format this version cannot deliver yet."""
     for index, webhook in enumerate(settings.webhooks):
-        if webhook.format not in DELIVERED_FORMATS:
+        if webhook.format not in FORMATS:
             raise ConfigError(
                 f"webhooks[{index}].format: {webhook.format!r} is not delivered by this "
-                f"version; use one of {', '.join(DELIVERED_FORMATS)}"
+                f"version; use one of {', '.join(FORMATS)}"
             )
 
 

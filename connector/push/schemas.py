@@ -36,9 +36,9 @@ DELIVERIES = "d"
 WEBHOOKS = "w"
 """The kind letter of webhook list cursors."""
 
-Format = Literal["standard"]
-"""Delivered formats. The engine formats (camunda7, camunda8, spiff) come with issue 12."""
-DELIVERED_FORMATS = ("standard",)
+Format = Literal["standard", "camunda7", "camunda8", "spiff"]
+"""The formats of DESIGN.md section 7; ``connector.push.formats.FORMATS`` says which this
+version delivers (the others are refused with 422)."""
 
 DeliveryStatus = Literal["pending", "succeeded", "failed", "dead"]
 

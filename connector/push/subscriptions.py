@@ -26,8 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
 from connector.crypto.at_rest import open_secret, seal_secret
-from connector.errors import DeliveryInFlight, NotFound, WebhookFromConfig, WebhookUrlRefused
+from connector.errors import (
+    DeliveryInFlight,
+    NotFound,
+    ValidationFailed,
+    WebhookFromConfig,
+    WebhookUrlRefused,
+)
 from connector.push.auth import WebhookAuth
+from connector.push.formats import FORMATS
 from connector.push.routing import Route
 from connector.push.schemas import (
     AttemptOut,
@@ -118,6 +125,13 @@ class Subscriptions:
 
     async def create(self, request: WebhookIn) -> tuple[WebhookOut, str]:
         """A new API subscription and its secret (shown once)."""
+        if request.format not in FORMATS:
+            message = f"not delivered by this version; use one of {', '.join(FORMATS)}"
+            raise ValidationFailed(
+                f"format: {message}",
+                status=422,
+                errors=[{"field": "format", "message": message}],
+            )
         await self._checked(request.url)
         secret = request.secret or str(new_secret())
         spec = WebhookSpec(

@@ -17,7 +17,15 @@ from typing import Any, Protocol
 
 from connector.push.sender import AttemptResult
 
-__all__ = ["EngineOptions", "Format", "Push", "PushRequest"]
+__all__ = [
+    "EngineOptions",
+    "Format",
+    "Push",
+    "PushRequest",
+    "content_of",
+    "message_metadata",
+    "message_name",
+]
 
 
 @dataclass(frozen=True)
@@ -75,3 +83,53 @@ class Format(Protocol):
     def classify(self, result: AttemptResult) -> AttemptResult:
         """``result`` as this endpoint means it (the identity for plain webhooks)."""
         ...
+
+
+def content_of(push: Push) -> dict[str, Any]:
+    """The message's content (a JSON object); empty for events that carry no message."""
+    content = push.data.get("content")
+    return dict(content) if isinstance(content, Mapping) else {}
+
+
+def message_metadata(push: Push) -> dict[str, Any]:
+    """What the connector adds beside the content, for every engine format (the README's
+    variable mapping): the message's id, sender, name, correlation key, times, and each
+    attachment's metadata with a download URL at this connector (it needs an API key with
+    ``files:read``)."""
+    message_id = push.data.get("id")
+    attachments = []
+    for file in push.data.get("attachments") or []:
+        if not isinstance(file, Mapping):
+            continue
+        download = (
+            f"{push.connector_url}/api/v1/messages/{message_id}/attachments/{file.get('id')}"
+            "/download?direction=incoming"
+        )
+        attachments.append(
+            {
+                "id": file.get("id"),
+                "filename": file.get("filename"),
+                "mimetype": file.get("mimetype"),
+                "size": file.get("size"),
+                "sha256": file.get("sha256"),
+                "downloadUrl": download,
+            }
+        )
+    return {
+        "messageId": message_id,
+        "eventId": push.event_id,
+        "sender": push.data.get("sender"),
+        "messageName": push.data.get("name"),
+        "correlationKey": push.data.get("correlationKey"),
+        "receivedAt": push.data.get("receivedAt"),
+        "expiresAt": push.data.get("expiresAt"),
+        "attachments": attachments,
+    }
+
+
+def message_name(push: Push) -> str:
+    """The message's name, which every engine correlates on; ValueError without one."""
+    name = push.data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("the message has no name, and engines correlate messages by name")
+    return name
