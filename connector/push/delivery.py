@@ -44,11 +44,11 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import isoformat, utcnow
-from connector.ids import new_event_id
+from connector.ids import new_event_id, new_message_id
 from connector.push import sender
 from connector.push.auth import AuthHeaders, AuthUnavailable, OAuth2ClientCredentials, WebhookAuth
 from connector.push.formats import FORMATS, EngineOptions, Push
-from connector.push.schemas import TestResult
+from connector.push.schemas import TestOutcome, TestResult
 from connector.push.sender import AttemptResult, Delivered, Gone, NotCorrelated, Rejected, Retry
 from connector.push.signing import SignedRequest, WebhookSecret
 from connector.push.subscriptions import Subscriptions
@@ -275,7 +275,8 @@ class DeliveryService:
                     # queued so long its claim could end mid-request: another claimer may
                     # take it then, so it goes back unsent rather than twice
                     return _Sent(delivery, started, None)
-                result = await self._push(webhook, secret, auth, delivery, events)
+                event = events[delivery.event_seq]
+                result = await self._push(webhook, secret, auth, event, delivery.attempts + 1)
             if isinstance(result, Retry):
                 failures += 1
             else:
@@ -292,18 +293,17 @@ class DeliveryService:
         webhook: Webhook,
         secret: WebhookSecret,
         auth: WebhookAuth | None,
-        delivery: DueDelivery,
-        events: dict[int, Event],
+        event: Event,
+        attempt: int,
     ) -> AttemptResult:
-        """One attempt of ``delivery`` in its subscription's format."""
-        event = events[delivery.event_seq]
+        """Attempt number ``attempt`` of ``event`` in the subscription's format."""
         format_ = FORMATS[webhook.format]
         push = Push(
             event_id=event.id,
             event_type=event.type,
             created_at=event.created_at,
             data=event.data,
-            attempt=delivery.attempts + 1,
+            attempt=attempt,
             now=self._clock(),
             connector_url=self._connector_url,
         )
@@ -493,31 +493,61 @@ class DeliveryService:
     # -- a test request ----------------------------------------------------------------------
 
     async def test(self, webhook_id: str) -> TestResult:
-        """Send a signed example event to the subscription now; nothing is stored."""
+        """Send a signed example event to the subscription now, in its format; nothing is
+        stored. Plain webhooks get a ``webhook.test`` event; engines a ``message.received``
+        of an example message named ``connector.test`` (which no process waits for, so an
+        engine's "not correlated" answer shows that it was reached and understood)."""
         webhook = await self._subscriptions.webhook(webhook_id)
-        event_id = new_event_id()
-        request = SignedRequest.of(
-            event_id,
-            {
-                "id": event_id,
-                "type": TEST_EVENT_TYPE,
-                "timestamp": isoformat(self._clock()),
-                "data": {"webhookId": webhook.id, "text": "a test event from the connector"},
-            },
-        )
-        result = await self.attempt(
+        now = self._clock()
+        event = Event(id=new_event_id(), created_at=now, message_id=None)
+        if webhook.format == "standard":
+            event.type = TEST_EVENT_TYPE
+            event.data = {"webhookId": webhook.id, "text": "a test event from the connector"}
+        else:
+            event.type = EventType.RECEIVED
+            event.data = _example_message(now)
+        result = await self._push(
             webhook,
             self._subscriptions.secret_of(webhook),
             self._subscriptions.auth_of(webhook),
-            request,
+            event,
+            1,
         )
         return TestResult(
             delivered=isinstance(result, Delivered),
+            outcome=_OUTCOMES[type(result)],
             status_code=result.status,
             error=result.error,
             duration_ms=round(result.duration * 1000),
             response=result.response,
         )
+
+
+_OUTCOMES: dict[type[AttemptResult], TestOutcome] = {
+    Delivered: "delivered",
+    NotCorrelated: "not_correlated",
+    Retry: "failed",
+    Rejected: "rejected",
+    Gone: "gone",
+}
+
+
+def _example_message(now: datetime) -> dict[str, Any]:
+    stamp = isoformat(now)
+    return {
+        "id": new_message_id(),
+        "direction": "incoming",
+        "sender": "id1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "recipients": [],
+        "name": "connector.test",
+        "correlationKey": "connector-test",
+        "content": {"test": True},
+        "attachments": [],
+        "status": "received",
+        "createdAt": stamp,
+        "receivedAt": stamp,
+        "expiresAt": isoformat(now + timedelta(minutes=5)),
+    }
 
 
 def _expires_at(event: Event) -> datetime | None:

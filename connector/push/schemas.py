@@ -244,8 +244,14 @@ class ReplayResult(_Model):
     """Matching events in the window: each is delivered again."""
 
 
+TestOutcome = Literal["delivered", "not_correlated", "failed", "rejected", "gone"]
+
+
 class TestResult(_Model):
     delivered: bool
+    outcome: TestOutcome
+    """How a delivery would take this answer: ``failed`` is retried, ``rejected`` and
+    ``gone`` are final, ``not_correlated`` (engines) is asked again until the message expires."""
     status_code: int | None
     error: str | None
     duration_ms: int
