@@ -15,6 +15,7 @@ began before it was killed and a2 made again afterwards (a claim left unfinished
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import re
 import secrets
@@ -29,12 +30,14 @@ import pytest
 from tests.conftest import POSTGRES_ADMIN_DSN
 from tests.e2e.helpers import eventually
 from tests.hostile.proxy import Exchange, MaliciousPlatform
+from tests.push.receiver import Receiver
 from tests.reliability.harness import Cluster, Connector, kill_when
 from tests.reliability.test_crash import Sends, incoming_numbers, reap, send_all
 
 asyncpg = pytest.importorskip("asyncpg")
 
 TOTAL = 300
+HOOK_SECRET = "whsec_" + base64.b64encode(b"replicas-share-one-webhook-0123").decode()
 _PUT = r"/v1/messages/[^/]+"
 
 
@@ -58,12 +61,16 @@ async def fresh_databases(count: int) -> AsyncIterator[list[str]]:
 
 
 async def replicas(
-    cluster: Cluster, names: tuple[str, str], platform_urls: tuple[str, str], database: str
+    cluster: Cluster,
+    names: tuple[str, str],
+    platform_urls: tuple[str, str],
+    database: str,
+    extra: str = "",
 ) -> tuple[Connector, Connector]:
     """Two replicas of one identity: the second starts with the first's master key."""
     key = f"test-key-{names[0]}-{secrets.token_hex(8)}"
     first, second = (
-        Connector(name, cluster.root, url, database_url=database, key=key)
+        Connector(name, cluster.root, url, database_url=database, key=key, extra_config=extra)
         for name, url in zip(names, platform_urls, strict=True)
     )
     cluster.procs += [first, second]
@@ -96,15 +103,22 @@ async def test_two_replicas_of_each_identity_share_inbox_and_outbox(cluster: Clu
     async with fresh_databases(2) as (a_database, b_database):
         await cluster.start_backbone()
         proxies = {name: await MaliciousPlatform(cluster.backbone_url).start() for name in "12"}
+        hook = Receiver(secret=HOOK_SECRET)
+        await hook.start()
         try:
-            await _run(cluster, proxies, a_database, b_database)
+            await _run(cluster, proxies, a_database, b_database, hook)
         finally:
+            await hook.stop()
             for proxy in proxies.values():
                 await proxy.close()
 
 
 async def _run(
-    cluster: Cluster, proxies: dict[str, MaliciousPlatform], a_database: str, b_database: str
+    cluster: Cluster,
+    proxies: dict[str, MaliciousPlatform],
+    a_database: str,
+    b_database: str,
+    hook: Receiver,
 ) -> None:
     puts: list[tuple[str, str, float]] = []  # (message id, replica of A, when it began)
 
@@ -130,8 +144,11 @@ async def _run(
     for name, proxy in proxies.items():
         proxy.on("PUT", _PUT, before=recorder(f"a{name}"), after=slow_answer(f"a{name}"))
     a1, a2 = await replicas(cluster, ("a1", "a2"), (proxies["1"].url, proxies["2"].url), a_database)
+    # Both replicas of B push to one receiver: one [[webhooks]] entry, mirrored by each at its
+    # start into one subscription, and deliveries claimed by either.
+    webhook = f'[[webhooks]]\nurl = "{hook.url}"\nsecret = "{HOOK_SECRET}"\n'
     b1, b2 = await replicas(
-        cluster, ("b1", "b2"), (cluster.backbone_url, cluster.backbone_url), b_database
+        cluster, ("b1", "b2"), (cluster.backbone_url, cluster.backbone_url), b_database, webhook
     )
 
     keyed = {"respond_async": True, "pace": 0.02, "idempotency_prefix": "n-"}
@@ -209,6 +226,21 @@ async def _run(
     twice = {n: c for n, c in numbers.items() if c != 1}
     assert not twice, cluster.report(f"received more than once at B: {twice}")
 
+    # Every message pushed, by whichever replica of B; a repeat only with the same webhook-id.
+    def pushed() -> dict[int, set[str]]:
+        seen: dict[int, set[str]] = collections.defaultdict(set)
+        for request in hook.accepted:
+            seen[request.json["data"]["content"]["n"]].add(request.webhook_id)
+        return seen
+
+    async def all_pushed() -> bool:
+        return set(pushed()) == set(stored)
+
+    await eventually(all_pushed, "every message pushed to the webhook", within=120, interval=0.5)
+    assert all(len(ids) == 1 for ids in pushed().values()), cluster.report("webhook-ids differ")
+    _, listed = await _get_json(cluster, b_left, "/api/v1/webhooks")
+    assert len(listed["items"]) == 1, listed  # one subscription, though both mirrored it
+
     # Each envelope put once; a repeat only for a send a1 began before its death.
     tries: dict[str, list[tuple[str, float]]] = collections.defaultdict(list)
     for message_id, who, at in puts:
@@ -230,3 +262,8 @@ async def _run(
         f"{dict(shared)}; a1 killed with a send in flight: {caught}; repeats after "
         f"a1's kill {len(repeats)}; B's inbox holder killed: {holders[0].name}"
     )
+
+
+async def _get_json(cluster: Cluster, node: Connector, path: str) -> tuple[int, Any]:
+    async with cluster.http.get(node.url + path, headers=node.headers) as response:
+        return response.status, await response.json()
