@@ -176,6 +176,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             ),
             auth=AuthHeaders(url_policy=url_policy, timeout=settings.delivery.timeout),
             check_url=url_policy.check,
+            wake=lambda: scheduler.wake("delivery"),
         )
         stack.push_async_callback(delivery.drain)  # after the scheduler stopped: see below
 

@@ -131,6 +131,7 @@ class DeliveryService:
         check_url: UrlGuard | None = None,
         clock: Callable[[], datetime] = utcnow,
         rng: Uniform | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self._sessions = sessions
         self._http = http
@@ -145,6 +146,7 @@ class DeliveryService:
         self._check_url = check_url
         self._clock = clock
         self._rng = rng or random.Random()
+        self._wake = wake
         self._overall = asyncio.Semaphore(limits.concurrency)
         self._endpoints: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(limits.per_endpoint)
@@ -166,7 +168,10 @@ class DeliveryService:
             await self._freed.wait()
             return 1
         claimed_at = self._clock()
-        claimed = await self._claim(min(self._limits.batch, free), claimed_at)
+        # a claim beyond what the subscriptions can take is given back at once: claim a
+        # couple of subscriptions' worth at a time
+        limit = min(self._limits.batch, free, 2 * self._limits.held_per_endpoint)
+        claimed = await self._claim(limit, claimed_at)
         if claimed:
             self._in_flight += len(claimed)
             for delivery in claimed:
@@ -252,6 +257,7 @@ class DeliveryService:
                 if not self._held[delivery.webhook_id]:
                     del self._held[delivery.webhook_id]
             self._freed.set()
+            self._wake()  # the loop may be resting with this subscription's next ones due
 
     async def _send_group(
         self,
