@@ -172,17 +172,11 @@ def test_a_message_without_a_name_or_an_id_cannot_be_sent() -> None:
 
 
 def test_the_url_keeps_a_base_path_and_query_and_quotes_the_name() -> None:
-    url = (
-        Spiff()
-        .request(
-            "https://bpm.example/spiff/api/?tenant=a",
-            EngineOptions(process_group="orders"),
-            push(name="Approval Result"),
-        )
-        .url
-    )
+    options = EngineOptions(process_group="orders")
+    request = Spiff().request("https://bpm.example/spiff/api/?tenant=a", options, push(name="A B"))
+    url = request.url
     parts = urlsplit(url)
-    assert parts.path == "/spiff/api/v1.0/messages/orders:Approval%20Result"
+    assert parts.path == "/spiff/api/v1.0/messages/orders:A%20B"
     assert query(url)["tenant"] == ["a"] and "message_instance_uuid" in query(url)
 
 
