@@ -34,6 +34,7 @@ users. ``api_key`` stands for a service account's ``SpiffWorkflow-Api-Key``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -363,6 +364,11 @@ def _not_accepted(modified_message_name: str) -> str:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
+HELD = web.AppKey("held", list[float])
+"""Seconds to hold back each of the next answers after the engine did the work (a client
+whose timeout is shorter never hears it: a lost answer)."""
+
+
 def create_app(engine: SpiffEngine, api_key: str | None = None) -> web.Application:
     async def message_send(request: web.Request) -> web.Response:
         try:
@@ -388,6 +394,8 @@ def create_app(engine: SpiffEngine, api_key: str | None = None) -> web.Applicati
             return web.json_response(
                 exc.body(), status=exc.status, content_type="application/problem+json"
             )
+        if request.app[HELD]:
+            await asyncio.sleep(request.app[HELD].pop(0))
         return web.json_response(answer, status=status)
 
     async def message_instance_list(request: web.Request) -> web.Response:
@@ -397,6 +405,7 @@ def create_app(engine: SpiffEngine, api_key: str | None = None) -> web.Applicati
         )
 
     app = web.Application()
+    app[HELD] = []
     app.router.add_post("/v1.0/messages/{modified_message_name}", message_send)
     app.router.add_get("/v1.0/messages", message_instance_list)
     return app
@@ -430,6 +439,10 @@ class SpiffServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def lose_answers(self, count: int, seconds: float) -> None:
+        """Hold each of the next ``count`` answers back ``seconds``, after the work is done."""
+        self._app[HELD].extend([seconds] * count)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=0.1)
