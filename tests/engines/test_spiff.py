@@ -69,12 +69,20 @@ async def test_the_engine_correlates_through_spiffworkflow_and_answers_as_spiffa
     assert body["process_instance"]["id"] == waiting.id
     assert body["process_instance"]["status"] == "complete"
     assert body["task_data"]["payment"] == PAYMENT and body["task_data"]["paidAmount"] == 10
+    assert engine.processes[waiting.id].caught == [engine.messages[-1].id]
     assert engine.processes[other.id].status == "waiting"
     assert "payment" not in engine.data(other.id)
 
     # the same order again: its process no longer waits
     code, body = await post(http, spiff, "payment.received", PAYMENT)
     assert code == 400 and body["error_code"] == "message_not_accepted"
+
+    # a process that fails on the payload (no amount for its script task)
+    broken = engine.start("order_payment", {"orderId": "4714"})
+    code, body = await post(http, spiff, "payment.received", {"orderId": "4714"})
+    assert code == 400 and body["error_code"] == "unexpected_workflow_exception"
+    assert engine.processes[broken.id].status == "error"
+    assert engine.messages[-1].status == "failed"
 
     # no key, no message
     async with http.post(f"{spiff.url}/v1.0/messages/payment.received", json=PAYMENT) as r:
