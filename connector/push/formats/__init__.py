@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from connector.push.formats.base import EngineOptions, Format, Push, PushRequest
+from connector.push.formats.spiff import Spiff
 from connector.push.formats.standard import Standard
 
 __all__ = ["FORMATS", "EngineOptions", "Format", "Push", "PushRequest"]
 
 FORMATS: dict[str, Format] = {
     "standard": Standard(),
+    "spiff": Spiff(),
 }
 """Every format this version delivers."""
