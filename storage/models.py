@@ -350,6 +350,9 @@ class Delivery(Base):
     event_seq: Mapped[int] = mapped_column(BigIntKey, ForeignKey("events.seq", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    round: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Moves on when the endpoint said "not correlated yet" and when the delivery is opened
+    again by hand or by a replay; unchanged by a failed attempt (its answer may be lost)."""
     next_attempt_at: Mapped[datetime]
     claimed_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -282,7 +282,9 @@ class DeliveryService:
                     # take it then, so it goes back unsent rather than twice
                     return _Sent(delivery, started, None)
                 event = events[delivery.event_seq]
-                result = await self._push(webhook, secret, auth, event, delivery.attempts + 1)
+                result = await self._push(
+                    webhook, secret, auth, event, delivery.attempts + 1, delivery.round
+                )
             if isinstance(result, Retry):
                 failures += 1
             else:
@@ -301,6 +303,7 @@ class DeliveryService:
         auth: WebhookAuth | None,
         event: Event,
         attempt: int,
+        round: int = 0,
     ) -> AttemptResult:
         """Attempt number ``attempt`` of ``event`` in the subscription's format."""
         format_ = FORMATS[webhook.format]
@@ -310,6 +313,7 @@ class DeliveryService:
             created_at=event.created_at,
             data=event.data,
             attempt=attempt,
+            round=round,
             now=self._clock(),
             connector_url=self._connector_url,
         )
@@ -394,7 +398,8 @@ class DeliveryService:
                 dead.append(Dead(item.due.seq, why))
             else:
                 at = now + timedelta(seconds=delay)
-                retries.append(RetryRow(item.due.seq, result.error, at))
+                next_round = isinstance(result, NotCorrelated)
+                retries.append(RetryRow(item.due.seq, result.error, at, next_round))
         async with self._sessions.begin() as session:
             await deliveries_repo.record_attempts(session, attempts)
             await deliveries_repo.succeed(session, succeeded, now)

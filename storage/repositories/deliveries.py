@@ -57,6 +57,8 @@ class DueDelivery:
     event_seq: int
     attempts: int
     """Attempts made before this one."""
+    round: int = 0
+    """See ``Delivery.round``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Retry:
     seq: int
     error: str | None
     next_attempt_at: datetime
+    next_round: bool = False
+    """The endpoint said "not correlated yet": the next attempt is a new round."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ async def add_many(session: AsyncSession, pairs: Sequence[tuple[int, str]], now:
                 "event_seq": event_seq,
                 "status": "pending",
                 "attempts": 0,
+                "round": 0,
                 "next_attempt_at": now,
                 "claimed_until": None,
                 "last_error": None,
@@ -195,6 +200,7 @@ async def claim_due(
             _DELIVERIES.c.webhook_id,
             _DELIVERIES.c.event_seq,
             _DELIVERIES.c.attempts,
+            _DELIVERIES.c.round,
         )
     )
     return sorted((DueDelivery(*row) for row in claimed), key=lambda d: (d.event_seq, d.seq))
@@ -252,9 +258,16 @@ async def reschedule(session: AsyncSession, retries: Sequence[Retry], now: datet
                 next_attempt_at=bindparam("at"),
                 claimed_until=None,
                 updated_at=bindparam("now"),
+                round=_DELIVERIES.c.round + bindparam("step"),
             ),
             [
-                {"b_seq": r.seq, "error": r.error, "at": r.next_attempt_at, "now": now}
+                {
+                    "b_seq": r.seq,
+                    "error": r.error,
+                    "at": r.next_attempt_at,
+                    "now": now,
+                    "step": int(r.next_round),
+                }
                 for r in retries
             ],
         )
@@ -342,6 +355,7 @@ async def reset_for_retry(
         .values(
             status="pending",
             attempts=0,
+            round=_DELIVERIES.c.round + 1,
             next_attempt_at=now,
             claimed_until=None,
             last_error=None,
@@ -415,6 +429,7 @@ async def reopen_for_events(
         .values(
             status="pending",
             attempts=0,
+            round=_DELIVERIES.c.round + 1,
             next_attempt_at=now,
             claimed_until=None,
             last_error=None,

@@ -290,13 +290,6 @@ async def test_a_payment_for_an_unknown_order_stays_pending_then_dies_with_its_t
     assert "payment" not in engine.data(other.id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lost answer is recorded as an attempt: the next one carries a new uuid, which "
-    "the engine refuses (the process has caught the message already), and the delivery dies "
-    "of it; the format would need how many attempts the engine refused (not the attempt "
-    "number) to keep the uuid across a lost answer",
-)
 async def test_a_lost_answer_after_the_engine_correlated_is_delivered(
     connector_factory: ConnectorFactory, spiff: SpiffServer
 ) -> None:

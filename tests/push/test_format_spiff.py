@@ -40,13 +40,14 @@ MESSAGE: dict[str, Any] = {
 }
 
 
-def push(attempt: int = 1, event_id: str = "evt_1", **data: Any) -> Push:
+def push(attempt: int = 1, event_id: str = "evt_1", round: int = 0, **data: Any) -> Push:
     return Push(
         event_id=event_id,
         event_type="message.received",
         created_at=NOW,
         data={**MESSAGE, **data},
         attempt=attempt,
+        round=round,
         now=NOW,
         connector_url="https://bob.example",
     )
@@ -118,7 +119,7 @@ def test_the_senders_own_connector_key_cannot_forge_the_metadata() -> None:
     assert request.payload["_connector"]["sender"] == "alice.example"
 
 
-def test_one_canonical_uuid_per_attempt_the_same_when_an_attempt_is_sent_again() -> None:
+def test_one_canonical_uuid_per_round_the_same_when_only_an_answer_was_lost() -> None:
     spiff = Spiff()
 
     def key(p: Push) -> str:
@@ -126,7 +127,9 @@ def test_one_canonical_uuid_per_attempt_the_same_when_an_attempt_is_sent_again()
             "message_instance_uuid"
         ][0]
 
-    first, again, second = key(push(1)), key(push(1)), key(push(2))
+    # attempt 2 after a lost answer: the same round, the same uuid; after "not accepted" the
+    # round moved on, and so does the uuid
+    first, again, second = key(push(1)), key(push(2, round=0)), key(push(3, round=1))
     assert first == again != second
     assert key(push(1, event_id="evt_2")) != first  # another event of the message
     assert key(push(1, id="msg_other")) != first
@@ -134,8 +137,8 @@ def test_one_canonical_uuid_per_attempt_the_same_when_an_attempt_is_sent_again()
         # SpiffArena's own check (_validated_message_instance_uuid), and UUIDv5
         assert len(value) <= 40 and str(uuid.UUID(value)) == value.lower() == value
         assert uuid.UUID(value).version == 5
-    assert first == str(uuid.uuid5(UUID_NAMESPACE, f"{MESSAGE['id']}\nevt_1\n1"))
-    assert first == message_instance_uuid(MESSAGE["id"], "evt_1", 1)
+    assert first == str(uuid.uuid5(UUID_NAMESPACE, f"{MESSAGE['id']}\nevt_1\n0"))
+    assert first == message_instance_uuid(MESSAGE["id"], "evt_1", 0)
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,11 @@ class Push:
     now: datetime
     connector_url: str
     """Where this connector's API is reached (attachment download links)."""
+    round: int = 0
+    """Moves on each time the endpoint said "not correlated yet", and each time the delivery
+    was opened again (a retry by hand, a replay); the same across attempts that failed
+    otherwise, whose request may have arrived though its answer was lost. An engine's
+    idempotency key is made of this, not of ``attempt``."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ As SpiffArena's backend reads it (``routes/messages_controller.py`` and
   ``_connector`` the sender put in the content: the receiver's own metadata cannot be forged.
 - ``message_instance_uuid`` (a query parameter) is an idempotency key: the engine keeps every
   message it got with one, answers a uuid it refused with 400 again, forever, and a uuid it
-  knows with another payload with 409 ``message_instance_uuid_conflict``. Each attempt
-  therefore carries its own uuid (:func:`message_instance_uuid`), the same for the same
-  attempt, so a request sent again after a lost answer is answered as the first one was, and
-  a later attempt can still correlate.
+  knows with another payload with 409 ``message_instance_uuid_conflict``. So the uuid
+  (:func:`message_instance_uuid`) is made of the delivery's round (``Push.round``): it stays
+  the same across attempts whose answer was lost (the engine answers as it did the first time)
+  and moves on after each "not accepted" (so a later attempt can still correlate).
 - ``time_to_live_in_seconds`` (buffer an unmatched message, at most 300 s) is not sent: a
   buffered message is answered 202 before anything caught it, and after 300 s it is gone.
   The connector's own correlation retry, until the message's ``expiresAt``, takes its place.
@@ -55,14 +55,17 @@ NOT_ACCEPTED = "message_not_accepted"
 _DETAIL_LIMIT = 300  # characters of the engine's own error message added to ours
 
 
-def message_instance_uuid(message_id: str, event_id: str, attempt: int) -> str:
-    """The idempotency key of one attempt: a UUIDv5 over the MSG id, the event id and the
-    attempt number, in the canonical form SpiffArena requires.
+def message_instance_uuid(message_id: str, event_id: str, round: int) -> str:
+    """The idempotency key of one round of attempts (``Push.round``): a UUIDv5 over the MSG
+    id, the event id and the round, in the canonical form SpiffArena requires. An attempt
+    after a lost answer repeats the key (the engine answers as it did, without correlating
+    again); one after "not accepted" has a new key (the engine would refuse the old one
+    forever).
 
     The event id is in it because the payload carries it (``_connector.eventId``): two events
     of one message (``message.sent`` and ``message.delivered`` to one engine) are two payloads,
     and one uuid for both would be a 409."""
-    return str(uuid.uuid5(UUID_NAMESPACE, f"{message_id}\n{event_id}\n{attempt}"))
+    return str(uuid.uuid5(UUID_NAMESPACE, f"{message_id}\n{event_id}\n{round}"))
 
 
 def modified_message_name(name: str, process_group: str | None) -> str:
@@ -95,7 +98,7 @@ class Spiff:
         message_id = push.data.get("id")
         if not isinstance(message_id, str) or not message_id:
             raise ValueError("the message has no id, and its message_instance_uuid is made of it")
-        key = message_instance_uuid(message_id, push.event_id, push.attempt)
+        key = message_instance_uuid(message_id, push.event_id, push.round)
         payload: dict[str, Any] = content_of(push)
         payload["_connector"] = message_metadata(push)
         return PushRequest(_messages_url(url, name, key), payload)
