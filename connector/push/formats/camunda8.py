@@ -1,0 +1,105 @@
+"""``camunda8``: Camunda 8's REST "Publish a message", ``POST {url}/v2/messages/publication``.
+
+The body (``MessagePublicationRequest``)::
+
+    {"name": name,
+     "correlationKey": correlationKey or "",
+     "timeToLive": ms left of the message's own time to live (expiresAt - now, at least 0),
+     "messageId": the MSG id,
+     "variables": {...content fields, then the connector's metadata},
+     "tenantId": tenant_id}                  # when the subscription has one
+
+Zeebe buffers a published message for ``timeToLive`` and correlates it when an instance starts
+waiting, so a publication that the engine accepted (200 ``{messageKey, tenantId}``) is delivered
+whether or not anything waits yet. While the message is buffered, the engine refuses the same
+``messageId`` (with the same name, correlation key and tenant) with 409 ``ALREADY_EXISTS``: the
+message is in the engine already (an earlier attempt whose answer was lost), so that counts as
+delivered too. 503 (``RESOURCE_EXHAUSTED``, back-pressure; 429 in some 8.x versions) is retried,
+after ``Retry-After`` when the engine sends one; 400 (a tenant the engine does not know, a name
+it refuses) is permanent. Variables are plain JSON; the metadata wins over a content field of
+the same name.
+
+Not here yet: correlate mode (``POST {url}/v2/messages/correlation``, 200 ``{messageKey,
+processInstanceKey, tenantId}``, 404 ``NOT_FOUND`` while no subscription waits, retried as
+"not correlated yet"). It needs the message to say it was sent in correlate mode, which the
+Message does not carry yet; when it does, ``request`` picks the path and body by it and
+``classify`` reads a 404 whose problem title is ``NOT_FOUND`` as :class:`NotCorrelated`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from connector.push.formats.base import (
+    EngineOptions,
+    Push,
+    PushRequest,
+    content_of,
+    message_metadata,
+    message_name,
+)
+from connector.push.sender import AttemptResult, Delivered, Rejected
+
+__all__ = ["Camunda8", "time_to_live"]
+
+ALREADY_EXISTS = "ALREADY_EXISTS"
+
+
+class Camunda8:
+    name = "camunda8"
+
+    def request(self, url: str, options: EngineOptions, push: Push) -> PushRequest:
+        key = push.data.get("correlationKey")
+        payload: dict[str, Any] = {
+            "name": message_name(push),
+            "correlationKey": key if isinstance(key, str) else "",
+            "timeToLive": time_to_live(push),
+            "messageId": push.data.get("id"),
+            "variables": {**content_of(push), **message_metadata(push)},
+        }
+        if options.tenant_id is not None:
+            payload["tenantId"] = options.tenant_id
+        return PushRequest(f"{url.rstrip('/')}/v2/messages/publication", payload)
+
+    def classify(self, result: AttemptResult) -> AttemptResult:
+        if not isinstance(result, Rejected) or result.status is None:
+            return result
+        problem = _problem(result.response)
+        if result.status == 409 and problem.get("title") == ALREADY_EXISTS:
+            # published by an earlier attempt and still buffered: the engine has it
+            return Delivered(
+                status=409, error=None, duration=result.duration, response=result.response
+            )
+        detail = problem.get("detail")
+        if not isinstance(detail, str):
+            return result
+        error = f"{result.error}: {detail}"[:2000]
+        return Rejected(
+            status=result.status, error=error, duration=result.duration, response=result.response
+        )
+
+
+def time_to_live(push: Push) -> int:
+    """Milliseconds left of the message's own time to live at this attempt; 0 without an
+    ``expiresAt`` (then the engine does not buffer it)."""
+    value = push.data.get("expiresAt")
+    if not isinstance(value, str):
+        return 0
+    try:
+        expires = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if expires.tzinfo is None:
+        return 0
+    return max(0, (expires - push.now) // timedelta(milliseconds=1))
+
+
+def _problem(response: str) -> dict[str, Any]:
+    """Camunda 8's RFC 9457 problem detail ``{type, title, status, detail, instance}``."""
+    try:
+        body = json.loads(response)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
