@@ -229,6 +229,7 @@ async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> No
         runtime = app[RUNTIME]
         host, port = runner.addresses[0][:2]
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        runtime.delivery.listening_at(url)
         print(f"Connector listening on {url}", flush=True)
         print(f"  address:   {runtime.address}", flush=True)
         print(f"  platform:  {runtime.platform_url}", flush=True)

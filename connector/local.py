@@ -50,6 +50,7 @@ async def running_connector(settings: Settings, api_key: str) -> AsyncIterator[R
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
         await site.start()
         host, port = runner.addresses[0][:2]
+        app[RUNTIME].delivery.listening_at(f"http://{host}:{port}")
         yield RunningConnector(f"http://{host}:{port}", api_key, app[RUNTIME])
     finally:
         await runner.cleanup()

@@ -164,6 +164,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             schedule=FixedSchedule.from_settings(settings.delivery),
             correlation=GrowingInterval.from_settings(settings.delivery.correlation_retry),
             connector_url=settings.server.base_url,
+            public_url_given=bool(settings.server.public_url),
             timeout=settings.delivery.timeout,
             breaker=BreakerPolicy(
                 settings.delivery.breaker.failures,

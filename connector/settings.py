@@ -287,6 +287,19 @@ class Settings(BaseSettings):
     webhooks: list[WebhookConfig] = []
     publishers: list[PublisherConfig] = []
 
+    @field_validator("webhooks")
+    @classmethod
+    def _one_entry_per_url_and_format(cls, value: list[WebhookConfig]) -> list[WebhookConfig]:
+        seen: dict[tuple[str, str], int] = {}
+        for index, entry in enumerate(value):
+            first = seen.setdefault((entry.url, entry.format), index)
+            if first != index:
+                raise ValueError(
+                    f"entries {first} and {index} have the same url and format: that is one "
+                    "subscription (DESIGN.md section 7), so only one entry may say what it is"
+                )
+        return value
+
     @property
     def metrics_key_required(self) -> bool:
         """``metrics.require_key`` resolved for ``server.host``."""

@@ -124,6 +124,7 @@ class DeliveryService:
         schedule: FixedSchedule,
         correlation: GrowingInterval | None = None,
         connector_url: str = "",
+        public_url_given: bool = False,
         timeout: float,
         breaker: BreakerPolicy = BreakerPolicy(),
         limits: DeliveryLimits = DeliveryLimits(),
@@ -139,6 +140,7 @@ class DeliveryService:
         self._schedule = schedule
         self._correlation = correlation or GrowingInterval()
         self._connector_url = connector_url
+        self._public_url_given = public_url_given
         self._timeout = timeout
         self._breaker = breaker
         self._limits = limits
@@ -155,6 +157,12 @@ class DeliveryService:
         self._held: dict[str, int] = defaultdict(int)  # subscription -> claimed, not recorded
         self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def listening_at(self, url: str) -> None:
+        """The API's address once its socket is bound (the links pushed to engines), unless
+        ``server.public_url`` said it already."""
+        if not self._public_url_given:
+            self._connector_url = url.rstrip("/")
 
     # -- the job -----------------------------------------------------------------------------
 
