@@ -250,7 +250,9 @@ class WebhookConfig(_Section):
     """camunda7: ``businessKey``, or the correlation key (process variable) to match."""
     tenant_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     """camunda7, camunda8: the tenant."""
-    process_group: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    process_group: (
+        Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^:]+$")] | None
+    ) = None
     """spiff: the process group qualifying message names, such as ``orders/payments``."""
     enabled: bool = True
     ordered: bool = False

@@ -104,6 +104,8 @@ class WebhookFilter(_Request):
 
 
 _Option = Annotated[str, Field(min_length=1, max_length=255)]
+_Group = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^:]+$")]
+"""SpiffArena reads ':' as the separator it writes groups with, so a group cannot hold one."""
 
 
 class WebhookIn(_Request):
@@ -119,7 +121,7 @@ class WebhookIn(_Request):
         "message's correlationKey is matched against",
     )
     tenant_id: _Option | None = Field(None, description="camunda7, camunda8: the tenant")
-    process_group: _Option | None = Field(
+    process_group: _Group | None = Field(
         None, description="spiff: the process group qualifying message names (orders/payments)"
     )
     enabled: bool = True
@@ -139,7 +141,7 @@ class WebhookPatch(_Request):
     auth: WebhookAuth | None = Field(None, description="null removes the auth")
     correlate_by: _Option | None = None
     tenant_id: _Option | None = Field(None, description="null removes it")
-    process_group: _Option | None = Field(None, description="null removes it")
+    process_group: _Group | None = Field(None, description="null removes it")
     enabled: bool | None = None
     ordered: bool | None = None
     receipts: bool | None = None
