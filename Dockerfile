@@ -7,7 +7,7 @@ COPY connector ./connector
 COPY storage ./storage
 COPY scheduler ./scheduler
 COPY backbone ./backbone
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[brokers]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CONNECTOR_SERVER__HOST=0.0.0.0 \
     CONNECTOR_SERVER__PORT=8080
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'connector[brokers]' && rm -rf /wheels \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin connector \
     && mkdir -p /data && chown connector /data
 COPY config /etc/connector

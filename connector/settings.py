@@ -260,10 +260,25 @@ class WebhookConfig(_Section):
 
 
 class PublisherConfig(_Section):
+    """``[[publishers]]``: a message broker that gets the ``standard`` body of each event,
+    confirmed by the broker (DESIGN.md section 7)."""
+
     kind: Literal["amqp", "mqtt", "redis", "nats"]
-    url: str
-    topic: str = "connector.events"
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    """amqp://user:pass@host:5672/vhost, mqtt://user:pass@host:1883 (mqtts:// for TLS),
+    redis://[:pass@]host:6379/0 (rediss:// for TLS), nats://user:pass@host:4222 (tls://)."""
+    topic: Annotated[str, Field(min_length=1, max_length=255)] = "connector.events"
+    """amqp: the topic exchange; mqtt: the topic prefix; redis: the stream; nats: the subject
+    prefix (and the stream for ``{topic}.>``)."""
     events: list[str] = ["message.received"]
+    filter: dict[str, str] = {}
+    """``name``, ``correlationKey``, ``sender``: exact values, as for webhooks."""
+    maxlen: Annotated[int, Field(ge=1)] | None = None
+    """redis: ``XADD ... MAXLEN ~ maxlen``; absent: the stream is not trimmed."""
+    tls_ca_file: Path | None = None
+    """A CA bundle to verify the broker's certificate with (TLS URLs); absent: the system's."""
+    tls_insecure: bool = False
+    """Do not verify the broker's certificate (tests only)."""
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,1 @@
+"""Broker publishers (issue 13): one module per broker behind the ``Publisher`` protocol."""
