@@ -21,6 +21,7 @@ from connector.data_dir import data_dir_lock, prepare_data_dir
 from connector.platform.client import PlatformClient
 from connector.platform.protocol import Platform
 from connector.push.auth import AuthHeaders
+from connector.push.brokers import PublisherUnavailable
 from connector.push.delivery import BreakerPolicy, DeliveryLimits, DeliveryService
 from connector.push.formats import FORMATS
 from connector.push.routing import route_pending_events
@@ -91,11 +92,6 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
     async with AsyncExitStack() as stack:
         prepare_data_dir(settings)
         stack.enter_context(data_dir_lock(settings.data_dir))
-        if settings.publishers:
-            log.warning(
-                "[[publishers]] are accepted but not published to yet in this version; "
-                "use [[webhooks]] or follow GET /api/v1/events instead"
-            )
         _refuse_undelivered_formats(settings)
         master_key = load_or_create_master_key(settings.data_dir, os.environ.get(MASTER_KEY_ENV))
 
@@ -147,7 +143,9 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
 
         url_policy = UrlPolicy(settings.delivery.allowed_hosts)
         subscriptions = Subscriptions(sessions, master_key, url_policy.check_resolved)
-        new_webhook_secrets = await subscriptions.mirror_config(settings.webhooks)
+        new_webhook_secrets = await subscriptions.mirror_config(
+            settings.webhooks, settings.publishers
+        )
         push_http = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -179,6 +177,11 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             check_url=url_policy.check,
             wake=lambda: scheduler.wake("delivery"),
         )
+        try:
+            await delivery.prepare_publishers()
+        except PublisherUnavailable as exc:
+            raise ConfigError(f"publishers: {exc}") from None
+        stack.push_async_callback(delivery.close)
         stack.push_async_callback(delivery.drain)  # after the scheduler stopped: see below
 
         scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))

@@ -251,6 +251,8 @@ class HealthOut(_Model):
     status: Literal["healthy", "unhealthy"]
     version: str
     checks: dict[str, str]
+    publishers: dict[str, str] = {}
+    """Each ``[[publishers]]`` entry in use (its id): ``ok`` or ``failing: why``."""
 
 
 class Problem(_Model):

@@ -16,6 +16,7 @@ from connector.api import (
     messages,
     metrics,
     openapi,
+    publishers,
     swagger,
     webhooks,
 )
@@ -34,6 +35,7 @@ _TABLES = (
     messages.routes,
     events.routes,
     webhooks.routes,
+    publishers.routes,
     openapi.routes,
     swagger.routes,
 )

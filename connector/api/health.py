@@ -25,14 +25,20 @@ def connector_version() -> str:
 @routes.get(
     "/health",
     scope=PUBLIC,
-    summary="Health of database, platform and scheduler; 503 names the failing check",
+    summary="Health of database, platform and scheduler; 503 names the failing check. "
+    "Publishers (brokers) are shown beside: a broker that is down holds its deliveries back "
+    "(they are retried) but does not make this connector unhealthy",
     response=HealthOut,
     responses={503: "a check failed"},
 )
 async def health(request: web.Request) -> web.StreamResponse:
-    checks = await request.app[RUNTIME].status.health()
+    runtime = request.app[RUNTIME]
+    checks = await runtime.status.health()
     healthy = all(value == "ok" for value in checks.values())
     body = HealthOut(
-        status="healthy" if healthy else "unhealthy", version=connector_version(), checks=checks
+        status="healthy" if healthy else "unhealthy",
+        version=connector_version(),
+        checks=checks,
+        publishers=await runtime.delivery.publisher_health(),
     )
     return json_response(body, 200 if healthy else 503)

@@ -47,11 +47,13 @@ from connector.clock import isoformat, utcnow
 from connector.ids import new_event_id, new_message_id
 from connector.push import sender
 from connector.push.auth import AuthHeaders, AuthUnavailable, OAuth2ClientCredentials, WebhookAuth
+from connector.push.brokers import BrokerMessage, Publisher, create_publisher
 from connector.push.formats import FORMATS, EngineOptions, Push
+from connector.push.formats.standard import Standard
 from connector.push.schemas import TestOutcome, TestResult
 from connector.push.sender import AttemptResult, Delivered, Gone, NotCorrelated, Rejected, Retry
 from connector.push.signing import SignedRequest, WebhookSecret
-from connector.push.subscriptions import Subscriptions
+from connector.push.subscriptions import Subscriptions, is_publisher
 from connector.retry import FixedSchedule, GrowingInterval, Uniform
 from connector.services.events import emit_other
 from connector.services.lifecycle import EventType
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BreakerPolicy", "DeliveryLimits", "DeliveryService"]
 
 TEST_EVENT_TYPE = "webhook.test"
+_STANDARD = Standard()
 UrlGuard = Callable[[str], None]
 """Raises ValueError for a URL a request may not go to now (checked before each send)."""
 
@@ -157,6 +160,7 @@ class DeliveryService:
         self._held: dict[str, int] = defaultdict(int)  # subscription -> claimed, not recorded
         self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._publishers: dict[str, Publisher] = {}
 
     def listening_at(self, url: str) -> None:
         """The API's address once its socket is bound (the links pushed to engines), unless
@@ -274,6 +278,8 @@ class DeliveryService:
         events: dict[int, Event],
         claimed_until: datetime,
     ) -> list[_Sent]:
+        if is_publisher(webhook):
+            return await self._publish_group(webhook, items, events)
         secret = self._subscriptions.secret_of(webhook)
         auth = self._subscriptions.auth_of(webhook)
         endpoint = self._endpoints[webhook.id]
@@ -303,6 +309,65 @@ class DeliveryService:
             return _Sent(delivery, started, result, deadline)
 
         return list(await asyncio.gather(*(one(d) for d in items)))
+
+    async def _publish_group(
+        self, row: Webhook, items: list[DueDelivery], events: dict[int, Event]
+    ) -> list[_Sent]:
+        """Put a batch on a broker in one go; each confirmed one is delivered."""
+        publisher = self._publisher(row)
+        started = self._clock()
+        if publisher is None:
+            error = "the publisher's settings cannot be read"
+            return [
+                _Sent(d, started, Rejected(status=None, error=error, duration=0, response=""))
+                for d in items
+            ]
+        messages = []
+        for delivery in items:
+            event = events[delivery.event_seq]
+            target = _STANDARD.request(
+                "", EngineOptions(), _push_of(event, delivery, self._clock(), "")
+            )
+            body = SignedRequest.of(event.id, target.payload).body
+            messages.append(BrokerMessage(event.id, event.type, body))
+        async with self._overall:
+            outcomes = await publisher.publish(messages)
+        duration = (self._clock() - started).total_seconds()
+        sent = []
+        for delivery, problem in zip(items, outcomes, strict=True):
+            result: AttemptResult
+            if problem is None:
+                result = Delivered(status=None, error=None, duration=duration, response="")
+            else:
+                result = Retry(status=None, error=problem, duration=duration, response="")
+            sent.append(_Sent(delivery, started, result))
+        return sent
+
+    def _publisher(self, row: Webhook) -> Publisher | None:
+        publisher = self._publishers.get(row.id)
+        if publisher is None:
+            config = self._subscriptions.publisher_of(row)
+            if config is None:
+                return None
+            publisher = create_publisher(config, timeout=self._timeout)
+            self._publishers[row.id] = publisher
+        return publisher
+
+    async def prepare_publishers(self) -> None:
+        """Make a publisher for each ``[[publishers]]`` entry now (no connection yet), so a
+        missing client library stops start-up rather than the first delivery."""
+        for row in await self._subscriptions.publisher_rows():
+            self._publisher(row)
+
+    async def publisher_health(self) -> dict[str, str]:
+        """``ok`` or ``failing: why`` for each publisher in use (``/health``)."""
+        return {row_id: await p.check() for row_id, p in self._publishers.items()}
+
+    async def close(self) -> None:
+        """Close the publishers' connections (after :meth:`drain`)."""
+        for publisher in self._publishers.values():
+            await publisher.close()
+        self._publishers.clear()
 
     async def _push(
         self,
@@ -567,6 +632,19 @@ def _example_message(now: datetime) -> dict[str, Any]:
         "receivedAt": stamp,
         "expiresAt": isoformat(now + timedelta(minutes=5)),
     }
+
+
+def _push_of(event: Event, delivery: DueDelivery, now: datetime, connector_url: str) -> Push:
+    return Push(
+        event_id=event.id,
+        event_type=event.type,
+        created_at=event.created_at,
+        data=event.data,
+        attempt=delivery.attempts + 1,
+        now=now,
+        connector_url=connector_url,
+        round=delivery.round,
+    )
 
 
 def _expires_at(event: Event) -> datetime | None:

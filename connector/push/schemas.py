@@ -35,6 +35,8 @@ DELIVERIES = "d"
 """The kind letter of delivery list cursors."""
 WEBHOOKS = "w"
 """The kind letter of webhook list cursors."""
+PUBLISHERS = "p"
+"""The kind letter of publisher list cursors."""
 
 Format = Literal["standard", "camunda7", "camunda8", "spiff"]
 """The formats of DESIGN.md section 7; ``connector.push.formats.FORMATS`` says which this
@@ -186,6 +188,27 @@ class WebhookOut(_Model):
     health: WebhookHealth
 
 
+class PublisherOut(_Model):
+    """A ``[[publishers]]`` entry: a broker that gets the standard body of each event."""
+
+    id: str
+    kind: Literal["amqp", "mqtt", "redis", "nats"]
+    url: str
+    """The broker's URL without its password."""
+    topic: str
+    events: list[EventType]
+    filter: WebhookFilter
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    health: WebhookHealth
+
+
+class PublisherPage(_Model):
+    items: list[PublisherOut]
+    next_cursor: str | None
+
+
 class WebhookCreated(WebhookOut):
     secret: str
     """The signing secret: shown in this answer only."""
@@ -234,6 +257,11 @@ class DeliveryListQuery(_Request):
 class WebhookListQuery(_Request):
     limit: _Limit = 50
     cursor: str | None = _cursor(cursors.seq_pattern(WEBHOOKS))
+
+
+class PublisherListQuery(_Request):
+    limit: _Limit = 50
+    cursor: str | None = _cursor(cursors.seq_pattern(PUBLISHERS))
 
 
 class ReplayRequest(_Request):

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +41,7 @@ from connector.push.schemas import (
     AttemptOut,
     AuthOut,
     DeliveryOut,
+    PublisherOut,
     WebhookFilter,
     WebhookHealth,
     WebhookIn,
@@ -47,7 +49,7 @@ from connector.push.schemas import (
     WebhookPatch,
 )
 from connector.push.signing import WebhookSecret, new_secret, parse_secret
-from connector.settings import ConfigError, WebhookConfig
+from connector.settings import ConfigError, PublisherConfig, WebhookConfig
 from storage.engine import Sessions
 from storage.models import Delivery, DeliveryAttempt, Event, Webhook
 from storage.repositories import deliveries as deliveries_repo
@@ -61,6 +63,7 @@ __all__ = ["NewSecret", "Subscriptions"]
 
 _SECRET_PURPOSE = "webhook-secret"
 _AUTH_PURPOSE = "webhook-auth"
+_PUBLISHER_PURPOSE = "publisher-config"  # the whole entry: its url may hold a password
 _AUTH = TypeAdapter[WebhookAuth](WebhookAuth)
 _REPLAY_PAGE = 500
 
@@ -97,8 +100,15 @@ class Subscriptions:
         sealed = open_secret(self._master_key, webhook.secret_sealed, _SECRET_PURPOSE)
         return parse_secret(sealed.decode())
 
+    def publisher_of(self, webhook: Webhook) -> PublisherConfig | None:
+        """The ``[[publishers]]`` entry behind a broker subscription (None for a webhook)."""
+        if not is_publisher(webhook) or webhook.auth_sealed is None:
+            return None
+        raw = open_secret(self._master_key, webhook.auth_sealed, _PUBLISHER_PURPOSE)
+        return PublisherConfig.model_validate_json(raw)
+
     def auth_of(self, webhook: Webhook) -> WebhookAuth | None:
-        if webhook.auth_sealed is None:
+        if webhook.auth_sealed is None or is_publisher(webhook):
             return None
         raw = open_secret(self._master_key, webhook.auth_sealed, _AUTH_PURPOSE)
         return _AUTH.validate_json(raw)
@@ -154,9 +164,9 @@ class Subscriptions:
         return view, secret
 
     async def page(self, limit: int, offset: int) -> tuple[list[WebhookOut], bool]:
-        """A page of subscriptions, oldest first, and whether more follow."""
+        """A page of webhooks, oldest first, and whether more follow."""
         async with self._sessions() as session:
-            everyone = await webhooks_repo.list_all(session)
+            everyone = [w for w in await webhooks_repo.list_all(session) if not is_publisher(w)]
             page = everyone[offset : offset + limit]
             views = [await self._view(session, webhook) for webhook in page]
         return views, offset + limit < len(everyone)
@@ -219,9 +229,14 @@ class Subscriptions:
 
     # -- config ------------------------------------------------------------------------------
 
-    async def mirror_config(self, configured: Sequence[WebhookConfig]) -> list[NewSecret]:
-        """Make the config subscriptions exactly the ``[[webhooks]]`` entries; the secrets made
-        for entries without one that are new (to be shown once)."""
+    async def mirror_config(
+        self,
+        configured: Sequence[WebhookConfig],
+        publishers: Sequence[PublisherConfig] = (),
+    ) -> list[NewSecret]:
+        """Make the config subscriptions exactly the ``[[webhooks]]`` and ``[[publishers]]``
+        entries; the secrets made for webhook entries without one that are new (to be shown
+        once)."""
         for index, entry in enumerate(configured):
             try:
                 await self._check_url(entry.url)
@@ -255,25 +270,69 @@ class Subscriptions:
                 keep.append(webhook.id)
                 if entry.secret is None and webhook.created_at == now:
                     made.append(NewSecret(entry.url, secret))
+            for publisher in publishers:
+                spec = WebhookSpec(
+                    url=publisher_key(publisher),
+                    format="standard",  # brokers get the standard body
+                    events=list(publisher.events),
+                    filter=dict(publisher.filter),
+                    options={"broker": publisher.kind, "topic": publisher.topic},
+                    auth_sealed=seal_secret(
+                        self._master_key, publisher.model_dump_json().encode(), _PUBLISHER_PURPOSE
+                    ),
+                )
+                webhook = await webhooks_repo.upsert_config(
+                    session,
+                    spec,
+                    secret_sealed=self._seal_secret(str(new_secret())),
+                    replace_secret=False,
+                    now=now,
+                )
+                keep.append(webhook.id)
             for url in await webhooks_repo.delete_config_except(session, keep):
                 log.info("webhook %s is no longer in the config: removed", url)
         return made
 
-    # -- deliveries --------------------------------------------------------------------------
+    async def publishers(self, limit: int, offset: int) -> tuple[list[PublisherOut], bool]:
+        """A page of publishers (``[[publishers]]``), oldest first, and whether more follow."""
+        async with self._sessions() as session:
+            everyone = [w for w in await webhooks_repo.list_all(session) if is_publisher(w)]
+            page = everyone[offset : offset + limit]
+            views = [await self._publisher_view(session, row) for row in page]
+        return views, offset + limit < len(everyone)
+
+    async def publisher_rows(self) -> list[Webhook]:
+        async with self._sessions() as session:
+            return [w for w in await webhooks_repo.list_all(session) if is_publisher(w)]
+
+    async def publisher(self, publisher_id: str) -> PublisherOut:
+        async with self._sessions() as session:
+            row = await _existing(session, publisher_id, publisher=True)
+            return await self._publisher_view(session, row)
+
+    # -- deliveries (of webhooks, or with ``publisher``, of publishers) -----------------------
 
     async def deliveries(
-        self, webhook_id: str, status: str | None, limit: int, after: int | None
+        self,
+        webhook_id: str,
+        status: str | None,
+        limit: int,
+        after: int | None,
+        *,
+        publisher: bool = False,
     ) -> DeliveryPageData:
         async with self._sessions() as session:
-            await _existing(session, webhook_id)
+            await _existing(session, webhook_id, publisher=publisher)
             rows = await deliveries_repo.list_for_webhook(session, webhook_id, status, limit, after)
             items = await _delivery_views(session, rows)
         return DeliveryPageData(items, rows[-1].seq if len(rows) == limit else None)
 
-    async def retry(self, webhook_id: str, delivery_id: str) -> DeliveryOut:
+    async def retry(
+        self, webhook_id: str, delivery_id: str, *, publisher: bool = False
+    ) -> DeliveryOut:
         """Open one delivery again, due now; 409 while an attempt of it is in flight."""
         async with self._sessions.begin() as session:
-            await _existing(session, webhook_id)
+            await _existing(session, webhook_id, publisher=publisher)
             if await deliveries_repo.get(session, webhook_id, delivery_id) is None:
                 raise NotFound(f"webhook {webhook_id} has no delivery {delivery_id}")
             reset = await deliveries_repo.reset_for_retry(
@@ -286,13 +345,20 @@ class Subscriptions:
             await session.refresh(delivery)
             return (await _delivery_views(session, [delivery]))[0]
 
-    async def replay(self, webhook_id: str, since: datetime, until: datetime | None) -> int:
+    async def replay(
+        self,
+        webhook_id: str,
+        since: datetime,
+        until: datetime | None,
+        *,
+        publisher: bool = False,
+    ) -> int:
         """Deliver every matching event of ``[since, until)`` again (same ``webhook-id``s, new
         attempts), whether it was delivered, died, or never had a delivery (the subscription
         was made later, or disabled then); how many events."""
         until = until or utcnow()
         async with self._sessions() as session:
-            webhook = await _existing(session, webhook_id)
+            webhook = await _existing(session, webhook_id, publisher=publisher)
         route = Route(webhook.id, frozenset(webhook.events), dict(webhook.filter))
         after, total = 0, 0
         while True:
@@ -310,6 +376,22 @@ class Subscriptions:
             after = page[-1].seq
 
     # -- views -------------------------------------------------------------------------------
+
+    async def _publisher_view(self, session: AsyncSession, row: Webhook) -> PublisherOut:
+        counts = await deliveries_repo.counts_by_status(session, row.id)
+        url, _, topic = row.url.rpartition("#")
+        return PublisherOut(
+            id=row.id,
+            kind=row.options["broker"],
+            url=url,
+            topic=topic,
+            events=row.events,
+            filter=WebhookFilter.model_validate(row.filter),
+            enabled=row.enabled,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            health=_health(row, counts),
+        )
 
     async def _view(self, session: AsyncSession, webhook: Webhook) -> WebhookOut:
         counts = await deliveries_repo.counts_by_status(session, webhook.id)
@@ -331,15 +413,38 @@ class Subscriptions:
             source=webhook.source,
             created_at=webhook.created_at,
             updated_at=webhook.updated_at,
-            health=WebhookHealth(
-                last_success_at=webhook.last_success_at,
-                failure_streak=webhook.failure_streak,
-                breaker=webhook.breaker_state,
-                paused_until=webhook.breaker_until,
-                pending=counts.get("pending", 0) + counts.get("failed", 0),
-                dead=counts.get("dead", 0),
-            ),
+            health=_health(webhook, counts),
         )
+
+
+def _health(row: Webhook, counts: dict[str, int]) -> WebhookHealth:
+    return WebhookHealth(
+        last_success_at=row.last_success_at,
+        failure_streak=row.failure_streak,
+        breaker=row.breaker_state,
+        paused_until=row.breaker_until,
+        pending=counts.get("pending", 0) + counts.get("failed", 0),
+        dead=counts.get("dead", 0),
+    )
+
+
+def is_publisher(webhook: Webhook) -> bool:
+    """Whether the subscription is a ``[[publishers]]`` entry (a broker), not a webhook."""
+    return bool(webhook.options.get("broker"))
+
+
+def publisher_key(publisher: PublisherConfig) -> str:
+    """What a publisher is known by: its broker's URL without credentials, and its topic
+    (``url`` of its row; the entry itself, password included, is stored sealed)."""
+    parts = urlsplit(publisher.url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return f"{bare}#{publisher.topic}"
 
 
 def _options(correlate_by: str, tenant_id: str | None, process_group: str | None) -> dict[str, str]:
@@ -351,10 +456,11 @@ def _options(correlate_by: str, tenant_id: str | None, process_group: str | None
     return options
 
 
-async def _existing(session: AsyncSession, webhook_id: str) -> Webhook:
+async def _existing(session: AsyncSession, webhook_id: str, *, publisher: bool = False) -> Webhook:
+    """The webhook (or, with ``publisher``, the publisher) ``webhook_id``; 404 otherwise."""
     webhook = await webhooks_repo.get(session, webhook_id)
-    if webhook is None:
-        raise NotFound(f"no webhook {webhook_id}")
+    if webhook is None or is_publisher(webhook) != publisher:
+        raise NotFound(f"no {'publisher' if publisher else 'webhook'} {webhook_id}")
     return webhook
 
 
