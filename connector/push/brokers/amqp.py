@@ -122,13 +122,14 @@ class AmqpPublisher:
             try:
                 await link.exchange.publish(amqp_message, message.event_type, mandatory=True)
             except PublishError as exc:
+                code = getattr(exc.frame, "reply_code", "?")
+                text = getattr(exc.frame, "reply_text", "")
                 results[index] = (
-                    f"returned by the broker, no queue is bound to exchange "
-                    f"{self._exchange_name!r} for routing key {message.event_type!r} "
-                    f"({self._describe(exc)})"
+                    f"returned by the broker ({code} {text}): no queue is bound to exchange "
+                    f"{self._exchange_name!r} for routing key {message.event_type!r}"
                 )
             except DeliveryError as exc:
-                results[index] = f"refused by the broker ({self._describe(exc)})"
+                results[index] = f"refused by the broker: {self._describe(exc)}"
             except Exception as exc:
                 broken = True
                 results[index] = f"publishing failed: {self._describe(exc)}"
