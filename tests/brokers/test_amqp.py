@@ -62,6 +62,8 @@ class TcpProxy:
         self.ssl = ssl
         self.cut_after: int | None = None
         """Cut every connection once this many bytes went to the broker."""
+        self.mute = False
+        """Swallow what the broker says (its confirms, acks) instead of passing it on."""
         self.forwarded = 0
         self.connections = 0
         self._server: asyncio.Server | None = None
@@ -100,7 +102,7 @@ class TcpProxy:
             self._writers.add(upstream_writer)
             await asyncio.gather(
                 self._pipe(reader, upstream_writer, count=True),
-                self._pipe(upstream_reader, writer, count=False),
+                self._pipe(upstream_reader, writer, count=False, mutable=True),
             )
         except OSError:
             pass
@@ -112,10 +114,17 @@ class TcpProxy:
             self._tasks.discard(task)
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        count: bool,
+        mutable: bool = False,
     ) -> None:
         try:
             while data := await reader.read(1 << 16):
+                if mutable and self.mute:
+                    continue
                 writer.write(data)
                 await writer.drain()
                 if count:
@@ -603,3 +612,29 @@ async def test_publish_rate_with_confirms_next_to_the_raw_client(
     print(f"\namqp: publisher {ours:.0f}/s, raw aio-pika {raw:.0f}/s (confirms, batches of 50)")
     assert ours > raw / 10
     assert len(await drain(queue)) == 2000
+
+
+async def test_only_the_broker_confirm_counts(
+    rabbitmq: str,
+    exchange_name: str,
+    consumer: AbstractConnection,
+    publishers: list[Publisher],
+) -> None:
+    """The messages reach the broker, but its confirms do not reach the publisher: errors."""
+    queue = await bound_queue(consumer, exchange_name)
+    proxy = await TcpProxy((BROKER_HOST, BROKER_PORT)).start()
+    publisher = publisher_for(publishers, url_at(proxy.port), exchange_name, timeout=1.5)
+    try:
+        assert await publisher.check() == "ok"
+        proxy.mute = True
+        batch = messages(5)
+        started = time.monotonic()
+        results = await publisher.publish(batch)
+        assert time.monotonic() - started < 2.5
+        assert results == ["not confirmed by the broker within 1.5 s"] * 5
+        proxy.mute = False
+        assert await publisher.publish(messages(1)) == [None]  # on a new connection
+        assert proxy.connections == 2
+    finally:
+        await proxy.stop()
+    assert len(await drain(queue)) == 6  # at least once: the unconfirmed ones got there
