@@ -27,6 +27,7 @@ import pytest
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelPreconditionFailed
 
+from connector.ids import new_event_id
 from connector.push.brokers import amqp
 from connector.push.brokers.base import BrokerMessage, Publisher
 from connector.settings import PublisherConfig
@@ -225,11 +226,11 @@ def messages(count: int, *, event_type: str = "message.received") -> list[Broker
     """``count`` events with distinct ids and standard bodies (not all alike in size)."""
     out = []
     for n in range(count):
-        event_id = str(uuid.uuid4())
+        event_id = new_event_id()
         body = {
             "id": event_id,
             "type": event_type,
-            "timestamp": "2026-12-05T12:00:00Z",
+            "timestamp": "2026-12-05T12:00:00.000Z",
             "data": {"name": "order", "n": n, "text": "é" * (n % 7)},
         }
         out.append(BrokerMessage(event_id, event_type, json.dumps(body).encode()))
@@ -338,7 +339,7 @@ async def test_batches_are_confirmed_and_consumed_in_the_pinned_shape(
         await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=False)
     queue = await bound_queue(consumer, exchange_name)
 
-    kinds = ["message.received", "message.sent", "message.correlated", "file.received"]
+    kinds = ["message.received", "message.sent", "message.delivered", "message.failed"]
     batches = [messages(50, event_type=kind) for kind in kinds]
     for batch in batches:
         assert await publisher.publish(batch) == [None] * 50

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 import pytest
 
+from connector.ids import new_event_id
 from connector.push.brokers import mqtt
 from connector.push.brokers.base import BrokerMessage, Publisher
 from connector.settings import PublisherConfig
@@ -226,11 +227,11 @@ def messages(count: int, *, event_type: str = "message.received") -> list[Broker
     """``count`` events with distinct ids and standard bodies (not all alike in size)."""
     out = []
     for n in range(count):
-        event_id = str(uuid.uuid4())
+        event_id = new_event_id()
         body = {
             "id": event_id,
             "type": event_type,
-            "timestamp": "2026-12-05T12:00:00Z",
+            "timestamp": "2026-12-05T12:00:00.000Z",
             "data": {"name": "order", "n": n, "text": "é" * (n % 7)},
         }
         out.append(BrokerMessage(event_id, event_type, json.dumps(body).encode()))
@@ -341,7 +342,7 @@ async def test_batches_are_acknowledged_and_received_in_the_pinned_shape(
     mosquitto: str, topic: str, subscriber: Subscriber, publishers: list[Publisher]
 ) -> None:
     publisher = publisher_for(publishers, mosquitto, topic)
-    kinds = ["message.received", "message.sent", "message.correlated", "file.received"]
+    kinds = ["message.received", "message.sent", "message.delivered", "message.failed"]
     batches = [messages(50, event_type=kind) for kind in kinds]
     for batch in batches:
         assert await publisher.publish(batch) == [None] * 50
