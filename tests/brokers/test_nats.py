@@ -11,12 +11,16 @@ Every test has its own topic (a uuid) and deletes its stream afterwards.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import shutil
 import socket
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +28,7 @@ import pytest
 from connector.push.brokers import nats as nats_broker
 from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
 from connector.settings import PublisherConfig
+from tests.processes import free_port, stop
 
 nats = pytest.importorskip("nats")
 HOST, PORT = "127.0.0.1", 4222
@@ -98,6 +103,95 @@ class TcpProxy:
                     self.forwarded.set()
         finally:
             sink.transport.abort()
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed for localhost and 127.0.0.1.
+
+    Returns the CA file, the server certificate and its key (PEM).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "server.key"))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
+
+
+async def wait_until_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    for _ in range(100):
+        if process.returncode is not None:
+            pytest.skip(f"the TLS server exited at once (status {process.returncode})")
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    pytest.fail(f"nothing listens on {HOST}:{port} after 5 s")
 
 
 def _reachable() -> bool:
@@ -421,3 +515,54 @@ def test_without_nats_py_installed_create_says_what_to_install(
     monkeypatch.setitem(sys.modules, "nats", None)
     with pytest.raises(PublisherUnavailable, match=r"pip install 'connector\[brokers\]'"):
         publisher(f"nats://{HOST}:{PORT}", "connector.events")
+
+
+@pytest.fixture
+async def tls_nats(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A nats-server of its own (JetStream on) that requires TLS: its port and its CA."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        pytest.skip("nats-server is not installed: no TLS server to test against")
+    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        *("-a", HOST, "-p", str(port), "-js", "-sd", str(tmp_path / "jetstream")),
+        *("--tls", "--tlscert", str(cert_file), "--tlskey", str(key_file)),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_until_listening(port, process)
+        yield port, ca_file
+    finally:
+        await stop(process, within=10)
+
+
+async def test_tls_verifies_the_server_with_the_configured_ca(
+    tls_nats: tuple[int, Path],
+) -> None:
+    port, ca_file = tls_nats
+    broker = publisher(f"tls://localhost:{port}", "tls.events", tls_ca_file=ca_file)
+    try:
+        assert await broker.check() == "ok"
+        assert await broker.publish(events(3)) == [None] * 3
+    finally:
+        await broker.close()
+
+    broker = publisher(f"tls://localhost:{port}", "tls.events", timeout=2.0)  # system CAs
+    try:
+        answer = await broker.check()
+        results = await broker.publish(events(1))
+    finally:
+        await broker.close()
+    assert answer.startswith("failing: ") and "CERTIFICATE_VERIFY_FAILED" in answer, answer
+    assert "CERTIFICATE_VERIFY_FAILED" in str(results[0])
+
+    broker = publisher(f"tls://{HOST}:{port}", "tls.events", tls_insecure=True)
+    try:
+        assert await broker.check() == "ok"
+        assert await broker.publish(events(2)) == [None] * 2
+    finally:
+        await broker.close()

@@ -10,11 +10,15 @@ Every test writes its own stream (a uuid in the key) and deletes it afterwards.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
+import shutil
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +26,7 @@ import pytest
 from connector.push.brokers import redis as redis_broker
 from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
 from connector.settings import PublisherConfig
+from tests.processes import free_port, stop
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 HOST, PORT = "127.0.0.1", 6379
@@ -96,6 +101,95 @@ class TcpProxy:
                     self.forwarded.set()
         finally:
             sink.transport.abort()
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signed for localhost and 127.0.0.1.
+
+    Returns the CA file, the server certificate and its key (PEM).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "server.key"))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
+
+
+async def wait_until_listening(port: int, process: asyncio.subprocess.Process) -> None:
+    for _ in range(100):
+        if process.returncode is not None:
+            pytest.skip(f"the TLS server exited at once (status {process.returncode})")
+        try:
+            _, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    pytest.fail(f"nothing listens on {HOST}:{port} after 5 s")
 
 
 def _reachable() -> bool:
@@ -332,3 +426,57 @@ def test_without_redis_installed_create_says_what_to_install(
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(PublisherUnavailable, match=r"pip install 'connector\[brokers\]'"):
         publisher(f"redis://{HOST}:{PORT}", "s")
+
+
+@pytest.fixture
+async def tls_redis(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A redis-server of its own that speaks TLS only: its port and the CA that signed it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed: no TLS server to test against")
+    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        *("--port", "0", "--tls-port", str(port), "--bind", HOST),
+        *("--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
+        *("--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"),
+        *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_until_listening(port, process)
+        yield port, ca_file
+    finally:
+        await stop(process, within=10)
+
+
+async def test_rediss_verifies_the_server_with_the_configured_ca(
+    tls_redis: tuple[int, Path],
+) -> None:
+    port, ca_file = tls_redis
+    url = f"rediss://localhost:{port}/0"
+    broker = publisher(url, "tls-stream", tls_ca_file=ca_file)
+    try:
+        assert await broker.check() == "ok"
+        assert await broker.publish(events(3)) == [None] * 3
+    finally:
+        await broker.close()
+
+    broker = publisher(url, "tls-stream", timeout=2.0)  # the system's CAs do not know ours
+    try:
+        answer = await broker.check()
+        results = await broker.publish(events(1))
+    finally:
+        await broker.close()
+    assert answer.startswith("failing: ") and "CERTIFICATE_VERIFY_FAILED" in answer, answer
+    assert "CERTIFICATE_VERIFY_FAILED" in str(results[0])
+
+    broker = publisher(f"rediss://{HOST}:{port}/0", "tls-stream", tls_insecure=True)
+    try:
+        assert await broker.check() == "ok"
+        assert await broker.publish(events(2)) == [None] * 2
+    finally:
+        await broker.close()
