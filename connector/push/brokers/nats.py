@@ -179,48 +179,65 @@ class NatsJetStreamPublisher:
     async def _publish(
         self, link: _Link, messages: Sequence[BrokerMessage], deadline: float
     ) -> list[str | None]:
+        """Send the whole batch, then wait for every acknowledgement (or the connection's loss,
+        or the deadline). ``publish_async`` waits on one reply subscription for all of them."""
+        from nats.errors import Error as NatsError
+
+        loop = asyncio.get_running_loop()
         lost = link.lost
-        remaining = max(deadline - asyncio.get_running_loop().time(), 0.001)
-        acks = [
-            asyncio.ensure_future(
-                link.jetstream.publish(
-                    self.subject(message),
-                    message.body,
-                    timeout=remaining,
-                    headers={"Nats-Msg-Id": message.event_id},
-                )
-            )
-            for message in messages
-        ]
-        all_acks = asyncio.gather(*acks, return_exceptions=True)
+        acks: list[asyncio.Future[PubAck]] = []
         dropped = asyncio.ensure_future(lost.wait())
-        waiting: list[asyncio.Future[Any]] = [all_acks, dropped]
         try:
-            await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    for message in messages:
+                        try:
+                            ack = await link.jetstream.publish_async(
+                                self.subject(message),
+                                message.body,
+                                headers={"Nats-Msg-Id": message.event_id},
+                            )
+                        except NatsError as exc:
+                            ack = loop.create_future()
+                            ack.set_exception(exc)
+                        acks.append(ack)
+                        if lost.is_set():
+                            break
+            except TimeoutError:
+                pass  # what was not sent is reported as not acknowledged
+            all_acks = asyncio.gather(*acks, return_exceptions=True)
+            waiting: list[asyncio.Future[Any]] = [all_acks, dropped]
+            await asyncio.wait(
+                waiting,
+                timeout=max(deadline - loop.time(), 0),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             dropped.cancel()
             for ack in acks:
-                ack.cancel()
-            await asyncio.gather(all_acks, dropped, return_exceptions=True)
-        return [self._confirmed(link, ack, dropped=lost.is_set()) for ack in acks]
+                ack.cancel()  # nats-py forgets a cancelled one; a late ack is dropped
+        unsent = self._unconfirmed(dropped=lost.is_set())
+        return [self._confirmed(link, ack, dropped=lost.is_set()) for ack in acks] + [unsent] * (
+            len(messages) - len(acks)
+        )
+
+    def _unconfirmed(self, *, dropped: bool) -> str:
+        if dropped:
+            return f"connection to NATS at {self.where} lost before JetStream acknowledged"
+        return f"no acknowledgement from JetStream within {self.timeout:g} s"
 
     def _confirmed(self, link: _Link, ack: asyncio.Future[PubAck], *, dropped: bool) -> str | None:
         from nats.errors import NoRespondersError
-        from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import APIError, NoStreamResponseError
 
         if ack.cancelled():
-            if dropped:
-                return f"connection to NATS at {self.where} lost before JetStream acknowledged"
-            return f"no acknowledgement from JetStream within {self.timeout:g} s"
+            return self._unconfirmed(dropped=dropped)
         exc = ack.exception()
         if exc is None:
             return None  # stored, or a duplicate of a stored event (PubAck.duplicate)
         if isinstance(exc, NoStreamResponseError | NoRespondersError):
             link.stream_ready = False  # deleted meanwhile? the next batch creates it again
             return f"no JetStream stream takes {self.topic}.> (no responders)"
-        if isinstance(exc, NatsTimeout):
-            return f"no acknowledgement from JetStream within {self.timeout:g} s"
         if isinstance(exc, APIError):
             return self._redact(f"JetStream refused the message: {exc}")
         return self.reason(exc)
