@@ -9,11 +9,12 @@ otherwise) and a retry after a lost acknowledgement is stored once. The payload 
 ``standard`` JSON body, bytes as given.
 
 The JetStream acknowledgement (PubAck) is the confirmation; an acknowledgement that says
-``duplicate`` counts too (the event is in the stream). A batch is published all at once and the
-acknowledgements are awaited together, the whole batch bounded by ``timeout``.
+``duplicate`` counts too (the event is in the stream). A batch is sent all at once
+(``publish_async``: one reply subscription for all acknowledgements) and the acknowledgements
+are awaited together, the whole batch, connecting included, bounded by ``timeout``.
 
-The stream for ``{topic}.>`` is created on the first publish of each connection unless it
-exists; its name is the topic with the characters NATS forbids in stream names (``.``, ``*``,
+The stream for ``{topic}.>`` is created on the first publish unless it exists (and again
+should JetStream later say that no stream takes the subject); its name is the topic with the characters NATS forbids in stream names (``.``, ``*``,
 ``>``, whitespace, ``/``, ``\\``) replaced by ``_``: ``connector.events`` -> ``connector_events``.
 An operator may create it beforehand with other limits (retention, duplicate window, replicas):
 an existing stream is left as it is. When a stream under another name already holds the subjects,
