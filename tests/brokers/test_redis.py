@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -428,29 +429,72 @@ def test_without_redis_installed_create_says_what_to_install(
         publisher(f"redis://{HOST}:{PORT}", "s")
 
 
-@pytest.fixture
-async def tls_redis(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    """A redis-server of its own that speaks TLS only: its port and the CA that signed it."""
+@asynccontextmanager
+async def own_redis(directory: Path, *options: str, tls: bool = False) -> AsyncIterator[int]:
+    """A redis-server of its own with these options on a free port (yielded), then stopped;
+    with ``tls`` the port speaks TLS only."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed: no TLS server to test against")
-    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+        pytest.skip("redis-server is not installed: no server of our own to test against")
     port = free_port()
+    ports = ("--port", "0", "--tls-port", str(port)) if tls else ("--port", str(port))
     process = await asyncio.create_subprocess_exec(
         binary,
-        *("--port", "0", "--tls-port", str(port), "--bind", HOST),
-        *("--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
-        *("--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"),
-        *("--save", "", "--appendonly", "no", "--dir", str(tmp_path)),
+        *ports,
+        *options,
+        *("--bind", HOST, "--save", "", "--appendonly", "no", "--dir", str(directory)),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         await wait_until_listening(port, process)
-        yield port, ca_file
+        yield port
     finally:
         await stop(process, within=10)
+
+
+@pytest.fixture
+async def tls_redis(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A redis-server of its own that speaks TLS only: its port and the CA that signed it."""
+    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+    async with own_redis(
+        tmp_path,
+        *("--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file)),
+        *("--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no"),
+        tls=True,
+    ) as port:
+        yield port, ca_file
+
+
+async def test_a_user_allowed_only_xadd_and_type_on_the_stream_is_enough(tmp_path: Path) -> None:
+    async with own_redis(tmp_path) as port:
+        admin = redis_asyncio.Redis(host=HOST, port=port)
+        try:
+            await admin.acl_setuser(
+                "connector",
+                enabled=True,
+                passwords=["+pass-w0rd"],
+                keys=["connector.events"],
+                commands=["+xadd", "+type"],
+            )
+        finally:
+            await admin.aclose()
+        url = f"redis://connector:pass-w0rd@{HOST}:{port}/0"
+        broker = publisher(url, "connector.events", maxlen=1000)
+        try:
+            assert await broker.check() == "ok"
+            assert await broker.publish(events(3)) == [None] * 3
+        finally:
+            await broker.close()
+        broker = publisher(url, "another.stream")
+        try:
+            assert (await broker.check()).startswith("failing: NoPermissionError: ")
+            [refused] = await broker.publish(events(1))
+        finally:
+            await broker.close()
+        assert str(refused).startswith("Redis refused the XADD: ")
+        assert "no permissions" in str(refused)
 
 
 async def test_rediss_verifies_the_server_with_the_configured_ca(

@@ -151,7 +151,6 @@ def _client_options(config: PublisherConfig, timeout: float) -> dict[str, Any]:
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),
-        "client_name": "connector",
     }
     if urlsplit(config.url).scheme == "rediss":
         if config.tls_ca_file is not None:
