@@ -14,8 +14,9 @@ The JetStream acknowledgement (PubAck) is the confirmation; an acknowledgement t
 are awaited together, the whole batch, connecting included, bounded by ``timeout``.
 
 The stream for ``{topic}.>`` is created on the first publish unless it exists (and again
-should JetStream later say that no stream takes the subject); its name is the topic with the characters NATS forbids in stream names (``.``, ``*``,
-``>``, whitespace, ``/``, ``\\``) replaced by ``_``: ``connector.events`` -> ``connector_events``.
+should JetStream later say that no stream takes the subject); its name is the topic with the
+characters NATS forbids in stream names (``.``, ``*``, ``>``, whitespace, ``/``, ``\\``)
+replaced by ``_``: ``connector.events`` -> ``connector_events``.
 An operator may create it beforehand with other limits (retention, duplicate window, replicas):
 an existing stream is left as it is. When a stream under another name already holds the subjects,
 creating ours fails and the publisher uses that one.
