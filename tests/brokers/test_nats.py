@@ -566,3 +566,11 @@ async def test_tls_verifies_the_server_with_the_configured_ca(
         assert await broker.publish(events(2)) == [None] * 2
     finally:
         await broker.close()
+
+    # nats://: the server requires TLS, nats-py upgrades, with the configured CA.
+    broker = publisher(f"nats://localhost:{port}", "tls.events", tls_ca_file=ca_file)
+    try:
+        assert await broker.check() == "ok"
+        assert await broker.publish(events(1)) == [None]
+    finally:
+        await broker.close()
