@@ -574,3 +574,11 @@ async def test_tls_verifies_the_server_with_the_configured_ca(
         assert await broker.publish(events(1)) == [None]
     finally:
         await broker.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:4222", "127.0.0.1:4222", "nats://a:4222,redis://b:6379"]
+)
+def test_a_url_that_is_not_nats_or_tls_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ValueError, match="nats:// or tls://"):
+        publisher(url, "connector.events")

@@ -524,3 +524,9 @@ async def test_rediss_verifies_the_server_with_the_configured_ca(
         assert await broker.publish(events(2)) == [None] * 2
     finally:
         await broker.close()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis//x"])
+def test_a_url_redis_py_cannot_use_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ValueError, match="redis://"):
+        publisher(url, "s")

@@ -65,8 +65,9 @@ _NOT_IN_SUBJECTS = re.compile(r"[\s*>]|[\x00-\x1f\x7f]")
 def create(config: PublisherConfig, *, timeout: float = 15.0) -> Publisher:
     """A publisher for ``config`` (``kind = "nats"``); connects on the first publish.
 
-    Raises ``ValueError`` when ``topic`` cannot start a subject (wildcards, whitespace, empty
-    tokens): that is a configuration mistake, better said at start-up than on every event.
+    Raises ``ValueError`` for a URL that is not ``nats://`` or ``tls://`` and for a ``topic``
+    that cannot start a subject (wildcards, whitespace, empty tokens): configuration mistakes,
+    better said at start-up than on every event.
     """
     try:
         import nats  # noqa: F401
@@ -74,6 +75,9 @@ def create(config: PublisherConfig, *, timeout: float = 15.0) -> Publisher:
         raise PublisherUnavailable(
             "kind = 'nats' needs the nats-py package: pip install 'connector[brokers]'"
         ) from exc
+    for url in config.url.split(","):
+        if urlsplit(url.strip()).scheme not in ("nats", "tls"):
+            raise ValueError("publishers: a NATS url starts with nats:// or tls://")
     if _NOT_IN_SUBJECTS.search(config.topic) or "" in config.topic.split("."):
         raise ValueError(
             f"publishers: topic {config.topic!r} cannot start a NATS subject: it needs dot "

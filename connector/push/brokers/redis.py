@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 
 
 def create(config: PublisherConfig, *, timeout: float = 15.0) -> Publisher:
-    """A publisher for ``config`` (``kind = "redis"``); connects on the first publish."""
+    """A publisher for ``config`` (``kind = "redis"``); connects on the first publish.
+
+    Raises ``ValueError`` for a URL redis-py cannot use (not ``redis://``, ``rediss://`` or
+    ``unix://``): a configuration mistake, better said at start-up than on every event.
+    """
     try:
         import redis.asyncio  # noqa: F401
     except ImportError as exc:
@@ -64,6 +68,7 @@ class RedisStreamPublisher:
         self._timeout = timeout
         self._options = _client_options(config, timeout)
         self._client: Redis | None = None
+        self._redis()  # no I/O yet; a URL redis-py cannot use is refused here, once
 
     def __repr__(self) -> str:
         return f"<RedisStreamPublisher {self._where} stream={self.stream!r}>"
@@ -100,7 +105,7 @@ class RedisStreamPublisher:
             return [reason] * len(messages)
         except (RedisError, OSError) as exc:
             return [self._reason(exc)] * len(messages)
-        if len(replies) != len(messages):  # never seen; guards the zip below
+        if len(replies) != len(messages):  # one answer per XADD is what Redis promises
             return [f"Redis answered {len(replies)} replies to {len(messages)} XADDs"] * len(
                 messages
             )
