@@ -104,7 +104,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
 
         def after_commit(work: UnitOfWork) -> None:
             notifier.after_commit(work)
-            if work.wrote_events:
+            if work.wrote_deliveries:
                 for wake in woken:
                     wake()
 

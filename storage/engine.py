@@ -64,6 +64,7 @@ class UnitOfWork(Session):
         self.after_commit_hook = after_commit
         self.deferred: dict[Table, list[dict[str, Any]]] = {}
         self.wrote_events = False
+        self.wrote_deliveries = False
 
 
 def unit_of_work(session: AsyncSession) -> UnitOfWork:
@@ -100,13 +101,13 @@ def _call_after_commit(session: Session) -> None:
     assert isinstance(session, UnitOfWork)
     if session.after_commit_hook is not None:
         session.after_commit_hook(session)
-    session.wrote_events = False
+    session.wrote_events = session.wrote_deliveries = False
 
 
 @event.listens_for(UnitOfWork, "after_soft_rollback")
 def _forget_on_rollback(session: Session, _transaction: Any) -> None:
     assert isinstance(session, UnitOfWork)
-    session.deferred, session.wrote_events = {}, False
+    session.deferred, session.wrote_events, session.wrote_deliveries = {}, False, False
 
 
 def defer_insert(session: AsyncSession, table: Table, row: dict[str, Any]) -> None:

@@ -102,8 +102,10 @@ async def get_webhook(request: web.Request) -> web.StreamResponse:
     },
 )
 async def update_webhook(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
     body = await json_body(request, WebhookPatch)
-    view = await request.app[RUNTIME].subscriptions.update(request.match_info["id"], body)
+    view = await runtime.subscriptions.update(request.match_info["id"], body)
+    runtime.scheduler.wake("delivery")  # enabled again: what waited goes now
     return json_response(view)
 
 

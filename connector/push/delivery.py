@@ -86,7 +86,8 @@ class BreakerPolicy:
     max: float = 30.0
 
     def pause(self, streak: int) -> float:
-        """Seconds to rest after ``streak`` failures in a row (the breaker being open)."""
+        """Seconds to rest with ``streak`` failures in a row, the breaker open: ``first`` when it
+        opens (the streak is then ``failures``), doubled by each failed probe after."""
         probes_failed = max(0, streak - self.failures)
         return min(self.max, self.first * 2.0 ** min(probes_failed, 32))
 
@@ -548,10 +549,16 @@ class DeliveryService:
                 emit_other(session, EventType.WEBHOOK_RECOVERED, _about(webhook))
                 log.info("webhook %s answers again: breaker closed", webhook.id)
         elif failed:
-            webhook.failure_streak += failed
-            if (was == "closed" and webhook.failure_streak >= self._breaker.failures) or (
-                was != "closed"
-            ):
+            threshold = self._breaker.failures
+            if was == "closed":
+                webhook.failure_streak += failed
+                if webhook.failure_streak >= threshold:
+                    # A burst of failures opens the breaker once: the first pause is `first`,
+                    # however many requests of the batch failed together.
+                    webhook.failure_streak = threshold
+            else:
+                webhook.failure_streak += 1  # a failed probe: each doubles the pause
+            if webhook.failure_streak >= threshold:
                 pause = self._breaker.pause(webhook.failure_streak)
                 webhook.breaker_state = "open"
                 webhook.breaker_until = now + timedelta(seconds=pause)

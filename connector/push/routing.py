@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
-from storage.engine import write_deferred
+from storage.engine import unit_of_work, write_deferred
 from storage.repositories import deliveries as deliveries_repo
 from storage.repositories import events as events_repo
 from storage.repositories import webhooks as webhooks_repo
@@ -91,3 +91,4 @@ async def route_pending_events(session: AsyncSession) -> None:
     await deliveries_repo.add_many(
         session, [(seqs[event_id], webhook_id) for event_id, webhook_id in pairs], utcnow()
     )
+    unit_of_work(session).wrote_deliveries = True  # wakes the delivery job after the commit
