@@ -1027,7 +1027,10 @@ def offsets_text(offsets: Sequence[float]) -> str:
             groups[-1] = (groups[-1][0], groups[-1][1] + 1)
         else:
             groups.append((t, 1))
-    return ", ".join(f"+{t:.1f} s" + (f" x{k}" if k > 1 else "") for t, k in groups)
+    cells = [f"+{t:.1f} s" + (f" x{k}" if k > 1 else "") for t, k in groups]
+    if len(cells) > 8:  # a probe every breaker.max seconds: the first few, the last two
+        cells = [*cells[:5], f"... ({len(cells) - 7} more)", *cells[-2:]]
+    return ", ".join(cells)
 
 
 async def part_outage(args: argparse.Namespace, run_id: str) -> PartResult:
