@@ -107,13 +107,15 @@ from _harness import (
 from events import FeedConsumer, send_paced, wait_for_events
 from messages import iso_to_ns, send_all, wait_for_ingest
 
+from connector.settings import BreakerSettings
+
 PARTS = ("latency", "throughput", "outage")
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
 TARGET_RATIO = 0.5
 TARGET_RECOVERY_S = 60.0
 PER_ENDPOINT = 8  # delivery.per_endpoint's default: the baseline's requests in flight
-BREAKER = {"failures": 5, "first": 5.0, "max": 300.0}  # delivery.breaker's defaults
+BREAKER = BreakerSettings().model_dump()  # delivery.breaker's defaults, from the code
 EVENT_TYPE = "message.received"
 BARE_PREFIX = "bare-"
 HOOK_PATH = "/hook"
