@@ -104,8 +104,10 @@ class DeliveryLimits:
     @property
     def held_per_endpoint(self) -> int:
         """Deliveries of one subscription claimed at a time (in flight or queued for it):
-        enough to keep ``per_endpoint`` busy, few enough to be sent well within a claim."""
-        return self.per_endpoint * 4
+        enough to keep ``per_endpoint`` busy across claim and record transactions (4x held
+        half the bench's throughput), few enough to go well within a claim (any still queued
+        when its claim is about to end goes back unsent)."""
+        return self.per_endpoint * 16
 
 
 @dataclass(frozen=True)
