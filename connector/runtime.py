@@ -179,8 +179,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         )
         try:
             await delivery.prepare_publishers()
-        except PublisherUnavailable as exc:
-            raise ConfigError(f"publishers: {exc}") from None
+        except (PublisherUnavailable, ValueError) as exc:  # no library; a url or topic it refuses
+            raise ConfigError(str(exc)) from None
         stack.push_async_callback(delivery.close)
         stack.push_async_callback(delivery.drain)  # after the scheduler stopped: see below
 
