@@ -1,4 +1,5 @@
-"""Webhook push benchmark: latency, throughput and outage recovery of the delivery job.
+"""Webhook push benchmark: latency (also to a SpiffWorkflow engine), throughput and outage
+recovery of the delivery job.
 
 Each part starts its own backbone and two connectors A and B (separate processes, 127.0.0.1,
 temp dirs, both keeping a long-poll open to the backbone). The webhook receiver is an aiohttp
@@ -24,6 +25,20 @@ followed by a consumer in this process as in ``bench/events.py``), the pull path
 replace. Floor: a bare signed POST from this process to the receiver (request start ->
 arrival), the cost of the HTTP hop itself.
 
+``spiff`` (issue 12): the SpiffWorkflow engine of the tests (``tests/engines/spiff_engine.py``:
+the ``spiffworkflow`` package running ``tests/engines/order_payment.bpmn`` behind SpiffArena's
+Messages API, an aiohttp app) runs in this process. B has two ``[[webhooks]]`` entries: one
+with ``format = "spiff"`` pointing at the engine, one standard entry pointing at the receiver.
+Per message (``--spiff-count``, one at a time with the ``--interval`` pause): this process
+starts an ``order_payment`` process for a fresh order id (it waits for ``payment.received``
+correlated on ``orderId``), then A sends ``payment.received`` (``correlationKey``
+``order-<id>``, content ``{"orderId": id, "amount": 10}``) to B. Timed, from B's
+``receivedAt``: to the moment the engine stored that process as completed (``time.time_ns``
+noted in the engine's own run of the workflow, inside the request that delivered the
+message), beside the plain webhook's arrival at the receiver for the same messages. Both
+deliveries of a message leave B at about the same time, so each includes the other's share
+of B's work.
+
 ``throughput``: a webhook is made through the API, disabled (a disabled subscription gets no
 deliveries: events are routed to enabled subscriptions only). ``--backlog`` messages are sent
 A -> B (``Prefer: respond-async``, ``--concurrency`` senders) and awaited at B; then the webhook
@@ -47,10 +62,11 @@ should probe, not hammer), the breaker's next probe as it stood at the return, a
 requests the receiver had in flight at once after the return (bounded by ``per_endpoint``; the
 receiver does ``--receiver-delay`` of work per request, so that overlapping requests show).
 
-    python bench/push.py                               # all three parts: ~15 minutes
+    python bench/push.py                               # all four parts: ~15 minutes
     python bench/push.py --parts latency,throughput    # ~1 minute
+    python bench/push.py --parts spiff                 # ~15 s
     python bench/push.py --parts outage --outage 120 --breaker-max 30
-    python bench/push.py --quick                       # smoke run: 100 / 500 / 500 and 20 s
+    python bench/push.py --quick                       # smoke run: 100 / 50 / 500 / 500, 20 s
 """
 
 from __future__ import annotations
@@ -62,6 +78,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import importlib
 import json
 import math
 import os
@@ -79,6 +96,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from standardwebhooks import WebhookVerificationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # tests.engines.spiff_engine
 
 from _harness import (
     HOST,
@@ -97,7 +115,9 @@ from _harness import (
     json_number,
     log,
     machine_info,
+    message_headers,
     percentile,
+    post_message,
     print_send_errors,
     print_summary,
     print_table,
@@ -109,7 +129,12 @@ from messages import iso_to_ns, send_all, wait_for_ingest
 
 from connector.settings import BreakerSettings
 
-PARTS = ("latency", "throughput", "outage")
+# the SpiffWorkflow engine of the tests, imported so that mypy does not follow it into the
+# untyped ``spiffworkflow`` package
+spiff_engine = importlib.import_module("tests.engines.spiff_engine")
+SpiffEngineBase: Any = spiff_engine.SpiffEngine
+
+PARTS = ("latency", "spiff", "throughput", "outage")
 TARGET_P50_MS = 20.0
 TARGET_P99_MS = 100.0
 TARGET_RATIO = 0.5
@@ -119,6 +144,9 @@ BREAKER = BreakerSettings().model_dump()  # delivery.breaker's defaults, from th
 EVENT_TYPE = "message.received"
 BARE_PREFIX = "bare-"
 HOOK_PATH = "/hook"
+PAYMENT_NAME = "payment.received"
+SPIFF_PROCESS = "order_payment"  # tests/engines/order_payment.bpmn
+SPIFF_API_KEY = "bench-spiff-key"
 
 
 def new_secret() -> str:
@@ -813,6 +841,275 @@ async def part_latency(args: argparse.Namespace, run_id: str) -> PartResult:
     return PartResult(rows, summary, data_ok, {"latencyP50": p50_ok, "latencyP99": p99_ok})
 
 
+# --------------------------------------------------------------------------- spiff
+
+
+class TimedSpiffEngine(SpiffEngineBase):  # type: ignore[misc]  # an Any: see the import
+    """The tests' SpiffWorkflow engine, noting (``time.time_ns``) when each message reached
+    ``send`` (the request read, before correlating) and when each process completed (its
+    workflow run to the end and stored, inside the request that delivered the message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent_ns: dict[str, tuple[int, str | None]] = {}  # orderId -> (ns, messageId)
+        self.completed_ns: dict[int, int] = {}  # process id -> ns
+
+    def send(
+        self,
+        modified_message_name: str,
+        body: dict[str, Any],
+        *,
+        time_to_live_in_seconds: int | None = None,
+        message_instance_uuid: str | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        order = body.get("orderId")
+        meta = body.get("_connector")
+        if isinstance(order, str) and order not in self.sent_ns:
+            message_id = meta.get("messageId") if isinstance(meta, dict) else None
+            self.sent_ns[order] = (time.time_ns(), str(message_id) if message_id else None)
+        answer: tuple[int, dict[str, Any]] = super().send(
+            modified_message_name,
+            body,
+            time_to_live_in_seconds=time_to_live_in_seconds,
+            message_instance_uuid=message_instance_uuid,
+        )
+        return answer
+
+    def _run(self, instance: Any, workflow: Any) -> None:
+        super()._run(instance, workflow)
+        if instance.status == "complete":
+            self.completed_ns.setdefault(instance.id, time.time_ns())
+
+
+def spiff_webhook_toml(url: str) -> str:
+    return (
+        f'\n[[webhooks]]\nurl = {json.dumps(url)}\nformat = "spiff"\n'
+        f'events = ["{EVENT_TYPE}"]\nfilter = {{ name = "{PAYMENT_NAME}" }}\n'
+        f'headers = {{ "SpiffWorkflow-Api-Key" = {json.dumps(SPIFF_API_KEY)} }}\n'
+    )
+
+
+async def send_payments(
+    session: aiohttp.ClientSession,
+    pair: TwoConnectors,
+    engine: TimedSpiffEngine,
+    run_id: str,
+    kind: str,
+    count: int,
+    interval: float,
+) -> tuple[list[Sent], dict[int, int]]:
+    """Per message: start an order's process (it waits for ``payment.received`` correlated
+    on ``orderId``), then A sends the payment to B; a pause after each send. Returns the sends
+    and the process id of each seq."""
+    url = f"{pair.a.url}/api/v1/messages"
+    headers = message_headers(pair.a.headers)
+    results: list[Sent] = []
+    processes: dict[int, int] = {}
+    for seq in range(count):
+        order = f"{run_id}-{kind}-{seq}"
+        process = engine.start(SPIFF_PROCESS, {"orderId": order})
+        if process.status != "waiting":
+            raise BenchError(f"the process of order {order} is {process.status}, not waiting")
+        processes[seq] = process.id
+        body = {
+            "recipients": [pair.address_b],
+            "name": PAYMENT_NAME,
+            "correlationKey": f"order-{order}",
+            "content": {"orderId": order, "amount": 10, "bench": run_id, "kind": kind, "seq": seq},
+        }
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        sent = await post_message(
+            session, url, headers, raw, seq, kind=kind, clock=time.perf_counter_ns, accepted=(201,)
+        )
+        results.append(sent)
+        if interval > 0:
+            await asyncio.sleep(interval)
+    return results, processes
+
+
+async def wait_for_both(
+    receiver: Receiver,
+    engine: TimedSpiffEngine,
+    cluster: Cluster,
+    kind: str,
+    processes: Iterable[int],
+    stall_timeout: float,
+) -> bool:
+    """Until the receiver has every message of ``kind`` and every process completed (or
+    nothing moved for ``stall_timeout`` s). Polls this process's own state."""
+    wanted = set(processes)
+    last, last_progress = (-1, -1), time.monotonic()
+    while True:
+        cluster.check_alive()
+        got = (receiver.count(kind), len(wanted & engine.completed_ns.keys()))
+        if got[0] >= len(wanted) and got[1] == len(wanted):
+            return True
+        if got != last:
+            last, last_progress = got, time.monotonic()
+        elif time.monotonic() - last_progress > stall_timeout:
+            log(
+                f"giving up: receiver {got[0]}/{len(wanted)}, "
+                f"processes completed {got[1]}/{len(wanted)} ({kind})"
+            )
+            return False
+        await asyncio.sleep(0.05)
+
+
+async def part_spiff(args: argparse.Namespace, run_id: str) -> PartResult:
+    n = args.spiff_count
+    secret = new_secret()
+    receiver = Receiver(run_id)
+    receiver.verify_with(secret)
+    engine = TimedSpiffEngine()
+    server = spiff_engine.SpiffServer(engine, api_key=SPIFF_API_KEY)
+    await receiver.start()
+    await server.start()
+    load_before = load_average()
+    try:
+        with part_cluster(args, "spiff") as cluster:
+            async with client_session(limit=16) as session:
+                b_toml = spiff_webhook_toml(server.url) + webhook_toml(receiver.url, secret)
+                pair = await start_pair(session, cluster, b_toml)
+                b = pair.b
+                warmup = max(args.warmup, 1)
+                log(f"warm-up: {warmup} payments, awaited at the engine and the receiver")
+                warm, warm_processes = await send_payments(
+                    session, pair, engine, run_id, "spiffwarm", warmup, args.interval
+                )
+                if not await wait_for_both(
+                    receiver, engine, cluster, "spiffwarm", warm_processes.values(), 60
+                ):
+                    raise BenchError(f"warm-up: not every payment arrived\n{b.proc.tail(40)}")
+
+                log(
+                    f"send {n} payments A -> B, one at a time, {args.interval * 1000:g} ms apart, "
+                    "each after starting its order's process"
+                )
+                start_ns = time.perf_counter_ns()
+                results, processes = await send_payments(
+                    session, pair, engine, run_id, "spiff", n, args.interval
+                )
+                complete = await wait_for_both(
+                    receiver, engine, cluster, "spiff", processes.values(), args.stall_timeout
+                )
+                wall = (time.perf_counter_ns() - start_ns) / 1e9
+                await asyncio.sleep(args.linger)
+                incoming = await b.incoming_messages(session, max_pages=n // 1000 + 50)
+                listed = await b.get_json(session, "/api/v1/webhooks")
+                formats = {str(h["format"]): str(h["id"]) for h in listed["items"]}
+                spiff_deliveries = await all_deliveries(session, b, formats["spiff"])
+                cluster.check_alive()
+    finally:
+        await server.stop()
+        await receiver.stop()
+
+    stored_ns = {
+        str(item.get("id")): iso_to_ns(str(item["receivedAt"]))
+        for item in incoming
+        if isinstance(item.get("receivedAt"), str)
+    }
+    ok_sends = {r.seq: r for r in results if r.status == 201}
+    errors = send_errors(results, (201,))
+    spiff_done: list[int] = []  # B stored -> process completed
+    to_engine: list[int] = []  # B stored -> the engine's send() called
+    in_engine: list[int] = []  # send() called -> process completed
+    not_completed = 0
+    for seq in ok_sends:
+        pid = processes[seq]
+        sent = engine.sent_ns.get(f"{run_id}-spiff-{seq}")
+        done = engine.completed_ns.get(pid)
+        if done is None or sent is None or sent[1] not in stored_ns:
+            not_completed += done is None
+            continue
+        stored = stored_ns[str(sent[1])]
+        spiff_done.append(done - stored)
+        to_engine.append(sent[0] - stored)
+        in_engine.append(done - sent[0])
+    for values in (spiff_done, to_engine, in_engine):
+        values.sort()
+    tally = receiver.tally("spiff")
+    pushed = {a.seq: a for a in tally.unique.values() if a.seq is not None}
+    plain = sorted(
+        a.wall_ns - stored_ns[str(a.message_id)]
+        for a in pushed.values()
+        if str(a.message_id) in stored_ns
+    )
+    plain_missing = sum(1 for seq in ok_sends if seq not in pushed)
+    engine_statuses = Counter(m.status for m in engine.messages)
+    delivery_statuses = Counter(str(d["status"]) for d in spiff_deliveries)
+    attempts = sum(len(d["attempts"]) for d in spiff_deliveries)
+    p50_spiff, p50_plain = percentile(spiff_done, 50), percentile(plain, 50)
+    ratio = p50_spiff / p50_plain if plain and spiff_done else math.nan
+    data_ok = (
+        complete
+        and not errors
+        and not not_completed
+        and len(spiff_done) == len(ok_sends)
+        and not plain_missing
+        and not tally.duplicates
+        and not receiver.bad_signatures
+        and set(engine_statuses) == {"completed"}
+    )
+    rows = [
+        Row("load average before / after (1, 5, 15 min)", f"{load_before}  |  {load_average()}"),
+        Row(
+            "warm-up payments (untimed) / errors", f"{len(warm)} / {len(send_errors(warm, (201,)))}"
+        ),
+        Row("payments A -> B, one at a time, pause", f"{n:,}, {args.interval * 1000:g} ms"),
+        Row("answers 201 / errors", f"{len(ok_sends):,} / {len(errors):,}"),
+        Row(
+            "processes completed / not completed",
+            f"{len(spiff_done):,} / {not_completed:,}" + ("" if complete else " (gave up waiting)"),
+        ),
+        Row(
+            "engine messages by status (warm-up included)",
+            ", ".join(f"{k} {v:,}" for k, v in sorted(engine_statuses.items())),
+        ),
+        Row(
+            "spiff deliveries by status / attempts",
+            ", ".join(f"{k} {v:,}" for k, v in sorted(delivery_statuses.items()))
+            + f" / {attempts:,}",
+        ),
+        Row(
+            "plain webhook: ids / missing / duplicates / bad signatures",
+            f"{len(tally.unique):,} / {plain_missing:,} / {tally.duplicates:,} / "
+            f"{receiver.bad_signatures:,}",
+        ),
+        Row("spiff: B stored -> process completed, p50/p90/p99/max", spread(spiff_done)),
+        Row("…B stored -> engine handles the request", spread(to_engine)),
+        Row("…engine: request -> process completed", spread(in_engine)),
+        Row("plain webhook, same run: B stored -> receiver", spread(plain)),
+        Row("spiff / plain, p50", f"{ratio:.2f}"),
+    ]
+    print_table(
+        f"bench/push.py spiff — {n:,} payments A -> B, B's spiff webhook to a SpiffWorkflow "
+        f"engine in this process, beside a plain webhook (wall {wall:.1f} s)",
+        rows,
+    )
+    print_send_errors(errors, send_errors(warm, (201,)))
+    summary = {
+        "count": n,
+        "intervalMs": round(args.interval * 1000, 3),
+        "sent201": len(ok_sends),
+        "errors": len(errors),
+        "completed": len(spiff_done),
+        "notCompleted": not_completed,
+        "engineMessages": dict(engine_statuses),
+        "spiffDeliveries": dict(delivery_statuses),
+        "spiffAttempts": attempts,
+        "storedToCompleted": spread_json(spiff_done),
+        "storedToEngine": spread_json(to_engine),
+        "engineToCompleted": spread_json(in_engine),
+        "plainStoredToReceiver": spread_json(plain),
+        "plainMissing": plain_missing,
+        "duplicates": tally.duplicates,
+        "badSignatures": receiver.bad_signatures,
+        "ratioP50": json_number(ratio, 3),
+        "load": [load_before, load_average()],
+    }
+    return PartResult(rows, summary, data_ok, {})
+
+
 # --------------------------------------------------------------------------- throughput
 
 
@@ -1233,7 +1530,7 @@ async def part_outage(args: argparse.Namespace, run_id: str) -> PartResult:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
-        "--parts", default=",".join(PARTS), help="comma-separated: latency,throughput,outage"
+        "--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS)
     )
     parser.add_argument("--count", type=int, default=1000, help="latency: messages (1,000)")
     parser.add_argument(
@@ -1242,6 +1539,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="latency: warm-up messages (20)")
     parser.add_argument(
         "--no-feed", action="store_true", help="latency: no event-feed baseline alongside"
+    )
+    parser.add_argument(
+        "--spiff-count", type=int, default=200, help="spiff: payments to the engine (200)"
     )
     parser.add_argument(
         "--backlog", type=int, default=5000, help="throughput: deliveries in the backlog (5,000)"
@@ -1272,7 +1572,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--linger", type=float, default=1.0, help="seconds to wait for late duplicates (1)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 100 / 500 / 500 events, 20 s outage"
+        "--quick",
+        action="store_true",
+        help="smoke run: 100 / 50 / 500 / 500 events, 20 s outage",
     )
     parser.add_argument(
         "--profile",
@@ -1290,12 +1592,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts}")
     if args.quick:
         args.count = min(args.count, 100)
+        args.spiff_count = min(args.spiff_count, 50)
         args.warmup = min(args.warmup, 5)
         args.backlog = min(args.backlog, 500)
         args.events = min(args.events, 500)
         args.outage = min(args.outage, 20.0)
-    if min(args.count, args.backlog, args.events, args.concurrency) <= 0:
-        parser.error("--count, --backlog, --events and --concurrency must be positive")
+    if min(args.count, args.spiff_count, args.backlog, args.events, args.concurrency) <= 0:
+        parser.error(
+            "--count, --spiff-count, --backlog, --events and --concurrency must be positive"
+        )
     if args.outage < 0 or args.interval < 0 or args.receiver_delay < 0 or args.warmup < 0:
         parser.error("--outage, --interval, --receiver-delay and --warmup may not be negative")
     return args
@@ -1306,7 +1611,12 @@ async def main(args: argparse.Namespace) -> int:
     print(header_line(info), flush=True)
     print(f"# load average (1, 5, 15 min): {load_average()}", flush=True)
     run_id = os.urandom(6).hex()
-    runners = {"latency": part_latency, "throughput": part_throughput, "outage": part_outage}
+    runners = {
+        "latency": part_latency,
+        "spiff": part_spiff,
+        "throughput": part_throughput,
+        "outage": part_outage,
+    }
     results: dict[str, PartResult] = {}
     for part in PARTS:
         if part in args.parts:
