@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/queries.py
+	$(BIN)/python bench/push.py
+	$(BIN)/python bench/brokers.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
