@@ -71,6 +71,7 @@ __all__ = ["BreakerPolicy", "DeliveryLimits", "DeliveryService"]
 
 TEST_EVENT_TYPE = "webhook.test"
 _STANDARD = Standard()
+_URL_CACHE = 10_000  # URLs whose spelling passed the policy, remembered
 UrlGuard = Callable[[str], None]
 """Raises ValueError for a URL a request may not go to now (checked before each send)."""
 
@@ -164,6 +165,7 @@ class DeliveryService:
         self._freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishers: dict[str, Publisher] = {}
+        self._allowed_urls: set[str] = set()
 
     def listening_at(self, url: str) -> None:
         """The API's address once its socket is bound (the links pushed to engines), unless
@@ -414,11 +416,15 @@ class DeliveryService:
         """One request of ``request`` to ``url`` (default: the subscription's), with the
         subscription's headers and auth."""
         url = url or webhook.url
-        if self._check_url is not None:
+        if self._check_url is not None and url not in self._allowed_urls:
             try:
                 self._check_url(url)
             except ValueError as exc:
                 return Rejected(status=None, error=f"URL refused: {exc}", duration=0, response="")
+            # the check reads the spelling only (names are checked at each resolution): once
+            # per URL is enough
+            if len(self._allowed_urls) < _URL_CACHE:
+                self._allowed_urls.add(url)
         headers: dict[str, str] = dict(webhook.headers)
         try:
             authorization = await self._auth.headers(auth, self._http)

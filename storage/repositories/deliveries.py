@@ -39,7 +39,6 @@ _WEBHOOKS: Table = Webhook.__table__  # type: ignore[assignment]
 OPEN = ("pending", "failed")
 """Statuses of a delivery that is still to be made."""
 
-_INSERT_CHUNK = 500  # rows per INSERT: 10 columns each, under SQLite's 32,766 parameters
 
 RESPONSE_EXCERPT_LIMIT = 20 * 1024
 """Bytes (UTF-8) of a response kept with an attempt; the caller truncates."""
@@ -94,42 +93,38 @@ async def add_for_event(
 
 
 async def add_many(session: AsyncSession, pairs: Sequence[tuple[int, str]], now: datetime) -> int:
-    """A pending delivery for each (event seq, subscription id), due at ``now``, in chunks of
-    one statement each. A pair that has its delivery already is left as it is; how many were
-    new."""
+    """A pending delivery for each (event seq, subscription id), due at ``now``, in one
+    executemany. A pair that has its delivery already is left as it is; how many were new."""
     unique = list(dict.fromkeys(pairs))
     if not unique:
         return 0
     dialect = session.get_bind().dialect.name
     insert_ = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    added = 0
-    for start in range(0, len(unique), _INSERT_CHUNK):
-        rows = [
-            {
-                "id": new_delivery_id(),
-                "webhook_id": webhook_id,
-                "event_seq": event_seq,
-                "status": "pending",
-                "attempts": 0,
-                "round": 0,
-                "next_attempt_at": now,
-                "claimed_until": None,
-                "last_error": None,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for event_seq, webhook_id in unique[start : start + _INSERT_CHUNK]
-        ]
-        result = await session.execute(
-            insert_(_DELIVERIES)
-            .values(rows)
-            .on_conflict_do_nothing(
-                index_elements=[_DELIVERIES.c.event_seq, _DELIVERIES.c.webhook_id]
-            )
-            .returning(_DELIVERIES.c.seq)
-        )
-        added += len(result.all())
-    return added
+    # executemany: one statement compiled once and batched by the driver layer
+    # ("insertmanyvalues"), rather than a VALUES list of every row compiled afresh
+    statement = (
+        insert_(_DELIVERIES)
+        .on_conflict_do_nothing(index_elements=[_DELIVERIES.c.event_seq, _DELIVERIES.c.webhook_id])
+        .returning(_DELIVERIES.c.seq)
+    )
+    rows = [
+        {
+            "id": new_delivery_id(),
+            "webhook_id": webhook_id,
+            "event_seq": event_seq,
+            "status": "pending",
+            "attempts": 0,
+            "round": 0,
+            "next_attempt_at": now,
+            "claimed_until": None,
+            "last_error": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for event_seq, webhook_id in unique
+    ]
+    result = await session.execute(statement, rows)
+    return len(result.all())
 
 
 async def claim_due(

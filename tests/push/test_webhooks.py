@@ -181,6 +181,7 @@ async def test_nothing_is_lost_while_the_receiver_is_down_then_failing_then_slow
         # duplicates only as retries of one webhook-id: one webhook-id per message
         for request in receiver.requests:
             assert by_message[request.json["data"]["id"]] == request.webhook_id
+
         async def settled() -> Any:
             _, shown = await bob.json("GET", f"/api/v1/webhooks/{hook['id']}")
             health = shown["health"]
