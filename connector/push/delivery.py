@@ -112,6 +112,15 @@ class DeliveryLimits:
 
 
 @dataclass(frozen=True)
+class _Batch:
+    deliveries: list[DueDelivery]
+    events: dict[int, Event]
+    hooks: dict[str, Webhook]
+    full: bool
+    """The claim took as many as it asked for: more may be due."""
+
+
+@dataclass(frozen=True)
 class _Sent:
     due: DueDelivery
     started_at: datetime
@@ -175,29 +184,32 @@ class DeliveryService:
 
     # -- the job -----------------------------------------------------------------------------
 
-    async def run_due(self) -> int:
-        """Claim what is due (as much as capacity allows) and start sending it; how many.
-
-        With no capacity left it waits until a batch in flight finishes."""
+    async def run_due(self) -> bool:
+        """Claim what is due (as much as capacity allows) and start sending it; whether more
+        may be due now (the claim was full). With no capacity left it waits until a batch in
+        flight finishes."""
         free = self._limits.concurrency - self._in_flight
         if free <= 0:
             self._freed.clear()
             await self._freed.wait()
-            return 1
+            return True
         claimed_at = self._clock()
         # a claim beyond what the subscriptions can take is given back at once: claim a
         # couple of subscriptions' worth at a time
         limit = min(self._limits.batch, free, 2 * self._limits.held_per_endpoint)
-        claimed = await self._claim(limit, claimed_at)
-        if claimed:
-            self._in_flight += len(claimed)
-            for delivery in claimed:
+        batch = await self._claim(limit, claimed_at)
+        if batch.deliveries:
+            self._in_flight += len(batch.deliveries)
+            for delivery in batch.deliveries:
                 self._held[delivery.webhook_id] += 1
             until = claimed_at + CLAIM_HOLD
-            task = asyncio.create_task(self._deliver(claimed, until), name="delivery-batch")
+            task = asyncio.create_task(self._deliver(batch, until), name="delivery-batch")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return len(claimed)
+        # Not full: nothing else is due now. The loop rests until a commit that wrote
+        # deliveries, a finished batch, or the idle interval wakes it, rather than claiming
+        # again at once (an empty write transaction beside the batch just started).
+        return batch.full
 
     async def drain(self, grace: float | None = None) -> None:
         """Let the batches in flight finish and record their outcomes (on stop), within
@@ -210,13 +222,15 @@ class DeliveryService:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    async def _claim(self, limit: int, now: datetime) -> list[DueDelivery]:
+    async def _claim(self, limit: int, now: datetime) -> _Batch:
+        """Claim due deliveries, and read their events and subscriptions in the same
+        transaction (one transaction before the requests go, not two)."""
         cap = self._limits.held_per_endpoint
-        full = [webhook_id for webhook_id, held in self._held.items() if held >= cap]
+        busy = [webhook_id for webhook_id, held in self._held.items() if held >= cap]
         async with self._sessions.begin() as session:
-            due = await deliveries_repo.claim_due(session, now, limit, skip=full)
+            due = await deliveries_repo.claim_due(session, now, limit, skip=busy)
             if not due:
-                return []
+                return _Batch([], {}, {}, full=False)
             hooks = await webhooks_repo.lock_many(session, list({d.webhook_id for d in due}))
             keep: list[DueDelivery] = []
             released: list[int] = []
@@ -241,17 +255,12 @@ class DeliveryService:
                 else:
                     released.append(delivery.seq)
             await deliveries_repo.release(session, released, now)
-        return keep
+            events = await events_repo.by_seqs(session, [d.event_seq for d in keep])
+        return _Batch(keep, events, hooks, full=len(due) >= limit)
 
-    async def _deliver(self, claimed: list[DueDelivery], claimed_until: datetime) -> None:
+    async def _deliver(self, batch: _Batch, claimed_until: datetime) -> None:
+        claimed, events, hooks = batch.deliveries, batch.events, batch.hooks
         try:
-            async with self._sessions() as session:
-                events = await events_repo.by_seqs(session, [d.event_seq for d in claimed])
-                hooks = {
-                    w.id: w
-                    for w in await webhooks_repo.list_all(session)
-                    if w.id in {d.webhook_id for d in claimed}
-                }
             groups: dict[str, list[DueDelivery]] = defaultdict(list)
             for delivery in claimed:
                 if delivery.webhook_id in hooks and delivery.event_seq in events:
