@@ -25,15 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
+from connector.push.brokers.base import (
+    BrokerMessage,
+    Publisher,
+    PublisherUnavailable,
+    describe,
+    tls_context,
+)
 from connector.settings import PublisherConfig
 
 if TYPE_CHECKING:
@@ -46,7 +50,6 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT = 5.0  # seconds: check() never waits longer (nor longer than the publish timeout)
 _CLOSE_TIMEOUT = 5.0  # seconds a dropped connection gets to close politely, in the background
 _SCHEMES = {"amqp": 5672, "amqps": 5671}
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
 def create(config: PublisherConfig, *, timeout: float = 15.0) -> Publisher:
@@ -220,7 +223,7 @@ class AmqpPublisher:
         return self._ssl_context
 
     def _describe(self, exc: BaseException) -> str:
-        return _describe(exc, self._password)
+        return describe(exc, self._password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,16 +235,6 @@ class _Link:
     @property
     def alive(self) -> bool:
         return not self.connection.is_closed and not self.channel.is_closed
-
-
-def tls_context(ca_file: Path | None, insecure: bool) -> ssl.SSLContext:
-    """A client TLS context: verified against ``ca_file`` (else the system's CAs), or, with
-    ``insecure``, not verified at all. Reads the file: call it off the event loop."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _public_url(url: str) -> str:
@@ -256,13 +249,3 @@ def _public_url(url: str) -> str:
         port = None
     netloc = f"{host}:{port}" if port else host
     return f"{parts.scheme}://{netloc}{parts.path or '/'}"
-
-
-def _describe(exc: BaseException, password: str) -> str:
-    """``Type: text`` of an exception, with any URL userinfo and the password taken out."""
-    text = str(exc).strip()
-    described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    described = _USERINFO.sub("", described)
-    if password:
-        described = described.replace(password, "***")
-    return described

@@ -22,17 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import socket
 import ssl
 import uuid
 from collections.abc import Coroutine, Sequence
 from contextlib import suppress
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
+from connector.push.brokers.base import (
+    BrokerMessage,
+    Publisher,
+    PublisherUnavailable,
+    describe,
+    tls_context,
+)
 from connector.settings import PublisherConfig
 
 if TYPE_CHECKING:
@@ -46,7 +50,6 @@ T = TypeVar("T")
 CHECK_TIMEOUT = 5.0  # seconds: check() never waits longer (nor longer than the publish timeout)
 _DISCONNECT_TIMEOUT = 5.0  # seconds a dropped connection gets to say DISCONNECT, in the background
 _SCHEMES = {"mqtt": 1883, "mqtts": 8883}
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
 def create(config: PublisherConfig, *, timeout: float = 15.0) -> Publisher:
@@ -286,19 +289,4 @@ class MqttPublisher:
         return self._ssl_context
 
     def _describe(self, exc: BaseException) -> str:
-        text = str(exc).strip()
-        described = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        described = _USERINFO.sub("", described)
-        if self._password:
-            described = described.replace(self._password, "***")
-        return described
-
-
-def tls_context(ca_file: Path | None, insecure: bool) -> ssl.SSLContext:
-    """A client TLS context: verified against ``ca_file`` (else the system's CAs), or, with
-    ``insecure``, not verified at all. Reads the file: call it off the event loop."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+        return describe(exc, self._password or "")

@@ -42,9 +42,17 @@ import re
 import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
+from connector.push.brokers.base import (
+    BrokerMessage,
+    Publisher,
+    PublisherUnavailable,
+    redact,
+    tls_context,
+    url_secrets,
+    without_userinfo,
+)
 from connector.settings import PublisherConfig
 
 if TYPE_CHECKING:
@@ -143,12 +151,8 @@ class NatsJetStreamPublisher:
 
     def __init__(self, config: PublisherConfig, *, timeout: float = 15.0) -> None:
         self.servers = [url.strip() for url in config.url.split(",") if url.strip()]
-        self.where = ",".join(_without_userinfo(url) for url in self.servers)
-        self._secrets = sorted(
-            {secret for url in self.servers for secret in _userinfo_parts(url)},
-            key=len,
-            reverse=True,
-        )
+        self.where = ",".join(without_userinfo(url) for url in self.servers)
+        self._secrets = url_secrets(self.servers)
         self.topic = config.topic
         self.stream = stream_name(config.topic)
         self.timeout = timeout
@@ -362,9 +366,7 @@ class NatsJetStreamPublisher:
         return self._redact(text)
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
 
 async def _close_quietly(client: Client) -> None:
@@ -379,25 +381,4 @@ def _tls_context(config: PublisherConfig) -> ssl.SSLContext | None:
     wants_tls = any(urlsplit(url.strip()).scheme == "tls" for url in config.url.split(","))
     if not (wants_tls or config.tls_ca_file is not None or config.tls_insecure):
         return None  # nats-py uses the system's CAs if the server asks for TLS
-    context = ssl.create_default_context(
-        cafile=str(config.tls_ca_file) if config.tls_ca_file is not None else None
-    )
-    if config.tls_insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _without_userinfo(url: str) -> str:
-    """``url`` without ``user:password@`` (or a token ``token@``)."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment="").geturl()
-
-
-def _userinfo_parts(url: str) -> list[str]:
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    found = [userinfo, unquote(userinfo)] if userinfo else []
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    return [secret for secret in found if len(secret) >= 3]
+    return tls_context(config.tls_ca_file, config.tls_insecure)

@@ -26,9 +26,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
+from connector.push.brokers.base import (
+    BrokerMessage,
+    Publisher,
+    PublisherUnavailable,
+    redact,
+    url_secrets,
+    without_userinfo,
+)
 from connector.settings import PublisherConfig
 
 if TYPE_CHECKING:
@@ -61,8 +68,8 @@ class RedisStreamPublisher:
 
     def __init__(self, config: PublisherConfig, *, timeout: float = 15.0) -> None:
         self._url = config.url
-        self._where = _without_userinfo(config.url)
-        self._secrets = _userinfo_parts(config.url)
+        self._where = without_userinfo(config.url)
+        self._secrets = url_secrets([config.url])
         self.stream = config.topic
         self.maxlen = config.maxlen
         self._timeout = timeout
@@ -143,9 +150,7 @@ class RedisStreamPublisher:
         return self._redact(f"{type(exc).__name__}: {text} ({self._where})")
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
 
 def _client_options(config: PublisherConfig, timeout: float) -> dict[str, Any]:
@@ -166,29 +171,6 @@ def _client_options(config: PublisherConfig, timeout: float) -> dict[str, Any]:
     elif config.tls_ca_file is not None or config.tls_insecure:
         log.warning(
             "publisher %s: tls_ca_file and tls_insecure only apply to rediss:// URLs",
-            _without_userinfo(config.url),
+            without_userinfo(config.url),
         )
     return options
-
-
-def _without_userinfo(url: str) -> str:
-    """``url`` without ``user:password@`` (and without a query, which may carry a password)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
-def _userinfo_parts(url: str) -> list[str]:
-    """The secrets in ``url``: the user info, its password, a ``password=`` query value."""
-    parts = urlsplit(url)
-    found = []
-    userinfo = parts.netloc.rpartition("@")[0]
-    if userinfo:
-        found.append(userinfo)
-        if parts.password:
-            found += [parts.password, unquote(parts.password)]
-    for pair in parts.query.split("&"):
-        key, _, value = pair.partition("=")
-        if key == "password" and value:
-            found += [value, unquote(value)]
-    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
