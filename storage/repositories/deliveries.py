@@ -24,7 +24,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -335,30 +346,8 @@ async def reset_for_retry(
     """
     if not delivery_ids:
         return []
-    in_flight = and_(
-        _DELIVERIES.c.status.in_(OPEN),
-        _DELIVERIES.c.claimed_until.is_not(None),
-        _DELIVERIES.c.claimed_until > now,
-    )
-    result = await session.execute(
-        update(_DELIVERIES)
-        .where(
-            _DELIVERIES.c.webhook_id == webhook_id,
-            _DELIVERIES.c.id.in_(list(delivery_ids)),
-            ~in_flight,
-        )
-        .values(
-            status="pending",
-            attempts=0,
-            round=_DELIVERIES.c.round + 1,
-            next_attempt_at=now,
-            claimed_until=None,
-            last_error=None,
-            updated_at=now,
-        )
-        .returning(_DELIVERIES.c.id)
-    )
-    return list(result.scalars())
+    reopened = await _reopen(session, webhook_id, _DELIVERIES.c.id.in_(list(delivery_ids)), now)
+    return [delivery_id for delivery_id, _ in reopened]
 
 
 async def release(session: AsyncSession, seqs: Sequence[int], at: datetime) -> None:
@@ -409,6 +398,18 @@ async def reopen_for_events(
     those in flight are left to their claimer. How many were opened."""
     if not event_seqs:
         return 0
+    reopened = await _reopen(
+        session, webhook_id, _DELIVERIES.c.event_seq.in_(list(event_seqs)), now
+    )
+    return len(reopened)
+
+
+async def _reopen(
+    session: AsyncSession, webhook_id: str, which: ColumnElement[bool], now: datetime
+) -> list[str]:
+    """Open ``webhook_id``'s deliveries that are ``which`` again, due at ``now``, in a new
+    round, their attempt count from 0 (the attempts stay logged); those in flight (claimed,
+    the claim not expired) are left to their claimer. The ids of those opened."""
     in_flight = and_(
         _DELIVERIES.c.status.in_(OPEN),
         _DELIVERIES.c.claimed_until.is_not(None),
@@ -416,11 +417,7 @@ async def reopen_for_events(
     )
     result = await session.execute(
         update(_DELIVERIES)
-        .where(
-            _DELIVERIES.c.webhook_id == webhook_id,
-            _DELIVERIES.c.event_seq.in_(list(event_seqs)),
-            ~in_flight,
-        )
+        .where(_DELIVERIES.c.webhook_id == webhook_id, which, ~in_flight)
         .values(
             status="pending",
             attempts=0,
@@ -430,5 +427,6 @@ async def reopen_for_events(
             last_error=None,
             updated_at=now,
         )
+        .returning(_DELIVERIES.c.id)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return list(result.scalars())
