@@ -346,8 +346,7 @@ async def reset_for_retry(
     """
     if not delivery_ids:
         return []
-    reopened = await _reopen(session, webhook_id, _DELIVERIES.c.id.in_(list(delivery_ids)), now)
-    return [delivery_id for delivery_id, _ in reopened]
+    return await _reopen(session, webhook_id, _DELIVERIES.c.id.in_(list(delivery_ids)), now)
 
 
 async def release(session: AsyncSession, seqs: Sequence[int], at: datetime) -> None:
