@@ -340,7 +340,9 @@ class DeliveryService:
         for delivery in items:
             event = events[delivery.event_seq]
             target = _STANDARD.request(
-                "", EngineOptions(), _push_of(event, delivery, self._clock(), "")
+                "",
+                EngineOptions(),
+                _push_of(event, delivery.attempts + 1, delivery.round, self._clock(), ""),
             )
             body = SignedRequest.of(event.id, target.payload).body
             messages.append(BrokerMessage(event.id, event.type, body))
@@ -394,16 +396,7 @@ class DeliveryService:
     ) -> AttemptResult:
         """Attempt number ``attempt`` of ``event`` in the subscription's format."""
         format_ = FORMATS[webhook.format]
-        push = Push(
-            event_id=event.id,
-            event_type=event.type,
-            created_at=event.created_at,
-            data=event.data,
-            attempt=attempt,
-            round=round,
-            now=self._clock(),
-            connector_url=self._connector_url,
-        )
+        push = _push_of(event, attempt, round, self._clock(), self._connector_url)
         try:
             target = format_.request(webhook.url, EngineOptions.of(webhook.options), push)
             request = SignedRequest.of(event.id, target.payload)
@@ -658,16 +651,17 @@ def _example_message(now: datetime) -> dict[str, Any]:
     }
 
 
-def _push_of(event: Event, delivery: DueDelivery, now: datetime, connector_url: str) -> Push:
+def _push_of(event: Event, attempt: int, round: int, now: datetime, connector_url: str) -> Push:
+    """Attempt number ``attempt`` of ``event`` in round ``round``, as a format sees it."""
     return Push(
         event_id=event.id,
         event_type=event.type,
         created_at=event.created_at,
         data=event.data,
-        attempt=delivery.attempts + 1,
+        attempt=attempt,
         now=now,
         connector_url=connector_url,
-        round=delivery.round,
+        round=round,
     )
 
 
