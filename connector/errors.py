@@ -126,6 +126,25 @@ class WebhookFromConfig(Conflict):
     title = "Webhook from config"
 
 
+class NotCorrelated(NotFound):
+    """The recipient's push target did not take the message (its correlation receipt said
+    rejected, or the message failed on the way)."""
+
+    # Raised with ``messageId`` and ``reason``: the message stays, with its correlation.
+    code = "not_correlated"
+    title = "Not correlated"
+
+
+class CorrelationTimeout(ConnectorError):
+    """No correlation receipt came within the request's time; the message stays, and a
+    later receipt still updates it."""
+
+    # Raised with ``messageId``: GET /api/v1/messages/{id} shows its correlation once known.
+    status = 504
+    code = "correlation_timeout"
+    title = "Correlation timeout"
+
+
 class DeliveryInFlight(Conflict):
     """The delivery is being sent right now; ask again once that attempt has ended."""
 

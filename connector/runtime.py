@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from connector.correlation.sending import ReceiptSender
+from connector.correlation.waiting import MessageWatch
 from connector.crypto.at_rest import load_or_create_master_key
 from connector.crypto.keys import IdentityKeys, sign_challenge
 from connector.data_dir import data_dir_lock, prepare_data_dir
@@ -78,6 +80,9 @@ class Runtime:
     bootstrap_key: str | None
     subscriptions: Subscriptions
     delivery: DeliveryService
+    watch: MessageWatch
+    """Long-polls of the API: a correlate-mode send's receipt, messages still to come."""
+    receipts: ReceiptSender
     new_webhook_secrets: list[NewSecret]
     """Secrets made at this start-up for [[webhooks]] entries without one: shown once."""
 
@@ -101,11 +106,15 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         notifier = EventNotifier()  # wakes event-feed long-polls after commits that wrote events
         stack.callback(notifier.close)
         woken: list[Callable[[], None]] = []  # the delivery job, once the scheduler exists
+        receipts_woken: list[Callable[[], None]] = []  # and the receipts job
 
         def after_commit(work: UnitOfWork) -> None:
             notifier.after_commit(work)
             if work.wrote_deliveries:
                 for wake in woken:
+                    wake()
+            if work.wrote_receipts:
+                for wake in receipts_woken:
                     wake()
 
         # every write transaction routes the events it writes to the push subscriptions
@@ -186,6 +195,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
 
         scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))
         woken.append(lambda: scheduler.wake("delivery"))
+        receipts_woken.append(lambda: scheduler.wake("receipts"))
         services = build_services(
             settings,
             sessions,
@@ -222,6 +232,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             subscriptions=subscriptions,
             delivery=delivery,
             new_webhook_secrets=new_webhook_secrets,
+            watch=MessageWatch(messages, notifier),
+            receipts=ReceiptSender(sessions, platform, services.sealer),
         )
         if run_scheduler:
             scheduler.add_all(_jobs(runtime))
@@ -239,6 +251,7 @@ class Services:
     messages: MessageService
     outbox: OutboxService
     sync: SyncService
+    sealer: Sealer
 
 
 def build_services(
@@ -285,7 +298,7 @@ def build_services(
         batch_size=settings.sync.batch_size,
         max_age=_freshness_window(settings),
     )
-    return Services(peers, files, messages, outbox, sync)
+    return Services(peers, files, messages, outbox, sync, sealer)
 
 
 def _refuse_undelivered_formats(settings: Settings) -> None:
@@ -334,6 +347,8 @@ def _jobs(runtime: Runtime) -> list[Job]:
     async def long_poll() -> Pace:
         counts, more = await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
         if counts.receipts and not counts.received and not counts.rejected and not more:
+            if runtime.watch.correlating:
+                return Pace.AGAIN  # a send waits for its correlation receipt: no rest
             return Pace.GATHER  # only delivery receipts, and few
         return Pace.AGAIN
 
@@ -343,11 +358,15 @@ def _jobs(runtime: Runtime) -> list[Job]:
     async def delivery() -> Pace:
         return Pace.AGAIN if await runtime.delivery.run_due() else Pace.IDLE
 
+    async def receipts() -> Pace:
+        return Pace.AGAIN if await runtime.receipts.run_due() else Pace.IDLE
+
     return connector_jobs(
         sync=sync_all,
         long_poll=long_poll if settings.sync.long_poll else None,
         outbox=outbox,
         delivery=delivery,
+        receipts=receipts,
         housekeeping=runtime.housekeeping.run,
         sync_interval=settings.sync.interval,
         housekeeping_interval=settings.housekeeping.interval,

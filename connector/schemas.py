@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -28,6 +29,10 @@ from connector.ids import FILE_ID
 from connector.services import cursors
 from connector.services.body import Line, Text, check_json
 from connector.services.lifecycle import EventType, MessageStatus
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds a correlate-mode send waits for the receipt when the request does not say."""
+MAX_REQUEST_TIMEOUT = 300.0
 
 
 class _Model(BaseModel):
@@ -117,6 +122,28 @@ class RecipientOut(_Model):
     delivered_at: datetime | None
 
 
+SendMode = Literal["publish", "correlate"]
+
+
+class CorrelationOut(_Model):
+    """What the recipient's correlation receipt said about a message sent in correlate mode."""
+
+    status: Literal["correlated", "rejected"]
+    result: Any = Field(
+        None,
+        description="the push target's answer: Camunda 7's result list, Camunda 8's "
+        "{messageKey, processInstanceKey, tenantId}, SpiffArena's process instance, or a "
+        "webhook's JSON reply; null when it gave none or it was larger than 16 KiB",
+    )
+    reason: str | None = Field(None, description="why it was rejected, in the receiver's words")
+    correlated_at: datetime | None = Field(
+        None, description="when the receiver's push target took it (status correlated)"
+    )
+    rejected_at: datetime | None = Field(
+        None, description="when the receiver gave up on it (status rejected)"
+    )
+
+
 class MessageOut(_Model):
     id: str
     direction: Literal["incoming", "outgoing"]
@@ -134,6 +161,8 @@ class MessageOut(_Model):
     read_at: datetime | None
     tags: list[str]
     error: str | None
+    mode: SendMode = "publish"
+    correlation: CorrelationOut | None = None
 
 
 class EventOut(_Model):
@@ -151,6 +180,24 @@ class SendMessageRequest(_Request):
     correlation_key: Filter | None = None
     time_to_live: Annotated[int, Field(gt=0, le=365 * 24 * 3600)] | None = None
     tags: Annotated[list[Tag], Field(max_length=50)] = []
+    mode: SendMode = Field(
+        "publish",
+        description="publish: answer once the platform took it (or queued it); correlate: "
+        "also wait for the recipient's correlation receipt (one recipient only)",
+    )
+    request_timeout: Annotated[float, Field(gt=0, le=MAX_REQUEST_TIMEOUT)] | None = Field(
+        None,
+        description=f"correlate mode: seconds to wait for the receipt (default "
+        f"{DEFAULT_REQUEST_TIMEOUT:g}, at most {MAX_REQUEST_TIMEOUT:g}); then 504",
+    )
+
+    @model_validator(mode="after")
+    def _correlate_one(self) -> SendMessageRequest:
+        if self.mode == "correlate" and len(set(self.recipients)) != 1:
+            raise ValueError("mode correlate takes exactly one recipient")
+        if self.request_timeout is not None and self.mode != "correlate":
+            raise ValueError("requestTimeout is for mode correlate")
+        return self
 
 
 def _tag_list(value: object) -> object:
@@ -294,6 +341,11 @@ class MessageListQuery(_Request):
     created_after: AwareTime | None = None
     created_before: AwareTime | None = None
     order: Literal["asc", "desc"] = "desc"
+    wait: Annotated[float, Field(ge=0, le=60)] = Field(
+        0,
+        description="seconds to wait for a matching message when there is none yet "
+        "(long-poll); answers as soon as one is stored",
+    )
 
 
 class MessageItemQuery(_Request):

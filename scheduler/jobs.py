@@ -17,6 +17,9 @@ outbox          loop      rests up to ``outbox_idle`` when nothing    no        
 delivery        loop      rests up to ``delivery_idle`` when nothing  no         finish
                           is due, or until woken (a commit that                  batch
                           wrote events)
+receipts        loop      rests up to ``receipts_idle`` when nothing  no         finish
+                          is due, or until woken (a commit that                  batch
+                          owed a correlation receipt)
 housekeeping    interval  ``housekeeping.interval``                   yes        finish run
 ==============  ========  ==========================================  =========  ==========
 
@@ -37,6 +40,10 @@ from dataclasses import dataclass
 DELIVERY_IDLE = 1.0
 """Seconds the push delivery rests when nothing was due; a commit that wrote events wakes it,
 and deliveries that other replicas wrote or whose retry comes due are found within this."""
+
+RECEIPTS_IDLE = 1.0
+"""Seconds the correlation receipts job rests when nothing was due; a commit that owed one
+wakes it, and retries (or receipts other replicas owed) are found within this."""
 
 OUTBOX_IDLE = 1.0
 """Seconds the outbox rests when nothing was due; a new send wakes it at once."""
@@ -124,6 +131,7 @@ def connector_jobs(
     long_poll: Work | None,
     outbox: Work,
     delivery: Work,
+    receipts: Work,
     housekeeping: Work,
     sync_interval: float,
     housekeeping_interval: float,
@@ -136,6 +144,7 @@ def connector_jobs(
         Job("housekeeping", JobKind.INTERVAL, housekeeping, housekeeping_interval, singleton=True),
         Job("outbox", JobKind.LOOP, outbox, outbox_idle),
         Job("delivery", JobKind.LOOP, delivery, DELIVERY_IDLE),
+        Job("receipts", JobKind.LOOP, receipts, RECEIPTS_IDLE),
     ]
     if long_poll is not None:
         jobs.append(

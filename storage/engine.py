@@ -48,8 +48,9 @@ class UnitOfWork(Session):
 
     Typed attributes, not ``session.info`` keys: rows to insert at commit
     (:func:`defer_insert`), whether it wrote events (the after-commit hook wakes the feed's
-    readers for those only), and the factory's local sequence of message keys. Reach it from
-    an ``AsyncSession`` with :func:`unit_of_work`.
+    readers for those only), deliveries or correlation receipts (their jobs are woken), and
+    the factory's local sequence of message keys. Reach it from an ``AsyncSession`` with
+    :func:`unit_of_work`.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class UnitOfWork(Session):
         self.deferred: dict[Table, list[dict[str, Any]]] = {}
         self.wrote_events = False
         self.wrote_deliveries = False
+        self.wrote_receipts = False
 
 
 def unit_of_work(session: AsyncSession) -> UnitOfWork:
@@ -101,13 +103,14 @@ def _call_after_commit(session: Session) -> None:
     assert isinstance(session, UnitOfWork)
     if session.after_commit_hook is not None:
         session.after_commit_hook(session)
-    session.wrote_events = session.wrote_deliveries = False
+    session.wrote_events = session.wrote_deliveries = session.wrote_receipts = False
 
 
 @event.listens_for(UnitOfWork, "after_soft_rollback")
 def _forget_on_rollback(session: Session, _transaction: Any) -> None:
     assert isinstance(session, UnitOfWork)
-    session.deferred, session.wrote_events, session.wrote_deliveries = {}, False, False
+    session.deferred = {}
+    session.wrote_events = session.wrote_deliveries = session.wrote_receipts = False
 
 
 def defer_insert(session: AsyncSession, table: Table, row: dict[str, Any]) -> None:

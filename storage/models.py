@@ -146,6 +146,11 @@ class Message(Base):
     digest: Mapped[bytes | None] = mapped_column(LargeBinary)
     """SHA-256 of the envelope (connector.crypto.receipts.envelope_digest): what a delivery
     receipt is checked against (outgoing), what it is signed over (incoming)."""
+    mode: Mapped[str] = mapped_column(String(10), default="publish", server_default="publish")
+    """``publish`` or ``correlate``: whether the sender asked for a correlation receipt."""
+    correlation: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """Outgoing, correlate mode: what the recipient's correlation receipt said, once known
+    (``connector.correlation.model.Correlation`` as JSON)."""
 
     recipients: Mapped[list[MessageRecipient]] = relationship(
         lazy="raise_on_sql", cascade="all, delete-orphan", order_by="MessageRecipient.position"
@@ -194,6 +199,34 @@ class OutboxEntry(Base):
     envelope: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class CorrelationReceipt(Base):
+    """A correlation receipt this connector owes a sender, until the platform has taken it.
+
+    Written in the transaction that records the push outcome it tells of (so none is lost or
+    told twice for one outcome); sent by the ``receipts`` job as an envelope of its own under
+    ``id``, sealed once and kept (``envelope``), so a retry sends the same bytes.
+    """
+
+    __tablename__ = "correlation_receipts"
+
+    seq: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(20), unique=True)
+    peer: Mapped[str] = mapped_column(String(64))
+    """The sender of the message: the receipt's recipient."""
+    message_id: Mapped[str] = mapped_column(String(20))
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    """The digest of the envelope the message came in: what the sender checks it against."""
+    status: Mapped[str] = mapped_column(String(16))
+    result: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]
+    envelope: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(index=True)
+    expires_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(Text)
 
 

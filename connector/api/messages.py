@@ -10,8 +10,10 @@ from connector.api.appkeys import PRINCIPAL, RUNTIME
 from connector.api.files import stream_plaintext
 from connector.api.params import json_body, json_response, query
 from connector.api.routing import Header, RouteTable
+from connector.errors import CorrelationTimeout, NotCorrelated, ValidationFailed
 from connector.ids import FILE_ID, MESSAGE_ID
 from connector.schemas import (
+    DEFAULT_REQUEST_TIMEOUT,
     MessageItemQuery,
     MessageListQuery,
     MessageOut,
@@ -20,7 +22,7 @@ from connector.schemas import (
 )
 from connector.services import idempotency
 from connector.services.views import message_out
-from storage.repositories.messages import MessageFilter
+from storage.repositories.messages import MessageFilter, MessageRecord
 
 routes = RouteTable("messages")
 
@@ -66,7 +68,12 @@ def _respond_async(request: web.Request) -> bool:
         202: "accepted and queued; the outbox sends it",
         400: "validation_failed: the body is not JSON, or the Idempotency-Key is not 1-255 "
         "printable ASCII",
-        404: "recipient_not_found",
+        200: "mode correlate: the recipient's push target took it; the message with its "
+        "correlation (status correlated, result, correlatedAt)",
+        404: "recipient_not_found; or, mode correlate, not_correlated: the recipient's push "
+        "target refused it or nothing took it before it expired (reason, messageId)",
+        504: "correlation_timeout (mode correlate): no correlation receipt within "
+        "requestTimeout; the message stays (messageId) and a later receipt still updates it",
         409: "idempotency_in_progress: a request with this Idempotency-Key is still running",
         422: "validation_failed, file_not_found, or idempotency_key_reused (the "
         "Idempotency-Key came with another body)",
@@ -79,6 +86,12 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     key = idempotency.parse_key(request.headers.getall(idempotency.HEADER, []))
     body = await json_body(request, SendMessageRequest)
     prefer_async = _respond_async(request)
+    if prefer_async and body.mode == "correlate":
+        raise ValidationFailed(
+            "mode correlate waits for the recipient's receipt; it cannot be combined with "
+            "Prefer: respond-async",
+            status=422,
+        )
     claim = None
     if key is not None:
         # json_body has read and checked the body; the fingerprint is of the JSON as sent.
@@ -91,10 +104,14 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     result = await request.app[RUNTIME].messages.send(
         body, respond_async=prefer_async, idempotency=claim
     )
-    answer = json_response(
-        message_out(result.message),
-        201 if result.accepted_now else 202,
-    )
+    if body.mode == "correlate":
+        timeout = body.request_timeout or DEFAULT_REQUEST_TIMEOUT
+        answer = json_response(message_out(await _correlated(request, result.message, timeout)))
+    else:
+        answer = json_response(
+            message_out(result.message),
+            201 if result.accepted_now else 202,
+        )
     if prefer_async:
         answer.headers["Preference-Applied"] = "respond-async"
     if result.replayed:
@@ -102,10 +119,41 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     return answer
 
 
+async def _correlated(request: web.Request, sent: MessageRecord, within: float) -> MessageRecord:
+    """``sent`` once the recipient's correlation receipt said it was taken; else the problem."""
+    message = await request.app[RUNTIME].watch.correlation(sent.id, within, lambda: _gone(request))
+    if message is None:
+        raise CorrelationTimeout(
+            f"no correlation receipt from the recipient within {within:g} s; "
+            f"GET /api/v1/messages/{sent.id} shows it once one comes",
+            messageId=sent.id,
+        )
+    said = message.correlation
+    if said is None:  # failed or expired on the way: it never reached the recipient
+        reason = f"the message did not reach the recipient ({message.status}): {message.error}"
+        raise NotCorrelated(reason, messageId=sent.id, reason=reason)
+    if said.get("status") != "correlated":
+        reason = str(said.get("reason") or "the recipient's push target did not take it")
+        raise NotCorrelated(
+            f"the recipient did not correlate it: {reason}",
+            messageId=sent.id,
+            reason=reason,
+            correlation=said,
+        )
+    return message
+
+
+def _gone(request: web.Request) -> bool:
+    """The client hung up during a long-poll."""
+    return request.transport is None or request.transport.is_closing()
+
+
 @routes.get(
     "/api/v1/messages",
     scope="messages:read",
-    summary="List messages with filters, newest first by default (keyset pagination)",
+    summary="List messages with filters, newest first by default (keyset pagination). With "
+    "wait=<seconds> and no match yet, answers as soon as a matching message is stored "
+    "(long-poll), or after `wait` with no items",
     query=MessageListQuery,
     response=MessagePage,
     responses={
@@ -125,8 +173,13 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
         created_after=params.created_after,
         created_before=params.created_before,
     )
-    rows, next_cursor = await request.app[RUNTIME].messages.page(
-        filters, limit=params.limit, cursor=params.cursor, descending=params.order == "desc"
+    rows, next_cursor = await request.app[RUNTIME].watch.page(
+        filters,
+        limit=params.limit,
+        cursor=params.cursor,
+        descending=params.order == "desc",
+        wait=params.wait,
+        gone=lambda: _gone(request),
     )
     items = [message_out(record) for record in rows]
     return json_response(MessagePage(items=items, next_cursor=next_cursor))

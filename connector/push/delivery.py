@@ -32,6 +32,7 @@ while capacity is left, so one slow endpoint does not hold up the others. On sto
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections import defaultdict
@@ -44,6 +45,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import isoformat, utcnow
+from connector.correlation.owed import Outcome, asked_for, owe
 from connector.ids import new_event_id, new_message_id
 from connector.push import sender
 from connector.push.auth import AuthHeaders, AuthUnavailable, OAuth2ClientCredentials, WebhookAuth
@@ -55,6 +57,7 @@ from connector.push.sender import AttemptResult, Delivered, Gone, NotCorrelated,
 from connector.push.signing import SignedRequest, WebhookSecret
 from connector.push.subscriptions import Subscriptions, is_publisher
 from connector.retry import FixedSchedule, GrowingInterval, Uniform
+from connector.services.body import MAX_RESULT_BYTES
 from connector.services.events import emit_other
 from connector.services.lifecycle import EventType
 from storage.engine import Sessions
@@ -272,7 +275,7 @@ class DeliveryService:
                     for wid, items in groups.items()
                 )
             )
-            await self._record([s for group in sent_groups for s in group], hooks)
+            await self._record([s for group in sent_groups for s in group], hooks, events)
         except Exception:
             # the claims expire and the deliveries come due again: nothing is lost
             log.exception("a delivery batch failed; its deliveries are retried after the claim")
@@ -450,8 +453,11 @@ class DeliveryService:
             )
         return result
 
-    async def _record(self, sent: Sequence[_Sent], hooks: dict[str, Webhook]) -> None:
+    async def _record(
+        self, sent: Sequence[_Sent], hooks: dict[str, Webhook], events: dict[int, Event]
+    ) -> None:
         now = self._clock()
+        told: list[Outcome] = []  # final outcomes that owe the sender a correlation receipt
         attempts: list[Attempt] = []
         succeeded: list[int] = []
         retries: list[RetryRow] = []
@@ -474,12 +480,20 @@ class DeliveryService:
                     response_excerpt=_excerpt(result.response),
                 )
             )
+            webhook, event = hooks.get(item.due.webhook_id), events.get(item.due.event_seq)
+            owes = webhook is not None and event is not None and _owes_receipt(webhook, event)
             if isinstance(result, Delivered):
                 succeeded.append(item.due.seq)
+                if owes:
+                    assert webhook is not None and event is not None
+                    told.append(Outcome(event, "correlated", _result(webhook, result), None))
                 continue
             delay, why = self._next_try(item, result, now)
             if delay is None:
                 dead.append(Dead(item.due.seq, why))
+                if owes:
+                    assert event is not None
+                    told.append(Outcome(event, "rejected", None, _refusal(result)))
             else:
                 at = now + timedelta(seconds=delay)
                 next_round = isinstance(result, NotCorrelated)
@@ -490,6 +504,7 @@ class DeliveryService:
             await deliveries_repo.reschedule(session, retries, now)
             await deliveries_repo.mark_dead(session, dead, now)
             await deliveries_repo.release(session, released, now)
+            await owe(session, told, now)
             locked = await webhooks_repo.lock_many(session, list(by_webhook))
             recovered = [
                 webhook_id
@@ -685,6 +700,39 @@ def _about(webhook: Webhook, last: AttemptResult | None = None) -> dict[str, Any
         "pausedUntil": None if webhook.breaker_until is None else isoformat(webhook.breaker_until),
         "lastError": None if last is None else last.error,
     }
+
+
+def _owes_receipt(webhook: Webhook, event: Event) -> bool:
+    """Whether a final outcome of ``event`` at ``webhook`` is told to the message's sender."""
+    return webhook.receipts and not is_publisher(webhook) and asked_for(event)
+
+
+def _result(webhook: Webhook, delivered: Delivered) -> Any:
+    """What the push target answered, as its format reads it, for the receipt; None when it
+    said nothing usable or too much to send (over MAX_RESULT_BYTES as compact JSON)."""
+    try:
+        value = json.loads(delivered.response) if delivered.response else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict | list):
+        return None
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    return value if size <= MAX_RESULT_BYTES else None
+
+
+def _refusal(result: AttemptResult) -> str:
+    """Why the push target did not take it, for the sender: the kind and the HTTP status,
+    never the target's own words or addresses (they describe the receiver's inside)."""
+    status = "" if result.status is None else f" (HTTP {result.status})"
+    if isinstance(result, NotCorrelated):
+        return "nothing at the receiver took the message before it expired" + status
+    if isinstance(result, Gone):
+        return "the receiver's push target is gone" + status
+    if isinstance(result, Rejected):
+        if result.status is None:
+            return "the receiver cannot pass the message to its push target"
+        return "the receiver's push target refused the message" + status
+    return "the receiver's push target did not take the message before it expired" + status
 
 
 def _excerpt(text: str) -> str | None:

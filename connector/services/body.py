@@ -9,8 +9,11 @@ that do not add up are refused here, before anything is stored.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -109,12 +112,59 @@ class AttachmentDescriptor(_BodyModel):
         return self
 
 
+MAX_RESULT_BYTES = 16 * 1024
+"""The most a correlation receipt's ``result`` may take, as compact JSON."""
+MAX_REASON = 500
+
+
+def _digest(value: str) -> str:
+    """Canonical base64 of 32 bytes (an envelope digest): one spelling per value."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base64") from None
+    if len(raw) != 32 or base64.b64encode(raw).decode() != value:
+        raise ValueError("is not canonical base64 of 32 bytes")
+    return value
+
+
+class CorrelationReceiptBody(_BodyModel):
+    """What a receiver tells the sender about a message sent in correlate mode: its push
+    target took it (``correlated``) or finally refused it (``rejected``).
+
+    It travels as the body of an envelope of its own, so it is encrypted for the sender alone
+    and signed by the receiver; ``messageId`` and ``digest`` tie it to the one envelope the
+    sender sealed (ids are unique per sender only).
+    """
+
+    message_id: Annotated[str, StringConstraints(pattern=r"^MSG[A-Za-z0-9]{17}$")]
+    digest: Annotated[str, StringConstraints(min_length=44, max_length=44), AfterValidator(_digest)]
+    status: Literal["correlated", "rejected"]
+    result: Any = None
+    """The push target's answer (JSON), at most MAX_RESULT_BYTES."""
+    reason: Annotated[Line, StringConstraints(max_length=MAX_REASON)] | None = None
+    at: Time
+
+    @model_validator(mode="after")
+    def _result_is_bounded(self) -> CorrelationReceiptBody:
+        if self.result is not None:
+            check_json(self.result)
+            size = len(json.dumps(self.result, separators=(",", ":"), ensure_ascii=False))
+            if size > MAX_RESULT_BYTES:
+                raise ValueError(f"result is larger than {MAX_RESULT_BYTES} bytes")
+        return self
+
+
 class MessageBody(_BodyModel):
     content: dict[str, Any]
     name: Annotated[Line, StringConstraints(min_length=1, max_length=255)] | None = None
     correlation_key: Annotated[Line, StringConstraints(min_length=1, max_length=255)] | None = None
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = []
     attachments: Annotated[list[AttachmentDescriptor], Field(max_length=MAX_ATTACHMENTS)] = []
+    mode: Literal["publish", "correlate"] = "publish"
+    """``correlate``: the sender waits for a correlation receipt."""
+    correlation_receipt: CorrelationReceiptBody | None = None
+    """Set in the envelope of a correlation receipt (then nothing else is): not a message."""
 
     @model_validator(mode="after")
     def _content_is_storable(self) -> MessageBody:
@@ -122,7 +172,14 @@ class MessageBody(_BodyModel):
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        """The body as sealed; the fields added for correlation only where they say something,
+        so that a publish-mode body is what it was before them."""
+        body = self.model_dump(mode="json", by_alias=True)
+        if self.mode == "publish":
+            del body["mode"]
+        if self.correlation_receipt is None:
+            del body["correlationReceipt"]
+        return body
 
 
 def check_json(value: object) -> None:

@@ -179,6 +179,7 @@ class MessageService:
             attachments=attachments,
             created_at=now,
             expires_at=now + timedelta(seconds=ttl),
+            mode=request.mode,
         )
         envelope: dict[str, Any] | None = None
         try:
@@ -207,6 +208,7 @@ class MessageService:
             recipients=[Recipient(address) for address in draft.recipients],
             files=attachments,
             digest=None if envelope is None else envelope_digest(envelope),
+            mode=draft.mode,
         )
         acceptance = _Acceptance(
             message,

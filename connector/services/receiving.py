@@ -215,6 +215,7 @@ class Receiver:
             recipients=[Recipient(address) for address in header.recipients],
             files=files,
             digest=arrival.digest,
+            mode=body.mode,
         )
 
     @staticmethod
@@ -242,6 +243,8 @@ class Receiver:
         for arrival in arrivals:
             if arrival.skipped:
                 continue
+            if arrival.body is not None and arrival.body.correlation_receipt is not None:
+                continue  # a receipt is not acknowledged with another: nobody waits for that
             known = arrival.known
             digest = known.digest if known is not None else arrival.digest
             if digest is None:

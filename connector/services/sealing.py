@@ -15,7 +15,7 @@ from typing import Any
 from connector.clock import isoformat
 from connector.crypto.envelope import seal_envelope
 from connector.crypto.keys import IdentityKeys
-from connector.services.body import AttachmentDescriptor, MessageBody
+from connector.services.body import AttachmentDescriptor, CorrelationReceiptBody, MessageBody
 from connector.services.files import FileService
 from connector.services.peers import PeerDirectory
 from storage.models import File
@@ -35,6 +35,7 @@ class Draft:
     attachments: list[File]
     created_at: datetime
     expires_at: datetime
+    mode: str = "publish"
 
     @classmethod
     def of(cls, message: MessageRecord) -> Draft:
@@ -49,6 +50,7 @@ class Draft:
             attachments=message.files,
             created_at=message.created_at,
             expires_at=message.expires_at,
+            mode=message.mode,
         )
 
 
@@ -74,6 +76,7 @@ class Sealer:
             correlation_key=draft.correlation_key,
             tags=draft.tags,
             attachments=[self._descriptor(file) for file in draft.attachments],
+            mode=draft.mode,
         ).to_json()
         return seal_envelope(
             sender=self._keys,
@@ -82,6 +85,27 @@ class Sealer:
             body=body,
             created_at=isoformat(draft.created_at),
             expires_at=isoformat(draft.expires_at),
+        )
+
+    async def seal_receipt(
+        self,
+        receipt_id: str,
+        peer: str,
+        receipt: CorrelationReceiptBody,
+        created_at: datetime,
+        expires_at: datetime,
+    ) -> dict[str, Any]:
+        """A correlation receipt in an envelope of its own, for ``peer`` alone; raises as
+        :meth:`seal` does."""
+        peers = await self._peers.recipients([peer])
+        body = MessageBody(content={}, correlation_receipt=receipt).to_json()
+        return seal_envelope(
+            sender=self._keys,
+            message_id=receipt_id,
+            recipients={peer: peers[peer].exchange_public},
+            body=body,
+            created_at=isoformat(created_at),
+            expires_at=isoformat(expires_at),
         )
 
     def _descriptor(self, file: File) -> AttachmentDescriptor:

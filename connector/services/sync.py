@@ -35,6 +35,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
+from connector.correlation import told as correlation_told
 from connector.crypto.keys import IdentityKeys
 from connector.errors import PlatformUnavailable
 from connector.platform.models import InboxItem
@@ -195,7 +196,13 @@ class SyncService:
         file_ids = {d.id for a in new if a.body for d in a.body.attachments}
         incoming = await self._files.incoming(session, file_ids, now)
         stored: list[MessageRecord] = []
+        correlations: list[correlation_told.Told] = []
         for arrival in new:
+            if arrival.body is not None and arrival.body.correlation_receipt is not None:
+                # not a message: what the receiver says about one of ours
+                receipt = arrival.body.correlation_receipt
+                correlations.append(correlation_told.Told(arrival.header.sender, receipt))
+                continue
             files: list[File] = []
             if arrival.body is not None:
                 try:
@@ -215,6 +222,7 @@ class SyncService:
             for kind in lifecycle.events(lifecycle.NEW, message.status):
                 emit(session, kind, message)
         counts.receipts = await self._receipts.apply(session, batch.receipts, now)
+        counts.receipts += await correlation_told.apply(session, correlations)
         return counts
 
     async def _write_one_by_one(self, batch: _Batch, now: datetime) -> SyncCounts:

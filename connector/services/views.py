@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connector.schemas import FileOut, MessageOut, RecipientOut
+from connector.schemas import CorrelationOut, FileOut, MessageOut, RecipientOut
 from storage.models import File
 from storage.repositories.messages import MessageRecord
 
@@ -46,6 +46,12 @@ def message_out(message: MessageRecord) -> MessageOut:
         read_at=message.read_at,
         tags=list(message.tags),
         error=message.error,
+        mode=message.mode,
+        correlation=(
+            None
+            if message.correlation is None
+            else CorrelationOut.model_validate(message.correlation)
+        ),
     )
 
 

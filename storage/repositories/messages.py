@@ -60,6 +60,8 @@ class MessageRecord:
     read_at: datetime | None = None
     seq: int | None = None
     digest: bytes | None = None
+    mode: str = "publish"
+    correlation: dict[str, Any] | None = None
 
 
 async def insert_many(session: AsyncSession, messages: Sequence[MessageRecord]) -> None:
@@ -87,6 +89,8 @@ async def insert_many(session: AsyncSession, messages: Sequence[MessageRecord]) 
             "tags": m.tags,
             "error": m.error,
             "digest": m.digest,
+            "mode": m.mode,
+            "correlation": m.correlation,
         }
         for m in messages
     ]
@@ -203,6 +207,17 @@ async def set_digests(session: AsyncSession, digests: dict[int, bytes]) -> None:
             .where(_MESSAGES.c.seq == bindparam("s"))
             .values(digest=bindparam("d")),
             [{"s": seq, "d": digest} for seq, digest in digests.items()],
+        )
+
+
+async def set_correlations(session: AsyncSession, correlations: dict[int, dict[str, Any]]) -> None:
+    """Record what correlation receipts said, by seq; one executemany."""
+    if correlations:
+        await session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.seq == bindparam("s"))
+            .values(correlation=bindparam("c")),
+            [{"s": seq, "c": said} for seq, said in correlations.items()],
         )
 
 
@@ -354,6 +369,8 @@ _RECORD_COLUMNS = (
     "sent_at",
     "read_at",
     "digest",
+    "mode",
+    "correlation",
 )
 
 

@@ -128,22 +128,32 @@ def test_the_table_names_each_job_once_and_pairs_the_inbox_pullers() -> None:
         long_poll=work,
         outbox=work,
         delivery=work,
+        receipts=work,
         housekeeping=work,
         sync_interval=5,
         housekeeping_interval=60,
     )
     by_name = {job.name: job for job in jobs}
-    assert sorted(by_name) == ["delivery", "housekeeping", "long-poll", "outbox", "sync"]
+    assert sorted(by_name) == [
+        "delivery",
+        "housekeeping",
+        "long-poll",
+        "outbox",
+        "receipts",
+        "sync",
+    ]
     assert by_name["sync"].lease_name == by_name["long-poll"].lease_name == "inbox"
     assert by_name["housekeeping"].lease_name == "housekeeping"
     assert by_name["outbox"].lease_name is None  # any replica; its rows are claimed
     assert by_name["delivery"].lease_name is None  # the same
+    assert by_name["receipts"].lease_name is None  # the same
     assert by_name["long-poll"].gather > 0  # the receipt gathering is a field, not a sleep
     without = connector_jobs(
         sync=work,
         long_poll=None,
         outbox=work,
         delivery=work,
+        receipts=work,
         housekeeping=work,
         sync_interval=5,
         housekeeping_interval=60,

@@ -1,0 +1,111 @@
+"""Waiting in the API for what another organisation does: a receipt, or a message.
+
+Two long-polls share one loop (:meth:`MessageWatch.until`): a correlate-mode send waits for
+the recipient's correlation receipt, and ``GET /api/v1/messages?wait=`` waits for a matching
+message, so that a request/reply between two companies is two HTTP calls. Both are made true
+by a commit that writes an event (the receipt's ``message.correlated``, the reply's
+``message.received``): the event notifier wakes the waiters of this process at once, and they
+look at the database again every ``recheck`` seconds for what another replica's sync stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from connector.services.events import EventNotifier
+from connector.services.lifecycle import MessageStatus
+from connector.services.messages import MessageService
+from storage.repositories.messages import MessageFilter, MessageRecord
+
+T = TypeVar("T")
+
+RECHECK = 0.5
+"""Seconds between looks at the database while waiting, for what other replicas commit."""
+
+_GIVEN_UP = {MessageStatus.FAILED, MessageStatus.EXPIRED}
+"""A message in these never reaches the recipient: no receipt will come."""
+
+
+def _never() -> bool:
+    return False
+
+
+class MessageWatch:
+    def __init__(
+        self, messages: MessageService, notifier: EventNotifier, *, recheck: float = RECHECK
+    ) -> None:
+        self._messages = messages
+        self._notifier = notifier
+        self._recheck = recheck
+        self._correlating = 0
+
+    @property
+    def correlating(self) -> int:
+        """Correlate-mode sends waiting for their receipt now, in this process: while there
+        are any, the sync does not rest between pages (``connector.runtime``)."""
+        return self._correlating
+
+    async def until(
+        self,
+        probe: Callable[[], Awaitable[T | None]],
+        within: float,
+        gone: Callable[[], bool] = _never,
+    ) -> T | None:
+        """``probe()`` once it answers something, or None after ``within`` seconds (or when
+        the caller hung up, or at shutdown). Probes after every commit that wrote events."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            changed = self._notifier.watch()  # before the probe: a commit during it counts
+            value = await probe()
+            remaining = deadline - loop.time()
+            if value or remaining <= 0 or self._notifier.closed or gone():
+                return value or None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self._recheck, remaining)):
+                    await changed.wait()
+
+    async def correlation(
+        self, message_id: str, within: float, gone: Callable[[], bool] = _never
+    ) -> MessageRecord | None:
+        """The outgoing message once its correlation is known or it can no longer reach the
+        recipient (failed, expired); None when neither happened ``within`` seconds."""
+
+        async def settled() -> MessageRecord | None:
+            message = await self._messages.get(message_id, "outgoing")
+            if message.correlation is not None or message.status in _GIVEN_UP:
+                return message
+            return None
+
+        self._correlating += 1
+        try:
+            return await self.until(settled, within, gone)
+        finally:
+            self._correlating -= 1
+
+    async def page(
+        self,
+        filters: MessageFilter,
+        *,
+        limit: int,
+        cursor: str | None,
+        descending: bool,
+        wait: float,
+        gone: Callable[[], bool] = _never,
+    ) -> tuple[list[MessageRecord], str | None]:
+        """A page of messages as :meth:`MessageService.page`; when it is empty, waits up to
+        ``wait`` seconds for a first match."""
+        page = await self._messages.page(filters, limit=limit, cursor=cursor, descending=descending)
+        if page[0] or wait <= 0:
+            return page
+
+        async def found() -> tuple[list[MessageRecord], str | None] | None:
+            rows, next_cursor = await self._messages.page(
+                filters, limit=limit, cursor=cursor, descending=descending
+            )
+            return (rows, next_cursor) if rows else None
+
+        return await self.until(found, wait, gone) or page
