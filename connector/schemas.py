@@ -188,15 +188,14 @@ class SendMessageRequest(_Request):
     request_timeout: Annotated[float, Field(gt=0, le=MAX_REQUEST_TIMEOUT)] | None = Field(
         None,
         description=f"correlate mode: seconds to wait for the receipt (default "
-        f"{DEFAULT_REQUEST_TIMEOUT:g}, at most {MAX_REQUEST_TIMEOUT:g}); then 504",
+        f"{DEFAULT_REQUEST_TIMEOUT:g}, at most {MAX_REQUEST_TIMEOUT:g}); then 504. Publish "
+        "mode waits for no receipt and ignores it",
     )
 
     @model_validator(mode="after")
     def _correlate_one(self) -> SendMessageRequest:
         if self.mode == "correlate" and len(set(self.recipients)) != 1:
             raise ValueError("mode correlate takes exactly one recipient")
-        if self.request_timeout is not None and self.mode != "correlate":
-            raise ValueError("requestTimeout is for mode correlate")
         return self
 
 
