@@ -40,6 +40,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         "# HELP connector_outbox_pending Messages waiting to be sent.",
         "# TYPE connector_outbox_pending gauge",
         _line("connector_outbox_pending", counts.outbox),
+        "# HELP connector_correlation_receipts_pending Correlation receipts owed to senders, "
+        "not yet taken by the platform.",
+        "# TYPE connector_correlation_receipts_pending gauge",
+        _line("connector_correlation_receipts_pending", counts.receipts),
         "# HELP connector_events_total Events written to the feed.",
         "# TYPE connector_events_total counter",
         _line("connector_events_total", counts.events),

@@ -12,6 +12,10 @@ data on the row (attempt count, next attempt time), decided here from each outco
 - another 4xx: ``dead`` at once (the same request will be refused again).
 - 410: ``dead``, and the subscription is disabled (``webhook.disabled``).
 
+A final outcome (succeeded or dead) of a message the sender sent in correlate mode, at a
+subscription with ``receipts`` on, owes the sender a correlation receipt: written in the same
+transaction as the outcome (``connector.correlation.owed``).
+
 Endpoints are protected from us, and we from them:
 
 - At most ``concurrency`` requests are in flight in all, and ``per_endpoint`` per subscription.

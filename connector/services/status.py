@@ -16,6 +16,7 @@ from scheduler import JobScheduler
 from scheduler.runner import JobStatus
 from storage.engine import Sessions
 from storage.models import SyncState
+from storage.repositories import correlation_receipts as correlation_receipts_repo
 from storage.repositories import stats
 from storage.repositories import sync_state as sync_state_repo
 
@@ -41,6 +42,8 @@ class Counts:
     """(webhook id, delivery status) -> deliveries."""
     webhooks: dict[str, tuple[bool, str]]
     """webhook id -> (enabled, breaker state)."""
+    receipts: int = 0
+    """Correlation receipts owed to senders, not yet taken by the platform."""
 
 
 class StatusService:
@@ -80,6 +83,7 @@ class StatusService:
                 jobs=self._scheduler.status(),
                 deliveries=await stats.delivery_counts(session),
                 webhooks=await stats.webhook_states(session),
+                receipts=await correlation_receipts_repo.pending(session),
             )
 
     async def _database(self) -> str:
