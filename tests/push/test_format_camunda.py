@@ -215,7 +215,7 @@ SEVERAL_MATCH = (
 )
 def test_camunda7_cannot_correlate_is_not_correlated_yet(message: str) -> None:
     answer = rejected(400, {"type": "RestException", "message": message, "code": 0})
-    result = Camunda7().classify(answer)
+    result = Camunda7().classify(answer, push())
     assert isinstance(result, NotCorrelated)
     assert result.status == 400 and result.response == answer.response
     assert result.error == f"HTTP 400 Bad Request: {message}"
@@ -235,7 +235,7 @@ def test_camunda7_cannot_correlate_is_not_correlated_yet(message: str) -> None:
     ],
 )
 def test_camunda7_any_other_400_is_permanent_and_says_why(body: dict[str, Any]) -> None:
-    result = Camunda7().classify(rejected(400, body))
+    result = Camunda7().classify(rejected(400, body), push())
     assert isinstance(result, Rejected)
     assert result.error == f"HTTP 400 Bad Request: {body['message']}"
 
@@ -243,7 +243,7 @@ def test_camunda7_any_other_400_is_permanent_and_says_why(body: dict[str, Any]) 
 @pytest.mark.parametrize("text", ["<html>Bad Request</html>", "[]", '{"message": 5}', ""])
 def test_camunda7_a_400_that_is_not_the_engines_is_permanent(text: str) -> None:
     answer = rejected(400, text)
-    assert Camunda7().classify(answer) == answer
+    assert Camunda7().classify(answer, push()) == answer
 
 
 @pytest.mark.parametrize(
@@ -259,7 +259,7 @@ def test_camunda7_a_400_that_is_not_the_engines_is_permanent(text: str) -> None:
     ],
 )
 def test_camunda7_other_answers_keep_the_senders_reading(result: AttemptResult) -> None:
-    assert Camunda7().classify(result) == result
+    assert Camunda7().classify(result, push()) == result
 
 
 # -- Camunda 8: the request --------------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_camunda8_a_duplicate_message_id_is_already_delivered() -> None:
         duration=0.2,
         response=problem(409, "ALREADY_EXISTS", detail),
     )
-    result = Camunda8().classify(answer)
+    result = Camunda8().classify(answer, push())
     assert isinstance(result, Delivered) and result.status == 409 and result.error is None
 
 
@@ -357,7 +357,7 @@ def test_camunda8_a_400_is_permanent_and_says_why() -> None:
         duration=0.1,
         response=problem(400, "INVALID_ARGUMENT", detail),
     )
-    result = Camunda8().classify(answer)
+    result = Camunda8().classify(answer, push())
     assert isinstance(result, Rejected)
     assert result.error == "HTTP 400 Bad Request: No name provided."
 
@@ -382,4 +382,4 @@ def test_camunda8_a_400_is_permanent_and_says_why() -> None:
     ],
 )
 def test_camunda8_other_answers_keep_the_senders_reading(result: AttemptResult) -> None:
-    assert Camunda8().classify(result) == result
+    assert Camunda8().classify(result, push()) == result

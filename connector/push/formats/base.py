@@ -85,8 +85,10 @@ class Format(Protocol):
         format (a message without a name for an engine): the delivery is then ``dead``."""
         ...
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
-        """``result`` as this endpoint means it (the identity for plain webhooks)."""
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
+        """``result`` as this endpoint means it (the identity for plain webhooks). ``push`` is
+        the attempt the answer is to: an engine reads the same status differently for a
+        request made in another mode (a 404 to a correlation is "not correlated yet")."""
         ...
 
 

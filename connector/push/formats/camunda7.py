@@ -67,7 +67,7 @@ class Camunda7:
         payload["resultEnabled"] = True
         return PushRequest(f"{url.rstrip('/')}/message", payload)
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
         if not isinstance(result, Rejected) or result.status != 400:
             return result
         message = _engine_message(result.response)

@@ -63,7 +63,7 @@ class Camunda8:
             payload["tenantId"] = options.tenant_id
         return PushRequest(f"{url.rstrip('/')}/v2/messages/publication", payload)
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
         if not isinstance(result, Rejected) or result.status is None:
             return result
         problem = _problem(result.response)

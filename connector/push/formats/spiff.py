@@ -103,7 +103,7 @@ class Spiff:
         payload["_connector"] = message_metadata(push)
         return PushRequest(_messages_url(url, name, key), payload)
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
         if isinstance(result, Rejected) and result.status == 400:
             code, detail = _error_of(result.response)
             if code == NOT_ACCEPTED:

@@ -19,5 +19,5 @@ class Standard:
         }
         return PushRequest(url, payload)
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
         return result
