@@ -401,3 +401,161 @@ async def test_camunda8_ignores_unknown_fields_but_notes_them(
 ) -> None:
     status, _, _ = await post(http, c8.url + PUBLICATION, {"name": "m", "ttl": 5})
     assert status == 200 and c8.unknown_fields == {"ttl"}
+
+
+# -- Camunda 8: correlation --------------------------------------------------------------------
+
+CORRELATION = "/v2/messages/correlation"
+
+
+async def test_camunda8_correlates_at_once_to_what_waits(
+    c8: Camunda8Double, http: aiohttp.ClientSession
+) -> None:
+    other_key = c8.wait("paid", "o-2")
+    first = c8.wait("paid", "o-1")
+    same_process = c8.wait("paid", "o-1")
+    other_process = c8.wait("paid", "o-1", process_id="billing")
+    body = {"name": "paid", "correlationKey": "o-1", "variables": {"amount": 12.5}}
+    status, answer, content_type = await post(http, c8.url + CORRELATION, body)
+    assert (status, content_type) == (200, "application/json")
+    [message] = c8.correlated
+    assert answer == {
+        "messageKey": message.key,
+        "tenantId": DEFAULT_TENANT,
+        "processInstanceKey": first.key,
+    }
+    assert isinstance(answer["processInstanceKey"], str) and first.key.isdigit()
+    assert first.received is message and message.variables == {"amount": 12.5}
+    assert other_process.received is message  # one instance per process, as a publication
+    assert same_process.waiting and other_key.waiting
+    assert c8.published == [] and c8.unknown_fields == set()
+
+
+async def test_camunda8_a_correlation_that_finds_nothing_is_404_and_never_buffered(
+    c8: Camunda8Double, http: aiohttp.ClientSession
+) -> None:
+    c8.wait("paid", "o-2")
+    c8.wait("other", "o-1")
+    body = {"name": "paid", "correlationKey": "o-1"}
+    status, answer, content_type = await post(http, c8.url + CORRELATION, body)
+    assert (status, content_type) == (404, "application/problem+json")
+    assert answer == {
+        "type": "about:blank",
+        "title": "NOT_FOUND",
+        "status": 404,
+        "detail": "Command 'CORRELATE' rejected with code 'NOT_FOUND': Expected to find "
+        "subscription for message with name 'paid' and correlation key 'o-1', but none was "
+        "found.",
+        "instance": CORRELATION,
+    }
+    late = c8.wait("paid", "o-1")
+    assert late.waiting and c8.correlated == [] and c8.published == []
+    # a correlated message is not buffered either: the next instance does not get it
+    assert (await post(http, c8.url + CORRELATION, body))[0] == 200
+    assert not late.waiting and c8.wait("paid", "o-1").waiting
+
+
+async def test_camunda8_message_start_events_on_correlation_and_publication(
+    c8: Camunda8Double, http: aiohttp.ClientSession
+) -> None:
+    c8.starts("order", process_id="fulfil")
+    waiting = c8.wait("order", "o-1", process_id="audit")
+    body = {"name": "order", "correlationKey": "o-1"}
+    status, answer, _ = await post(http, c8.url + CORRELATION, body)
+    [started] = c8.started("fulfil")
+    # the started instance's key is answered, though a waiting instance got the message too
+    assert status == 200 and answer["processInstanceKey"] == started.key
+    assert started.received is c8.correlated[0] is waiting.received
+    assert not started.waiting and started.correlation_key == "o-1"
+    assert (await post(http, c8.url + CORRELATION, {"name": "order"}))[0] == 200
+    assert len(c8.started("fulfil")) == 2
+    assert (await post(http, c8.url + CORRELATION, {"name": "order", "tenantId": "x"}))[0] == 400
+    publication = {"name": "order", "correlationKey": "o-2", "timeToLive": 60_000}
+    assert (await post(http, c8.url + PUBLICATION, publication))[0] == 200
+    assert len(c8.started("fulfil")) == 3
+    assert c8.started("fulfil")[2].received is c8.published[0]
+
+
+@pytest.mark.parametrize(
+    ("send", "status", "title", "detail"),
+    [
+        ({"json": {"correlationKey": "k"}}, 400, "INVALID_ARGUMENT", "No messageName provided."),
+        ({"json": {"name": " "}}, 400, "INVALID_ARGUMENT", "No messageName provided."),
+        ({"json": {"name": "m", "variables": "x"}}, 400, "Bad Request",
+         "Request property [variables] cannot be parsed"),
+        ({"json": {"name": ["m"]}}, 400, "Bad Request",
+         "Request property [name] cannot be parsed"),
+        ({"json": {"name": "m", "correlationKey": {}}}, 400, "Bad Request",
+         "Request property [correlationKey] cannot be parsed"),
+        ({"json": {"name": "m", "tenantId": "acme"}}, 400, "INVALID_ARGUMENT",
+         "Expected to handle request Correlate Message with tenant identifier 'acme', but "
+         "multi-tenancy is disabled"),
+        ({"json": {"tenantId": "acme"}}, 400, "INVALID_ARGUMENT",  # the tenant comes first
+         "Expected to handle request Correlate Message with tenant identifier 'acme', but "
+         "multi-tenancy is disabled"),
+        ({"json": ["m"]}, 400, "Bad Request", "Failed to read request"),
+        ({"data": b"", "headers": {"Content-Type": "application/json"}}, 400, "Bad Request",
+         "Required request body is missing"),
+        ({"data": b'{"name": "m"}', "headers": {"Content-Type": "text/plain"}}, 415,
+         "Unsupported Media Type", "Content-Type 'text/plain' is not supported."),
+    ],
+)  # fmt: skip
+async def test_camunda8_refuses_malformed_correlations(
+    c8: Camunda8Double,
+    http: aiohttp.ClientSession,
+    send: dict[str, Any],
+    status: int,
+    title: str,
+    detail: str,
+) -> None:
+    instance = c8.wait("m", "k")
+    c8.wait("m", "")
+    got, answer, content_type = await post(http, c8.url + CORRELATION, **send)
+    assert (got, content_type) == (status, "application/problem+json")
+    assert answer == {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": CORRELATION,
+    }
+    assert instance.waiting and c8.correlated == []
+
+
+async def test_camunda8_correlation_ignores_what_only_a_publication_takes(
+    c8: Camunda8Double, http: aiohttp.ClientSession
+) -> None:
+    instance = c8.wait("m", "k")
+    body = {"name": "m", "correlationKey": "k", "timeToLive": 5, "messageId": "x"}
+    status, _, _ = await post(http, c8.url + CORRELATION, body)
+    assert status == 200 and not instance.waiting
+    assert c8.unknown_fields == {"timeToLive", "messageId"}
+
+
+async def test_camunda8_correlation_tenants_tokens_and_back_pressure(
+    http: aiohttp.ClientSession,
+) -> None:
+    double = Camunda8Double(multi_tenancy=True, bearer_tokens={"tok"})
+    await double.start()
+    try:
+        url = double.url + CORRELATION
+        auth = {"Authorization": "Bearer tok"}
+        body = {"name": "m", "correlationKey": "k", "tenantId": "acme"}
+        status, answer, _ = await post(http, url, body)
+        assert status == 401 and answer["title"] == "Unauthorized"
+        status, answer, _ = await post(http, url, {"name": "m"}, headers=auth)
+        assert status == 400 and answer["detail"] == (
+            "Expected to handle request Correlate Message with tenant identifier 'null', but no "
+            "tenant identifier was provided."
+        )
+        default = double.wait("m", "k")
+        acme = double.wait("m", "k", tenant_id="acme")
+        double.overload(1, retry_after="2")
+        status, answer, _ = await post(http, url, body, headers=auth)
+        assert status == 503 and answer["title"] == "RESOURCE_EXHAUSTED" and acme.waiting
+        status, answer, _ = await post(http, url, body, headers=auth)
+        assert status == 200 and answer["tenantId"] == "acme"
+        assert answer["processInstanceKey"] == acme.key
+        assert not acme.waiting and default.waiting
+    finally:
+        await double.stop()
