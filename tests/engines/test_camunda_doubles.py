@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
+from connector.push.formats import EngineOptions, Push
+from connector.push.formats.camunda8 import Camunda8
+from connector.push.sender import AttemptResult, Delivered, NotCorrelated, Rejected
 from tests.engines.camunda7 import Camunda7Double, Typed
 from tests.engines.camunda8 import DEFAULT_TENANT, Camunda8Double
 
@@ -559,3 +563,43 @@ async def test_camunda8_correlation_tenants_tokens_and_back_pressure(
         assert not acme.waiting and default.waiting
     finally:
         await double.stop()
+
+
+async def test_camunda8_the_formats_correlation_passes_the_double(
+    c8: Camunda8Double, http: aiohttp.ClientSession
+) -> None:
+    """The ``camunda8`` format's correlate-mode request, sent as the delivery job sends it:
+    nothing the engine does not take, and its answers read as the format means them."""
+    message = {
+        "id": "msg_1",
+        "name": "paid",
+        "correlationKey": "o-1",
+        "mode": "correlate",
+        "content": {"amount": 3},
+        "expiresAt": "2030-01-01T00:00:00Z",
+    }
+    attempt = Push(
+        event_id="evt_1",
+        event_type="message.received",
+        created_at=datetime(2029, 1, 1, tzinfo=UTC),
+        data=message,
+        attempt=1,
+        now=datetime(2029, 1, 1, tzinfo=UTC),
+        connector_url="https://bob.example",
+    )
+    target = Camunda8().request(c8.url, EngineOptions(), attempt)
+
+    async def attempt_once() -> AttemptResult:
+        async with http.post(target.url, json=target.payload) as response:
+            text = await response.text()
+        kind = Delivered if response.status == 200 else Rejected
+        error = None if kind is Delivered else f"HTTP {response.status}"
+        result = kind(status=response.status, error=error, duration=0, response=text)
+        return Camunda8().classify(result, attempt)
+
+    assert isinstance(await attempt_once(), NotCorrelated)
+    instance = c8.wait("paid", "o-1")
+    result = await attempt_once()
+    assert isinstance(result, Delivered) and result.status == 200
+    assert instance.received.variables["amount"] == 3
+    assert c8.unknown_fields == set() and c8.published == []

@@ -383,3 +383,82 @@ def test_camunda8_a_400_is_permanent_and_says_why() -> None:
 )
 def test_camunda8_other_answers_keep_the_senders_reading(result: AttemptResult) -> None:
     assert Camunda8().classify(result, push()) == result
+
+
+# -- Camunda 8: correlate mode -----------------------------------------------------------------
+
+
+def test_camunda8_correlate_mode_correlates_without_buffering_fields() -> None:
+    options = EngineOptions(tenant_id="acme")
+    request = Camunda8().request("http://zeebe:8080/", options, push(mode="correlate"))
+    assert request.url == "http://zeebe:8080/v2/messages/correlation"
+    publication = Camunda8().request("http://zeebe:8080/", options, push()).payload
+    assert request.payload == {
+        "name": "order.paid",
+        "correlationKey": "order-4711",
+        "variables": publication["variables"],
+        "tenantId": "acme",
+    }
+    no_key = Camunda8().request(
+        "http://z", EngineOptions(), push(mode="correlate", correlationKey=None)
+    )
+    assert no_key.payload["correlationKey"] == "" and "tenantId" not in no_key.payload
+
+
+@pytest.mark.parametrize("mode", [None, "publish", "Correlate", 1])
+def test_camunda8_any_other_mode_publishes(mode: Any) -> None:
+    request = Camunda8().request("http://z", EngineOptions(), push(mode=mode))
+    assert request.url == "http://z/v2/messages/publication"
+    assert request.payload["messageId"] == "msg_01" and "timeToLive" in request.payload
+
+
+NOT_FOUND = (
+    "Command 'CORRELATE' rejected with code 'NOT_FOUND': Expected to find subscription for "
+    "message with name 'order.paid' and correlation key 'order-4711', but none was found."
+)
+
+
+def not_found(title: str = "NOT_FOUND", detail: str = NOT_FOUND) -> Rejected:
+    body = json.loads(problem(404, title, detail))
+    body["instance"] = "/v2/messages/correlation"
+    return Rejected(status=404, error="HTTP 404 Not Found", duration=0.1, response=json.dumps(body))
+
+
+def test_camunda8_a_correlation_nothing_waits_for_is_not_correlated_yet() -> None:
+    answer = not_found()
+    result = Camunda8().classify(answer, push(mode="correlate"))
+    assert isinstance(result, NotCorrelated)
+    assert result.status == 404 and result.response == answer.response
+    assert result.error == f"HTTP 404 Not Found: {NOT_FOUND}"
+
+
+def test_camunda8_a_404_to_a_publication_stays_permanent() -> None:
+    result = Camunda8().classify(not_found(), push())
+    assert isinstance(result, Rejected)
+    assert result.error == f"HTTP 404 Not Found: {NOT_FOUND}"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Spring's own 404 for a path the gateway does not have (an older version, a wrong URL)
+        not_found("Not Found", "No endpoint POST /v2/messages/correlation."),
+        Rejected(status=404, error="HTTP 404", duration=0.1, response="<html>Not Found</html>"),
+        Rejected(status=404, error="HTTP 404", duration=0.1, response=not_found().response[:-1]),
+    ],
+)
+def test_camunda8_a_404_that_is_not_zeebes_not_found_stays_permanent(answer: Rejected) -> None:
+    result = Camunda8().classify(answer, push(mode="correlate"))
+    assert isinstance(result, Rejected) and result.status == 404
+
+
+def test_camunda8_a_400_to_a_correlation_is_permanent() -> None:
+    answer = Rejected(
+        status=400,
+        error="HTTP 400 Bad Request",
+        duration=0.1,
+        response=problem(400, "INVALID_ARGUMENT", "No messageName provided."),
+    )
+    result = Camunda8().classify(answer, push(mode="correlate"))
+    assert isinstance(result, Rejected)
+    assert result.error == "HTTP 400 Bad Request: No messageName provided."

@@ -18,14 +18,20 @@ from typing import Any, Protocol
 from connector.push.sender import AttemptResult
 
 __all__ = [
+    "CORRELATE",
     "EngineOptions",
     "Format",
     "Push",
     "PushRequest",
     "content_of",
+    "correlates",
     "message_metadata",
     "message_name",
 ]
+
+CORRELATE = "correlate"
+"""The Message's ``mode`` when its sender waits for a correlation receipt (absent or
+``"publish"`` otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,12 @@ class Format(Protocol):
         the attempt the answer is to: an engine reads the same status differently for a
         request made in another mode (a 404 to a correlation is "not correlated yet")."""
         ...
+
+
+def correlates(push: Push) -> bool:
+    """Whether the message was sent in correlate mode: its sender waits to hear which process
+    took it, so an engine that can say so at once is asked to correlate, not to buffer."""
+    return push.data.get("mode") == CORRELATE
 
 
 def content_of(push: Push) -> dict[str, Any]:
