@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from connector.push.formats import EngineOptions, Push
+from connector.push.formats.camunda7 import Camunda7
 from connector.push.formats.camunda8 import Camunda8
 from connector.push.sender import AttemptResult, Delivered, NotCorrelated, Rejected
 from tests.engines.camunda7 import Camunda7Double, Typed
@@ -260,6 +261,41 @@ async def test_camunda7_fails_when_told(c7: Camunda7Double, http: aiohttp.Client
     assert status == 500 and answer["type"] == "ProcessEngineException"
     status, _, _ = await post(http, f"{c7.url}/message", {"messageName": "m"})
     assert status == 204 and not instance.waiting
+
+
+async def test_camunda7_the_formats_result_names_the_execution_it_reached(
+    c7: Camunda7Double, http: aiohttp.ClientSession
+) -> None:
+    """The ``camunda7`` format's request, as the delivery job sends it, and what its result
+    makes of the engine's answer."""
+    instance = c7.wait("paid", business_key="o-1")
+    now = datetime(2029, 1, 1, tzinfo=UTC)
+    attempt = Push(
+        event_id="evt_1",
+        event_type="message.received",
+        created_at=now,
+        data={"id": "msg_1", "name": "paid", "correlationKey": "o-1", "content": {"n": 1}},
+        attempt=1,
+        now=now,
+        connector_url="https://bob.example",
+    )
+    target = Camunda7().request(c7.url, EngineOptions(), attempt)
+    async with http.post(target.url, json=target.payload) as response:
+        assert response.status == 200
+        delivered = Delivered(status=200, error=None, duration=0, response=await response.text())
+    assert not instance.waiting and c7.unknown_fields == set()
+    assert Camunda7().result(delivered, attempt) == [
+        {
+            "resultType": "Execution",
+            "execution": {
+                "id": instance.execution_id,
+                "processInstanceId": instance.id,
+                "ended": False,
+                "tenantId": None,
+            },
+            "processInstance": None,
+        }
+    ]
 
 
 # -- Camunda 8 ---------------------------------------------------------------------------------
@@ -603,3 +639,8 @@ async def test_camunda8_the_formats_correlation_passes_the_double(
     assert isinstance(result, Delivered) and result.status == 200
     assert instance.received.variables["amount"] == 3
     assert c8.unknown_fields == set() and c8.published == []
+    assert Camunda8().result(result, attempt) == {
+        "messageKey": c8.correlated[0].key,
+        "tenantId": DEFAULT_TENANT,
+        "processInstanceKey": instance.key,
+    }

@@ -462,3 +462,81 @@ def test_camunda8_a_400_to_a_correlation_is_permanent() -> None:
     result = Camunda8().classify(answer, push(mode="correlate"))
     assert isinstance(result, Rejected)
     assert result.error == "HTTP 400 Bad Request: No messageName provided."
+
+
+# -- what a correlation receipt tells the sender -----------------------------------------------
+
+
+def delivered(status: int, body: Any) -> Delivered:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return Delivered(status=status, error=None, duration=0.1, response=text)
+
+
+EXECUTION = {
+    "resultType": "Execution",
+    "execution": {"id": "ex-1", "processInstanceId": "pi-1", "ended": False, "tenantId": None},
+    "processInstance": None,
+}
+STARTED = {
+    "resultType": "ProcessDefinition",
+    "execution": None,
+    "processInstance": {
+        "links": [],
+        "id": "pi-2",
+        "definitionId": "order:1:d-1",
+        "businessKey": "order-4711",
+        "caseInstanceId": None,
+        "ended": False,
+        "suspended": False,
+        "tenantId": None,
+    },
+}
+
+
+def test_camunda7_result_is_the_list_of_correlation_results() -> None:
+    assert Camunda7().result(delivered(200, [EXECUTION, STARTED]), push()) == [EXECUTION, STARTED]
+
+
+def test_camunda7_result_never_carries_the_processs_variables() -> None:
+    variables = {"secret": {"value": "internal", "type": "String", "valueInfo": {}}}
+    answer = delivered(200, [{**EXECUTION, "variables": variables}])
+    assert Camunda7().result(answer, push()) == [EXECUTION]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        delivered(204, ""),
+        delivered(200, json.dumps([EXECUTION])[:-1]),  # cut at the excerpt's limit
+        delivered(200, {"resultType": "Execution"}),
+        delivered(200, "<html/>"),
+    ],
+)
+def test_camunda7_result_of_anything_else_is_none(answer: Delivered) -> None:
+    assert Camunda7().result(answer, push()) is None
+
+
+def test_camunda8_result_is_the_engines_answer() -> None:
+    correlated = {
+        "messageKey": "2251799813685250",
+        "tenantId": "<default>",
+        "processInstanceKey": "2251799813685249",
+    }
+    assert Camunda8().result(delivered(200, correlated), push(mode="correlate")) == correlated
+    published = {"messageKey": "2251799813685251", "tenantId": "acme"}
+    assert Camunda8().result(delivered(200, published), push()) == published
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # a duplicate publication taken as delivered: the answer is the problem, not the message
+        delivered(409, problem(409, "ALREADY_EXISTS", "already published")),
+        delivered(200, '{"messageKey": "1", "tenantId": "<def'),
+        delivered(200, '{"messageKey": NaN}'),
+        delivered(200, "[]"),
+        delivered(200, ""),
+    ],
+)
+def test_camunda8_result_of_anything_else_is_none(answer: Delivered) -> None:
+    assert Camunda8().result(answer, push(mode="correlate")) is None

@@ -229,3 +229,63 @@ def test_a_buffered_message_instance_replayed_is_read_by_its_status(
 def test_transient_failures_pass_through() -> None:
     for result in (answer(Retry, 503), answer(Retry, None), answer(Rejected, None)):
         assert Spiff().classify(result, push()) is result
+
+
+# -- what a correlation receipt tells the sender -----------------------------------------------
+
+
+def delivered(status: int, body: Any) -> Delivered:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return Delivered(status=status, error=None, duration=0.01, response=text)
+
+
+PROCESS_INSTANCE = {
+    "id": 7,
+    "process_model_identifier": "orders/payment",
+    "status": "complete",
+    "created_at_in_seconds": 1893553445,
+}
+
+
+def test_the_result_of_a_caught_message_is_the_process_instance_never_its_data() -> None:
+    body = {"task_data": {"iban": "DE00 internal"}, "process_instance": PROCESS_INSTANCE}
+    result = Spiff().result(delivered(200, body), push())
+    assert result == {"process_instance": PROCESS_INSTANCE}
+    assert "iban" not in json.dumps(result)
+
+
+def test_the_result_of_a_buffered_message_leaves_its_payload_out() -> None:
+    instance = {
+        "id": 3,
+        "name": "payment.received",
+        "message_type": "send",
+        "status": "completed",
+        "message_instance_uuid": "u",
+        "payload": {"orderId": "4711", "_connector": {"messageId": MESSAGE["id"]}},
+        "correlation_keys": {"order_id": "4711"},
+    }
+    result = Spiff().result(delivered(202, {"message_instance": instance}), push())
+    assert result == {
+        "message_instance": {
+            "id": 3,
+            "name": "payment.received",
+            "message_type": "send",
+            "status": "completed",
+            "message_instance_uuid": "u",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, {"task_data": {"a": 1}}),
+        (200, {"process_instance": [1]}),
+        (202, {"process_instance": PROCESS_INSTANCE}),  # a 202 answers a message instance
+        (200, json.dumps({"process_instance": PROCESS_INSTANCE})[:-1]),  # cut at the limit
+        (200, ""),
+        (204, ""),
+    ],
+)
+def test_the_result_of_anything_else_is_none(status: int, body: Any) -> None:
+    assert Spiff().result(delivered(status, body), push()) is None

@@ -47,6 +47,7 @@ from connector.push.formats.base import (
     PushRequest,
     content_of,
     correlates,
+    json_answer,
     message_metadata,
     message_name,
 )
@@ -100,6 +101,15 @@ class Camunda8:
         return Rejected(
             status=result.status, error=error, duration=result.duration, response=result.response
         )
+
+    def result(self, delivered: Delivered, push: Push) -> dict[str, Any] | list[Any] | None:
+        """The engine's 200 answer as it is: it holds keys only (``messageKey``, ``tenantId``,
+        and for a correlation ``processInstanceKey``), never the process's variables. A 409
+        ``ALREADY_EXISTS`` taken as delivered is a problem answer and says nothing."""
+        if delivered.status != 200:
+            return None
+        answer = json_answer(delivered.response)
+        return answer if isinstance(answer, dict) else None
 
 
 def time_to_live(push: Push) -> int:
