@@ -263,6 +263,103 @@ async def test_camunda7_fails_when_told(c7: Camunda7Double, http: aiohttp.Client
     assert status == 204 and not instance.waiting
 
 
+async def test_camunda7_a_message_start_event_starts_an_instance_with_the_business_key(
+    c7: Camunda7Double, http: aiohttp.ClientSession
+) -> None:
+    start = c7.starts("order", definition_key="fulfil")
+    body = {
+        "messageName": "order",
+        "businessKey": "o-1",
+        "correlationKeys": {"ignored": {"value": "x", "type": "String"}},
+        "processVariables": {"amount": {"value": 12, "type": "Integer"}},
+        "resultEnabled": True,
+    }
+    status, answer, _ = await post(http, f"{c7.url}/message", body)
+    [started] = c7.started()
+    assert status == 200
+    assert answer == [
+        {
+            "resultType": "ProcessDefinition",
+            "execution": None,
+            "processInstance": {
+                "links": [],
+                "id": started.id,
+                "definitionId": start.definition_id,
+                "businessKey": "o-1",
+                "caseInstanceId": None,
+                "ended": False,
+                "suspended": False,
+                "tenantId": None,
+            },
+        }
+    ]
+    assert start.definition_id.startswith("fulfil:1:")
+    assert started.started_by is start and not started.waiting
+    assert started.variables == {"amount": Typed(12, "integer")}
+    # an execution that waits takes it instead; the start event is not looked at then
+    waiting = c7.wait("order", business_key="o-2")
+    again = {**body, "businessKey": "o-2", "correlationKeys": {}}
+    status, answer, _ = await post(http, f"{c7.url}/message", again)
+    assert status == 200 and [r["resultType"] for r in answer] == ["Execution"]
+    assert not waiting.waiting and len(c7.started()) == 1
+
+
+async def test_camunda7_start_events_one_or_all_and_their_tenants(
+    c7: Camunda7Double, http: aiohttp.ClientSession
+) -> None:
+    c7.starts("order", definition_key="a", tenant_id="acme")
+    c7.starts("order", definition_key="b")
+    url = f"{c7.url}/message"
+    status, answer, _ = await post(http, url, {"messageName": "order"})
+    assert status == 400 and answer["message"] == (
+        "org.camunda.bpm.engine.MismatchingMessageCorrelationException: ENGINE-13030 Cannot "
+        "correlate a message with name 'order' to a single process definition. 2 process "
+        "definitions match the correlations keys: CorrelationSet [businessKey=None, "
+        "processInstanceId=None, correlationKeys=None]"
+    )
+    assert c7.started() == []
+    status, _, _ = await post(http, url, {"messageName": "order", "tenantId": "other"})
+    assert status == 400 and c7.started() == []
+    status, _, _ = await post(http, url, {"messageName": "order", "tenantId": "acme"})
+    assert status == 204 and [i.tenant_id for i in c7.started()] == ["acme"]
+    status, _, _ = await post(http, url, {"messageName": "order", "withoutTenantId": True})
+    assert status == 204 and [i.tenant_id for i in c7.started()] == ["acme", None]
+    waiting = c7.wait("order")
+    body = {"messageName": "order", "all": True, "resultEnabled": True}
+    status, answer, _ = await post(http, url, body)
+    assert status == 200
+    assert [r["resultType"] for r in answer] == [
+        "Execution",
+        "ProcessDefinition",
+        "ProcessDefinition",
+    ]
+    assert not waiting.waiting and len(c7.started()) == 4
+
+
+async def test_camunda7_variables_in_the_result_only_when_asked(
+    c7: Camunda7Double, http: aiohttp.ClientSession
+) -> None:
+    c7.wait("paid", business_key="o-1", correlation_keys={"orderId": "o-1"})
+    body = {
+        "messageName": "paid",
+        "businessKey": "o-1",
+        "processVariables": {"amount": {"value": 12, "type": "Integer"}},
+        "resultEnabled": True,
+        "variablesInResultEnabled": True,
+    }
+    status, answer, _ = await post(http, f"{c7.url}/message", body)
+    assert status == 200
+    assert answer[0]["variables"] == {
+        "orderId": {"type": "String", "value": "o-1", "valueInfo": {}},
+        "amount": {"type": "Integer", "value": 12, "valueInfo": {}},
+    }
+    c7.wait("paid", business_key="o-2")
+    status, answer, _ = await post(
+        http, f"{c7.url}/message", {**body, "businessKey": "o-2", "variablesInResultEnabled": False}
+    )
+    assert status == 200 and "variables" not in answer[0]
+
+
 async def test_camunda7_the_formats_result_names_the_execution_it_reached(
     c7: Camunda7Double, http: aiohttp.ClientSession
 ) -> None:
@@ -296,6 +393,16 @@ async def test_camunda7_the_formats_result_names_the_execution_it_reached(
             "processInstance": None,
         }
     ]
+    # nothing waits any more, but a message start event starts an instance: its id is told
+    c7.starts("paid", definition_key="late-payment")
+    async with http.post(target.url, json=target.payload) as response:
+        assert response.status == 200
+        delivered = Delivered(status=200, error=None, duration=0, response=await response.text())
+    [started] = c7.started()
+    [result] = Camunda7().result(delivered, attempt) or []
+    assert result["resultType"] == "ProcessDefinition" and result["execution"] is None
+    assert result["processInstance"]["id"] == started.id
+    assert result["processInstance"]["businessKey"] == "o-1"
 
 
 # -- Camunda 8 ---------------------------------------------------------------------------------
