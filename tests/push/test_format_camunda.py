@@ -412,6 +412,15 @@ def test_camunda8_any_other_mode_publishes(mode: Any) -> None:
     assert request.payload["messageId"] == "msg_01" and "timeToLive" in request.payload
 
 
+@pytest.mark.parametrize("event_type", ["message.sent", "message.delivered", "message.failed"])
+def test_camunda8_only_the_received_message_is_correlated(event_type: str) -> None:
+    """The sender's own events of a correlate-mode message owe nobody a receipt: published."""
+    own = replace(push(mode="correlate"), event_type=event_type)
+    assert Camunda8().request("http://z", EngineOptions(), own).url.endswith("/publication")
+    result = Camunda8().classify(not_found(), own)
+    assert isinstance(result, Rejected) and result.status == 404
+
+
 NOT_FOUND = (
     "Command 'CORRELATE' rejected with code 'NOT_FOUND': Expected to find subscription for "
     "message with name 'order.paid' and correlation key 'order-4711', but none was found."

@@ -36,6 +36,8 @@ __all__ = [
 CORRELATE = "correlate"
 """The Message's ``mode`` when its sender waits for a correlation receipt (absent or
 ``"publish"`` otherwise)."""
+RECEIVED = "message.received"
+"""The event that hands a received message on (``EventType.RECEIVED``)."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,11 @@ class Format(Protocol):
 
 
 def correlates(push: Push) -> bool:
-    """Whether the message was sent in correlate mode: its sender waits to hear which process
-    took it, so an engine that can say so at once is asked to correlate, not to buffer."""
-    return push.data.get("mode") == CORRELATE
+    """Whether this push hands on a message received in correlate mode: its sender waits to
+    hear which process took it, so an engine that can say so at once is asked to correlate,
+    not to buffer. Only ``message.received``: the other events of such a message (the
+    sender's own ``message.sent``, say) owe nobody a receipt and are published as usual."""
+    return push.event_type == RECEIVED and push.data.get("mode") == CORRELATE
 
 
 def json_answer(response: str) -> Any:

@@ -16,8 +16,9 @@ whether or not anything waits yet. While the message is buffered, the engine ref
 message is in the engine already (an earlier attempt whose answer was lost), so that counts as
 delivered too.
 
-Correlate mode (the Message's ``mode`` is ``"correlate"``: its sender waits for a correlation
-receipt), ``POST {url}/v2/messages/correlation`` (``MessageCorrelationRequest``)::
+Correlate mode (a ``message.received`` whose Message's ``mode`` is ``"correlate"``: its sender
+waits for a correlation receipt), ``POST {url}/v2/messages/correlation``
+(``MessageCorrelationRequest``)::
 
     {"name", "correlationKey", "variables", "tenantId"?}   # as above; no timeToLive, messageId
 
