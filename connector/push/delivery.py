@@ -411,7 +411,7 @@ class DeliveryService:
             error = f"cannot be sent as {webhook.format}: {exc}"
             return Rejected(status=None, error=error, duration=0, response="")
         result = await self.attempt(webhook, secret, auth, request, url=target.url)
-        return format_.classify(result)
+        return format_.classify(result, push)
 
     async def attempt(
         self,

@@ -18,12 +18,23 @@ Its checks and answers follow Camunda 7's REST layer (``MessageRestServiceImpl``
   ("Must provide 'null' or String value ..."), and only with the Spin plugin (``spin=False``: an
   engine without it, where ``Json`` is an unsupported type); each wrapped as "Cannot deliver
   message: ...";
-- correlation: the instances a test made wait (:meth:`Camunda7Double.wait`) whose message name,
-  business key, correlation keys (process variables) and tenant match; with ``all`` false
-  exactly one must, else 400 ``RestException`` with the ``MismatchingMessageCorrelationException``
-  text (nothing matches, or "... to a single execution" when several do); with ``all`` true at
-  least one. A correlated instance gets the ``processVariables`` and stops waiting.
-- 200 with the correlation results when ``resultEnabled``, else 204.
+- correlation as ``DefaultCorrelationHandler`` does it: first the instances a test made wait
+  (:meth:`Camunda7Double.wait`) whose message name, business key, correlation keys (process
+  variables) and tenant match; then, only if none does (or with ``all``, as well), the process
+  definitions with a message start event of that name (:meth:`Camunda7Double.starts`; for the
+  request's tenant, or without one with ``withoutTenantId``, or any tenant when neither is
+  given; business key and correlation keys play no part), each starting a new instance with
+  the business key. With ``all`` false exactly one must match, else 400 ``RestException`` with
+  the ``MismatchingMessageCorrelationException`` text (nothing matches, "... to a single
+  execution" when several wait, "... to a single process definition" when several start); with
+  ``all`` true at least one. A correlated instance gets the ``processVariables`` and stops
+  waiting.
+- 200 with the correlation results when ``resultEnabled``, else 204: per result ``resultType``
+  ``Execution`` with ``execution`` (``id``, ``processInstanceId``, ``ended``, ``tenantId``) and
+  ``processInstance`` null, or ``ProcessDefinition`` with ``execution`` null and
+  ``processInstance`` (``links``, ``id``, ``definitionId``, ``businessKey``, ``caseInstanceId``,
+  ``ended``, ``suspended``, ``tenantId``); ``variables`` (the instance's, typed) only with
+  ``variablesInResultEnabled``.
 
 Error bodies are ``{"type", "message", "code"}`` as Camunda 7.24 sends them.
 """
@@ -38,7 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["Camunda7Double", "Correlation", "Instance", "Typed"]
+__all__ = ["Camunda7Double", "Correlation", "Instance", "StartEvent", "Typed"]
 
 _STRING_FIELDS = ("messageName", "businessKey", "tenantId", "processInstanceId")
 _BOOLEAN_FIELDS = ("all", "resultEnabled", "variablesInResultEnabled", "withoutTenantId")
@@ -88,9 +99,19 @@ class Correlation:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StartEvent:
+    """A deployed process definition whose message start event is ``message_name``."""
+
+    definition_id: str
+    message_name: str
+    tenant_id: str | None
+
+
 @dataclass
 class Instance:
-    """A process instance waiting at a message catch event for ``message_name``."""
+    """A process instance waiting at a message catch event for ``message_name``, or one a
+    message start event started (``started_by``; it waits for nothing)."""
 
     id: str
     execution_id: str
@@ -99,6 +120,7 @@ class Instance:
     tenant_id: str | None
     variables: dict[str, Typed]
     correlations: list[Correlation] = field(default_factory=list)
+    started_by: StartEvent | None = None
 
     @property
     def waiting(self) -> bool:
@@ -134,6 +156,7 @@ class Camunda7Double:
     """Whether the Spin plugin is installed (it brings the ``Json`` and ``Xml`` types)."""
     port: int = 0
     instances: list[Instance] = field(default_factory=list)
+    start_events: list[StartEvent] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     unknown_fields: set[str] = field(default_factory=set)
     _failures: list[int] = field(default_factory=list)
@@ -183,6 +206,20 @@ class Camunda7Double:
         )
         self.instances.append(instance)
         return instance
+
+    def starts(
+        self, message_name: str, *, definition_key: str = "process", tenant_id: str | None = None
+    ) -> StartEvent:
+        """Deploy a process definition ``definition_key`` with a message start event for
+        ``message_name``."""
+        number = len(self.start_events) + 1
+        start = StartEvent(f"{definition_key}:1:def-{number}", message_name, tenant_id)
+        self.start_events.append(start)
+        return start
+
+    def started(self) -> list[Instance]:
+        """The instances a message start event started, in order."""
+        return [i for i in self.instances if i.started_by is not None]
 
     def fail_next(self, count: int, status: int = 500) -> None:
         """Answer the next ``count`` message requests with ``status`` (a
@@ -246,14 +283,8 @@ class Camunda7Double:
             status = self._failures.pop(0)
             raise _Refused(status, "ProcessEngineException", "the double was told to fail")
         matches = [i for i in self.instances if i.waiting and _matches(i, dto, converted)]
+        starts = [s for s in self.start_events if _starts(s, dto)]
         name = dto["messageName"]
-        if not matches:
-            raise _Refused(
-                400,
-                "RestException",
-                "org.camunda.bpm.engine.MismatchingMessageCorrelationException: Cannot correlate "
-                f"message '{name}': No process definition or execution matches the parameters",
-            )
         if len(matches) > 1 and not dto["all"]:
             raise _Refused(
                 400,
@@ -264,18 +295,38 @@ class Camunda7Double:
                 f"CorrelationSet [businessKey={dto['businessKey']}, processInstanceId="
                 f"{dto['processInstanceId']}, correlationKeys={dto['correlationKeys']}]",
             )
-        results = []
-        for instance in matches:
-            instance.correlations.append(
-                Correlation(
-                    message_name=name,
-                    business_key=dto["businessKey"],
-                    correlation_keys=converted["correlationKeys"],
-                    tenant_id=dto["tenantId"],
-                    variables=converted["processVariables"],
-                    body=body,
-                )
+        if matches and not dto["all"]:
+            starts = []  # an execution that matches wins; start events are only looked at then
+        if len(starts) > 1 and not dto["all"]:
+            raise _Refused(
+                400,
+                "RestException",
+                "org.camunda.bpm.engine.MismatchingMessageCorrelationException: ENGINE-13030 "
+                f"Cannot correlate a message with name '{name}' to a single process definition. "
+                f"{len(starts)} process definitions match the correlations keys: "
+                f"CorrelationSet [businessKey={dto['businessKey']}, processInstanceId="
+                f"{dto['processInstanceId']}, correlationKeys={dto['correlationKeys']}]",
             )
+        if not matches and not starts:
+            raise _Refused(
+                400,
+                "RestException",
+                "org.camunda.bpm.engine.MismatchingMessageCorrelationException: Cannot correlate "
+                f"message '{name}': No process definition or execution matches the parameters",
+            )
+        correlation = Correlation(
+            message_name=name,
+            business_key=dto["businessKey"],
+            correlation_keys=converted["correlationKeys"],
+            tenant_id=dto["tenantId"],
+            variables=converted["processVariables"],
+            body=body,
+        )
+        results: list[dict[str, Any]] = []
+        reached: list[Instance] = []
+        for instance in matches:
+            reached.append(instance)
+            instance.correlations.append(correlation)
             instance.variables.update(converted["processVariables"])
             results.append(
                 {
@@ -289,9 +340,62 @@ class Camunda7Double:
                     "processInstance": None,
                 }
             )
+        for start in starts:
+            number = next(self._ids)
+            instance = Instance(
+                id=f"pi-{number}",
+                execution_id=f"ex-{number}",
+                message_name=name,
+                business_key=dto["businessKey"],
+                tenant_id=start.tenant_id,
+                variables=dict(converted["processVariables"]),
+                correlations=[correlation],
+                started_by=start,
+            )
+            self.instances.append(instance)
+            reached.append(instance)
+            results.append(
+                {
+                    "resultType": "ProcessDefinition",
+                    "execution": None,
+                    "processInstance": {
+                        "links": [],
+                        "id": instance.id,
+                        "definitionId": start.definition_id,
+                        "businessKey": instance.business_key,
+                        "caseInstanceId": None,
+                        "ended": False,
+                        "suspended": False,
+                        "tenantId": instance.tenant_id,
+                    },
+                }
+            )
+        if dto["variablesInResultEnabled"]:
+            for result, instance in zip(results, reached, strict=True):
+                result["variables"] = {
+                    name: {"type": _rest_type(typed.type), "value": typed.value, "valueInfo": {}}
+                    for name, typed in instance.variables.items()
+                }
         if dto["resultEnabled"]:
             return 200, results
         return 204, None
+
+
+def _starts(start: StartEvent, dto: dict[str, Any]) -> bool:
+    """Whether ``start`` takes the message (``findMessageStartEventSubscriptions``): its name,
+    and the tenant when the request names one or asks for none."""
+    tenant: str | None = dto["tenantId"]
+    without_tenant: bool = dto["withoutTenantId"]
+    if start.message_name != dto["messageName"]:
+        return False
+    if tenant is not None:
+        return start.tenant_id == tenant
+    return not without_tenant or start.tenant_id is None
+
+
+def _rest_type(engine_type: str) -> str:
+    """An engine type name as the REST API writes it (``string`` → ``String``)."""
+    return engine_type[:1].upper() + engine_type[1:]
 
 
 def _matches(instance: Instance, dto: dict[str, Any], converted: dict[str, Any]) -> bool:

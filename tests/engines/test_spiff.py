@@ -13,11 +13,15 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
+from connector.push.formats import EngineOptions, Push
+from connector.push.formats.spiff import Spiff
+from connector.push.sender import Delivered
 from tests.conftest import Api, ConnectorFactory
 from tests.e2e.helpers import eventually
 from tests.engines.spiff_engine import SpiffEngine, SpiffServer
@@ -157,6 +161,31 @@ async def test_the_engine_buffers_for_at_most_300_seconds() -> None:
         "payment.received", {**PAYMENT, "orderId": "4712"}, message_instance_uuid=key
     )
     assert code == 202 and body["message_instance"]["status"] == "cancelled"
+
+
+async def test_the_formats_result_names_the_process_that_caught_it_and_nothing_of_its_data(
+    spiff: SpiffServer, http: aiohttp.ClientSession
+) -> None:
+    waiting = spiff.engine.start("order_payment", {"orderId": "4711", "note": "internal"})
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    attempt = Push(
+        event_id="evt_1",
+        event_type="message.received",
+        created_at=now,
+        data={"id": "msg_1", "name": "payment.received", "mode": "correlate", "content": PAYMENT},
+        attempt=1,
+        now=now,
+        connector_url="https://bob.example",
+    )
+    target = Spiff().request(spiff.url, EngineOptions(), attempt)
+    headers = {"SpiffWorkflow-Api-Key": API_KEY}
+    async with http.post(target.url, json=target.payload, headers=headers) as response:
+        assert response.status == 200
+        text = await response.text()
+    assert "internal" in text  # the engine answers the process's data (task_data) ...
+    result = Spiff().result(Delivered(status=200, error=None, duration=0, response=text), attempt)
+    assert result == {"process_instance": spiff.engine.processes[waiting.id].serialized()}
+    assert "internal" not in str(result)  # ... which the sender is not told
 
 
 # -- end to end: connector, format, engine ---------------------------------------------------

@@ -215,7 +215,7 @@ SEVERAL_MATCH = (
 )
 def test_camunda7_cannot_correlate_is_not_correlated_yet(message: str) -> None:
     answer = rejected(400, {"type": "RestException", "message": message, "code": 0})
-    result = Camunda7().classify(answer)
+    result = Camunda7().classify(answer, push())
     assert isinstance(result, NotCorrelated)
     assert result.status == 400 and result.response == answer.response
     assert result.error == f"HTTP 400 Bad Request: {message}"
@@ -235,7 +235,7 @@ def test_camunda7_cannot_correlate_is_not_correlated_yet(message: str) -> None:
     ],
 )
 def test_camunda7_any_other_400_is_permanent_and_says_why(body: dict[str, Any]) -> None:
-    result = Camunda7().classify(rejected(400, body))
+    result = Camunda7().classify(rejected(400, body), push())
     assert isinstance(result, Rejected)
     assert result.error == f"HTTP 400 Bad Request: {body['message']}"
 
@@ -243,7 +243,7 @@ def test_camunda7_any_other_400_is_permanent_and_says_why(body: dict[str, Any]) 
 @pytest.mark.parametrize("text", ["<html>Bad Request</html>", "[]", '{"message": 5}', ""])
 def test_camunda7_a_400_that_is_not_the_engines_is_permanent(text: str) -> None:
     answer = rejected(400, text)
-    assert Camunda7().classify(answer) == answer
+    assert Camunda7().classify(answer, push()) == answer
 
 
 @pytest.mark.parametrize(
@@ -259,7 +259,7 @@ def test_camunda7_a_400_that_is_not_the_engines_is_permanent(text: str) -> None:
     ],
 )
 def test_camunda7_other_answers_keep_the_senders_reading(result: AttemptResult) -> None:
-    assert Camunda7().classify(result) == result
+    assert Camunda7().classify(result, push()) == result
 
 
 # -- Camunda 8: the request --------------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_camunda8_a_duplicate_message_id_is_already_delivered() -> None:
         duration=0.2,
         response=problem(409, "ALREADY_EXISTS", detail),
     )
-    result = Camunda8().classify(answer)
+    result = Camunda8().classify(answer, push())
     assert isinstance(result, Delivered) and result.status == 409 and result.error is None
 
 
@@ -357,7 +357,7 @@ def test_camunda8_a_400_is_permanent_and_says_why() -> None:
         duration=0.1,
         response=problem(400, "INVALID_ARGUMENT", detail),
     )
-    result = Camunda8().classify(answer)
+    result = Camunda8().classify(answer, push())
     assert isinstance(result, Rejected)
     assert result.error == "HTTP 400 Bad Request: No name provided."
 
@@ -382,4 +382,170 @@ def test_camunda8_a_400_is_permanent_and_says_why() -> None:
     ],
 )
 def test_camunda8_other_answers_keep_the_senders_reading(result: AttemptResult) -> None:
-    assert Camunda8().classify(result) == result
+    assert Camunda8().classify(result, push()) == result
+
+
+# -- Camunda 8: correlate mode -----------------------------------------------------------------
+
+
+def test_camunda8_correlate_mode_correlates_without_buffering_fields() -> None:
+    options = EngineOptions(tenant_id="acme")
+    request = Camunda8().request("http://zeebe:8080/", options, push(mode="correlate"))
+    assert request.url == "http://zeebe:8080/v2/messages/correlation"
+    publication = Camunda8().request("http://zeebe:8080/", options, push()).payload
+    assert request.payload == {
+        "name": "order.paid",
+        "correlationKey": "order-4711",
+        "variables": publication["variables"],
+        "tenantId": "acme",
+    }
+    no_key = Camunda8().request(
+        "http://z", EngineOptions(), push(mode="correlate", correlationKey=None)
+    )
+    assert no_key.payload["correlationKey"] == "" and "tenantId" not in no_key.payload
+
+
+@pytest.mark.parametrize("mode", [None, "publish", "Correlate", 1])
+def test_camunda8_any_other_mode_publishes(mode: Any) -> None:
+    request = Camunda8().request("http://z", EngineOptions(), push(mode=mode))
+    assert request.url == "http://z/v2/messages/publication"
+    assert request.payload["messageId"] == "msg_01" and "timeToLive" in request.payload
+
+
+@pytest.mark.parametrize("event_type", ["message.sent", "message.delivered", "message.failed"])
+def test_camunda8_only_the_received_message_is_correlated(event_type: str) -> None:
+    """The sender's own events of a correlate-mode message owe nobody a receipt: published."""
+    own = replace(push(mode="correlate"), event_type=event_type)
+    assert Camunda8().request("http://z", EngineOptions(), own).url.endswith("/publication")
+    result = Camunda8().classify(not_found(), own)
+    assert isinstance(result, Rejected) and result.status == 404
+
+
+NOT_FOUND = (
+    "Command 'CORRELATE' rejected with code 'NOT_FOUND': Expected to find subscription for "
+    "message with name 'order.paid' and correlation key 'order-4711', but none was found."
+)
+
+
+def not_found(title: str = "NOT_FOUND", detail: str = NOT_FOUND) -> Rejected:
+    body = json.loads(problem(404, title, detail))
+    body["instance"] = "/v2/messages/correlation"
+    return Rejected(status=404, error="HTTP 404 Not Found", duration=0.1, response=json.dumps(body))
+
+
+def test_camunda8_a_correlation_nothing_waits_for_is_not_correlated_yet() -> None:
+    answer = not_found()
+    result = Camunda8().classify(answer, push(mode="correlate"))
+    assert isinstance(result, NotCorrelated)
+    assert result.status == 404 and result.response == answer.response
+    assert result.error == f"HTTP 404 Not Found: {NOT_FOUND}"
+
+
+def test_camunda8_a_404_to_a_publication_stays_permanent() -> None:
+    result = Camunda8().classify(not_found(), push())
+    assert isinstance(result, Rejected)
+    assert result.error == f"HTTP 404 Not Found: {NOT_FOUND}"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Spring's own 404 for a path the gateway does not have (an older version, a wrong URL)
+        not_found("Not Found", "No endpoint POST /v2/messages/correlation."),
+        Rejected(status=404, error="HTTP 404", duration=0.1, response="<html>Not Found</html>"),
+        Rejected(status=404, error="HTTP 404", duration=0.1, response=not_found().response[:-1]),
+    ],
+)
+def test_camunda8_a_404_that_is_not_zeebes_not_found_stays_permanent(answer: Rejected) -> None:
+    result = Camunda8().classify(answer, push(mode="correlate"))
+    assert isinstance(result, Rejected) and result.status == 404
+
+
+def test_camunda8_a_400_to_a_correlation_is_permanent() -> None:
+    answer = Rejected(
+        status=400,
+        error="HTTP 400 Bad Request",
+        duration=0.1,
+        response=problem(400, "INVALID_ARGUMENT", "No messageName provided."),
+    )
+    result = Camunda8().classify(answer, push(mode="correlate"))
+    assert isinstance(result, Rejected)
+    assert result.error == "HTTP 400 Bad Request: No messageName provided."
+
+
+# -- what a correlation receipt tells the sender -----------------------------------------------
+
+
+def delivered(status: int, body: Any) -> Delivered:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return Delivered(status=status, error=None, duration=0.1, response=text)
+
+
+EXECUTION = {
+    "resultType": "Execution",
+    "execution": {"id": "ex-1", "processInstanceId": "pi-1", "ended": False, "tenantId": None},
+    "processInstance": None,
+}
+STARTED = {
+    "resultType": "ProcessDefinition",
+    "execution": None,
+    "processInstance": {
+        "links": [],
+        "id": "pi-2",
+        "definitionId": "order:1:d-1",
+        "businessKey": "order-4711",
+        "caseInstanceId": None,
+        "ended": False,
+        "suspended": False,
+        "tenantId": None,
+    },
+}
+
+
+def test_camunda7_result_is_the_list_of_correlation_results() -> None:
+    assert Camunda7().result(delivered(200, [EXECUTION, STARTED]), push()) == [EXECUTION, STARTED]
+
+
+def test_camunda7_result_never_carries_the_processs_variables() -> None:
+    variables = {"secret": {"value": "internal", "type": "String", "valueInfo": {}}}
+    answer = delivered(200, [{**EXECUTION, "variables": variables}])
+    assert Camunda7().result(answer, push()) == [EXECUTION]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        delivered(204, ""),
+        delivered(200, json.dumps([EXECUTION])[:-1]),  # cut at the excerpt's limit
+        delivered(200, {"resultType": "Execution"}),
+        delivered(200, "<html/>"),
+    ],
+)
+def test_camunda7_result_of_anything_else_is_none(answer: Delivered) -> None:
+    assert Camunda7().result(answer, push()) is None
+
+
+def test_camunda8_result_is_the_engines_answer() -> None:
+    correlated = {
+        "messageKey": "2251799813685250",
+        "tenantId": "<default>",
+        "processInstanceKey": "2251799813685249",
+    }
+    assert Camunda8().result(delivered(200, correlated), push(mode="correlate")) == correlated
+    published = {"messageKey": "2251799813685251", "tenantId": "acme"}
+    assert Camunda8().result(delivered(200, published), push()) == published
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # a duplicate publication taken as delivered: the answer is the problem, not the message
+        delivered(409, problem(409, "ALREADY_EXISTS", "already published")),
+        delivered(200, '{"messageKey": "1", "tenantId": "<def'),
+        delivered(200, '{"messageKey": NaN}'),
+        delivered(200, "[]"),
+        delivered(200, ""),
+    ],
+)
+def test_camunda8_result_of_anything_else_is_none(answer: Delivered) -> None:
+    assert Camunda8().result(answer, push(mode="correlate")) is None

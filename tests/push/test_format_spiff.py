@@ -185,7 +185,7 @@ def test_the_url_keeps_a_base_path_and_query_and_quotes_the_name() -> None:
 
 def test_message_not_accepted_is_not_correlated_yet() -> None:
     said = problem(400, "message_not_accepted", "No running process instances correlate")
-    result = Spiff().classify(answer(Rejected, 400, said))
+    result = Spiff().classify(answer(Rejected, 400, said), push())
     assert isinstance(result, NotCorrelated)
     assert result.status == 400
     assert result.error is not None and "message_not_accepted" in result.error
@@ -202,7 +202,7 @@ def test_message_not_accepted_is_not_correlated_yet() -> None:
     ],
 )
 def test_other_refusals_stay_permanent(status: int, body: Any) -> None:
-    result = Spiff().classify(answer(Rejected, status, body))
+    result = Spiff().classify(answer(Rejected, status, body), push())
     assert isinstance(result, Rejected) and result.status == status
     if isinstance(body, dict) and "error_code" in body:
         assert result.error is not None and body["error_code"] in result.error
@@ -210,7 +210,7 @@ def test_other_refusals_stay_permanent(status: int, body: Any) -> None:
 
 def test_a_correlated_or_started_process_is_delivered() -> None:
     body = {"task_data": {"orderId": "4711"}, "process_instance": {"id": 1, "status": "complete"}}
-    result = Spiff().classify(answer(Delivered, 200, body))
+    result = Spiff().classify(answer(Delivered, 200, body), push())
     assert isinstance(result, Delivered)
 
 
@@ -222,10 +222,70 @@ def test_a_buffered_message_instance_replayed_is_read_by_its_status(
     status: str | None, kind: type[AttemptResult]
 ) -> None:
     body = {"message_instance": {"id": 3, "status": status, "message_instance_uuid": "u"}}
-    result = Spiff().classify(answer(Delivered, 202, body))
+    result = Spiff().classify(answer(Delivered, 202, body), push())
     assert type(result) is kind and result.status == 202
 
 
 def test_transient_failures_pass_through() -> None:
     for result in (answer(Retry, 503), answer(Retry, None), answer(Rejected, None)):
-        assert Spiff().classify(result) is result
+        assert Spiff().classify(result, push()) is result
+
+
+# -- what a correlation receipt tells the sender -----------------------------------------------
+
+
+def delivered(status: int, body: Any) -> Delivered:
+    text = body if isinstance(body, str) else json.dumps(body)
+    return Delivered(status=status, error=None, duration=0.01, response=text)
+
+
+PROCESS_INSTANCE = {
+    "id": 7,
+    "process_model_identifier": "orders/payment",
+    "status": "complete",
+    "created_at_in_seconds": 1893553445,
+}
+
+
+def test_the_result_of_a_caught_message_is_the_process_instance_never_its_data() -> None:
+    body = {"task_data": {"iban": "DE00 internal"}, "process_instance": PROCESS_INSTANCE}
+    result = Spiff().result(delivered(200, body), push())
+    assert result == {"process_instance": PROCESS_INSTANCE}
+    assert "iban" not in json.dumps(result)
+
+
+def test_the_result_of_a_buffered_message_leaves_its_payload_out() -> None:
+    instance = {
+        "id": 3,
+        "name": "payment.received",
+        "message_type": "send",
+        "status": "completed",
+        "message_instance_uuid": "u",
+        "payload": {"orderId": "4711", "_connector": {"messageId": MESSAGE["id"]}},
+        "correlation_keys": {"order_id": "4711"},
+    }
+    result = Spiff().result(delivered(202, {"message_instance": instance}), push())
+    assert result == {
+        "message_instance": {
+            "id": 3,
+            "name": "payment.received",
+            "message_type": "send",
+            "status": "completed",
+            "message_instance_uuid": "u",
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (200, {"task_data": {"a": 1}}),
+        (200, {"process_instance": [1]}),
+        (202, {"process_instance": PROCESS_INSTANCE}),  # a 202 answers a message instance
+        (200, json.dumps({"process_instance": PROCESS_INSTANCE})[:-1]),  # cut at the limit
+        (200, ""),
+        (204, ""),
+    ],
+)
+def test_the_result_of_anything_else_is_none(status: int, body: Any) -> None:
+    assert Spiff().result(delivered(status, body), push()) is None

@@ -1,31 +1,43 @@
 """What every push format has in common: the event it turns into a request, and its options.
 
-A format is a small object with two methods (:class:`Format`): ``request`` says where to POST
+A format is a small object with three methods (:class:`Format`): ``request`` says where to POST
 what for one attempt, ``classify`` reads the endpoint's answer (the sender has already sorted it
 into 2xx, retry, gone, rejected) the way that endpoint means it; an engine may say "nothing waits
 for this message yet" with a 400 or a 404, which becomes :class:`~connector.push.sender.
-NotCorrelated`. Formats do no I/O, keep no state, and never see secrets: signing, auth, the
+NotCorrelated`. ``result`` picks, from an answer that delivered the message, what the sender of
+a message in correlate mode is told in its correlation receipt: which process took it, never the
+process's own data. Formats do no I/O, keep no state, and never see secrets: signing, auth, the
 HTTP request and the retry decisions are the delivery job's.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from connector.push.sender import AttemptResult
+from connector.push.sender import AttemptResult, Delivered
 
 __all__ = [
+    "CORRELATE",
     "EngineOptions",
     "Format",
     "Push",
     "PushRequest",
     "content_of",
+    "correlates",
+    "json_answer",
     "message_metadata",
     "message_name",
 ]
+
+CORRELATE = "correlate"
+"""The Message's ``mode`` when its sender waits for a correlation receipt (absent or
+``"publish"`` otherwise)."""
+RECEIVED = "message.received"
+"""The event that hands a received message on (``EventType.RECEIVED``)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +97,40 @@ class Format(Protocol):
         format (a message without a name for an engine): the delivery is then ``dead``."""
         ...
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
-        """``result`` as this endpoint means it (the identity for plain webhooks)."""
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
+        """``result`` as this endpoint means it (the identity for plain webhooks). ``push`` is
+        the attempt the answer is to: an engine reads the same status differently for a
+        request made in another mode (a 404 to a correlation is "not correlated yet")."""
         ...
+
+    def result(self, delivered: Delivered, push: Push) -> dict[str, Any] | list[Any] | None:
+        """The endpoint's answer to an accepted message, as the correlation receipt gives it to
+        the sender (another organisation): what identifies the process that took it, nothing
+        of the process's data; None when the answer says nothing of the kind (an empty 2xx,
+        one that is not complete JSON, such as an excerpt cut at ``RESPONSE_LIMIT``)."""
+        ...
+
+
+def correlates(push: Push) -> bool:
+    """Whether this push hands on a message received in correlate mode: its sender waits to
+    hear which process took it, so an engine that can say so at once is asked to correlate,
+    not to buffer. Only ``message.received``: the other events of such a message (the
+    sender's own ``message.sent``, say) owe nobody a receipt and are published as usual."""
+    return push.event_type == RECEIVED and push.data.get("mode") == CORRELATE
+
+
+def json_answer(response: str) -> Any:
+    """The answer excerpt as JSON; None unless it is complete, valid JSON (the sender keeps at
+    most ``RESPONSE_LIMIT`` bytes, so a longer answer is cut and reads as None). ``NaN`` and
+    the infinities are refused as well: they are not JSON, and a receipt must serialise."""
+    try:
+        return json.loads(response, parse_constant=_not_json)
+    except ValueError:
+        return None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def content_of(push: Push) -> dict[str, Any]:

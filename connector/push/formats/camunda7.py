@@ -15,12 +15,16 @@ name, correlation key and times as ``String``, the attachments as ``Json``), whi
 content field of the same name. A message without a correlation key is correlated by its name
 alone (a message start event, or the one instance waiting for it).
 
-The engine answers 200 with the correlation results (``resultEnabled``) or 204. A 400 whose
-message is a ``MismatchingMessageCorrelationException`` ("Cannot correlate message '…': No
-process definition or execution matches the parameters", or "… to a single execution" when
-several wait) means no single instance waits for it now: :class:`NotCorrelated`, asked again
-until the message expires. Any other 400 (a variable the engine cannot convert, a tenant it does
-not know) is permanent; 5xx is retried (the sender's reading).
+The engine answers 200 with the correlation results (``resultEnabled``): a list of
+``{"resultType": "Execution" | "ProcessDefinition", "execution": {id, processInstanceId, ended,
+tenantId} | null, "processInstance": {id, definitionId, businessKey, ended, suspended, tenantId,
+...} | null}``, which :meth:`Camunda7.result` hands on as the correlation receipt's answer; 204
+(no results) says nothing. A 400 whose message is a ``MismatchingMessageCorrelationException``
+("Cannot correlate message '…': No process definition or execution matches the parameters", or
+"… to a single execution" when several wait) means no single instance waits for it now:
+:class:`NotCorrelated`, asked again until the message expires. Any other 400 (a variable the
+engine cannot convert, a tenant it does not know) is permanent; 5xx is retried (the sender's
+reading).
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from connector.push.formats.base import (
     Push,
     PushRequest,
     content_of,
+    json_answer,
     message_metadata,
     message_name,
 )
-from connector.push.sender import AttemptResult, NotCorrelated, Rejected
+from connector.push.sender import AttemptResult, Delivered, NotCorrelated, Rejected
 
 __all__ = ["Camunda7", "typed"]
 
@@ -67,13 +72,26 @@ class Camunda7:
         payload["resultEnabled"] = True
         return PushRequest(f"{url.rstrip('/')}/message", payload)
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
         if not isinstance(result, Rejected) or result.status != 400:
             return result
         message = _engine_message(result.response)
         error = result.error if message is None else f"{result.error}: {message}"[:2000]
         kind = NotCorrelated if _not_correlated(message) else Rejected
         return kind(status=400, error=error, duration=result.duration, response=result.response)
+
+    def result(self, delivered: Delivered, push: Push) -> dict[str, Any] | list[Any] | None:
+        """The correlation results, each without ``variables``: the engine adds the process's
+        variables only when asked (``variablesInResultEnabled``, which this format never
+        sends), and they must not reach another organisation even if something asked."""
+        answer = json_answer(delivered.response)
+        if not isinstance(answer, list):
+            return None
+        return [
+            {key: value for key, value in item.items() if key != "variables"}
+            for item in answer
+            if isinstance(item, dict)
+        ]
 
 
 def typed(value: Any) -> dict[str, Any]:

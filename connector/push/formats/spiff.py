@@ -26,6 +26,10 @@ it yet, :class:`~connector.push.sender.NotCorrelated`. 202 (``message_instance``
 for a buffered message, here only as the replay of an attempt sent again: ``cancelled`` (it
 expired unmatched) is not correlated, ``failed`` (the engine failed delivering it) is retried,
 anything else is delivered. Any other 4xx is permanent, 409 included.
+
+What a correlation receipt tells the sender (:meth:`Spiff.result`): the ``process_instance``
+of a 200 (its id, process model, status), never its ``task_data``, the process's own data; of a
+202, the ``message_instance`` without the fields that hold the message's content.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from connector.push.formats.base import (
     Push,
     PushRequest,
     content_of,
+    json_answer,
     message_metadata,
     message_name,
 )
@@ -52,6 +57,9 @@ UUID_NAMESPACE = uuid.UUID("6f1d1c3e-52a4-5b8e-9d51-3c0a7e2f9b40")
 changed namespace would make an attempt sent again look new to the engine)."""
 
 NOT_ACCEPTED = "message_not_accepted"
+_CONTENT_FIELDS = ("payload", "correlation_keys")
+"""A message instance's fields made of the message's payload (ours: the content and the
+receiving connector's ``_connector`` metadata)."""
 _DETAIL_LIMIT = 300  # characters of the engine's own error message added to ours
 
 
@@ -103,7 +111,7 @@ class Spiff:
         payload["_connector"] = message_metadata(push)
         return PushRequest(_messages_url(url, name, key), payload)
 
-    def classify(self, result: AttemptResult) -> AttemptResult:
+    def classify(self, result: AttemptResult, push: Push) -> AttemptResult:
         if isinstance(result, Rejected) and result.status == 400:
             code, detail = _error_of(result.response)
             if code == NOT_ACCEPTED:
@@ -125,6 +133,22 @@ class Spiff:
         if isinstance(result, Delivered) and result.status == 202:
             return _buffered(result)
         return result
+
+    def result(self, delivered: Delivered, push: Push) -> dict[str, Any] | list[Any] | None:
+        """``{"process_instance": {...}}`` from a 200, without the ``task_data`` beside it
+        (the process's data: it must not go to another organisation);
+        ``{"message_instance": {...}}`` from a 202, without its payload (the sender has the
+        content, and ``_connector`` in it is this connector's own); else None."""
+        answer = json_answer(delivered.response)
+        if not isinstance(answer, dict):
+            return None
+        if delivered.status == 200 and isinstance(answer.get("process_instance"), dict):
+            return {"process_instance": answer["process_instance"]}
+        instance = answer.get("message_instance")
+        if delivered.status == 202 and isinstance(instance, dict):
+            kept = {key: value for key, value in instance.items() if key not in _CONTENT_FIELDS}
+            return {"message_instance": kept}
+        return None
 
 
 def _messages_url(base: str, name: str, key: str) -> str:
