@@ -490,7 +490,11 @@ class DeliveryService:
                 succeeded.append(item.due.seq)
                 if owes:
                     assert webhook is not None and event is not None
-                    told.append(Outcome(event, "correlated", _result(webhook, result), None))
+                    push = _push_of(
+                        event, item.due.attempts + 1, item.due.round, now, self._connector_url
+                    )
+                    answer = FORMATS[webhook.format].result(result, push)
+                    told.append(Outcome(event, "correlated", _bounded(answer), None))
                 continue
             delay, why = self._next_try(item, result, now)
             if delay is None:
@@ -711,17 +715,13 @@ def _owes_receipt(webhook: Webhook, event: Event) -> bool:
     return webhook.receipts and not is_publisher(webhook) and asked_for(event)
 
 
-def _result(webhook: Webhook, delivered: Delivered) -> Any:
-    """What the push target answered, as its format reads it, for the receipt; None when it
-    said nothing usable or too much to send (over MAX_RESULT_BYTES as compact JSON)."""
-    try:
-        value = json.loads(delivered.response) if delivered.response else None
-    except ValueError:
+def _bounded(answer: Any) -> Any:
+    """The push target's answer (as its format reads it) for the receipt; None when it is too
+    much to send (over MAX_RESULT_BYTES as compact JSON: the receiver would refuse it)."""
+    if answer is None:
         return None
-    if not isinstance(value, dict | list):
-        return None
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-    return value if size <= MAX_RESULT_BYTES else None
+    size = len(json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode())
+    return answer if size <= MAX_RESULT_BYTES else None
 
 
 def _refusal(result: AttemptResult) -> str:

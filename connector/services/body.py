@@ -149,7 +149,7 @@ class CorrelationReceiptBody(_BodyModel):
     def _result_is_bounded(self) -> CorrelationReceiptBody:
         if self.result is not None:
             check_json(self.result)
-            size = len(json.dumps(self.result, separators=(",", ":"), ensure_ascii=False))
+            size = len(json.dumps(self.result, separators=(",", ":"), ensure_ascii=False).encode())
             if size > MAX_RESULT_BYTES:
                 raise ValueError(f"result is larger than {MAX_RESULT_BYTES} bytes")
         return self
