@@ -350,3 +350,28 @@ async def test_request_and_reply_between_two_companies_works_as_typed(tmp_path: 
     assert correlation["rejectedAt"] is None
     shown = f'"result": {json.dumps(correlation["result"])}'
     assert shown in section, f"README shows another result than {shown}"
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces as ``-``."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_the_readmes_links_lead_somewhere() -> None:
+    """Every relative link of README.md names a file of the repo and, with ``#``, a heading."""
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert relative, "README.md links to nothing of its own"
+    for link in relative:
+        path, _, fragment = link.partition("#")
+        target = REPO / path if path else README
+        assert target.exists(), f"README.md links to {link}: no such file"
+        if fragment:
+            prose = re.sub(
+                r"^```.*?^```$", "", target.read_text(encoding="utf-8"), flags=re.M | re.S
+            )
+            headings = re.findall(r"^#+ (.+)$", prose, flags=re.M)
+            anchors = {github_anchor(h) for h in headings}
+            assert fragment in anchors, f"README.md links to {link}: no such heading"
