@@ -4,6 +4,10 @@ against a real ``connector serve`` started the way the quickstart starts it.
 The only changes to what a user types: the port (the test takes a free one), and
 ``.venv/bin/connector`` is this environment's ``connector``. The API key is pasted from the
 banner into ``export KEY=``, as the README tells the user to.
+
+The walk-through of two companies (``## Request and reply between companies``) starts its own
+platform and connectors, so it runs on its own, in a terminal of its own, with free ports in
+place of the ones it names.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ WEBHOOKS = "Webhooks: pushed to you, signed, at least once"
 """Its shell blocks run after the tour's, in the same terminal."""
 RECEIVER_PORT = "9000"
 README_URL = "http://127.0.0.1:8080"
+REQUEST_REPLY = "Request and reply between companies"
+"""Its shell blocks start a platform and two connectors, and run in a terminal of their own."""
+REQUEST_REPLY_PORTS = ("8090", "8081", "8082", "9001")
+"""The platform's, Acme's, Globex's and the order desk's ports, as the README names them."""
 KEY_PLACEHOLDER = "export KEY=ck_..."
 CONNECTOR = ".venv/bin/connector"
 DONE = "==> tour block {} exited 0"
@@ -48,15 +56,20 @@ def shell_blocks(section: str) -> list[str]:
     return re.findall(r"^```(?:sh|bash|shell)\n(.*?)^```$", section, flags=re.M | re.S)
 
 
-def tour_blocks() -> list[str]:
+def section_blocks(*headings: str) -> list[str]:
+    """The shell blocks of these README sections, in order."""
     found = sections(README.read_text(encoding="utf-8"))
     blocks = []
-    for heading in (TOUR, WEBHOOKS):
+    for heading in headings:
         section = found.get(heading)
         assert section is not None, f"README.md has no section '## {heading}'"
         assert shell_blocks(section), f"README.md's '{heading}' has no shell blocks"
         blocks += shell_blocks(section)
     return blocks
+
+
+def tour_blocks() -> list[str]:
+    return section_blocks(TOUR, WEBHOOKS)
 
 
 def connector_executable() -> str:
@@ -86,13 +99,16 @@ def as_typed(blocks: list[str], url: str, key: str, receiver_port: int = 9000) -
     return "\n".join(script) + "\n"
 
 
-async def run_bash(script: Path, cwd: Path, within: float = 240) -> tuple[int, str, str]:
-    """``bash script`` in ``cwd``; its whole process group is killed if it outlives ``within``."""
+async def run_bash(
+    script: Path, cwd: Path, within: float = 240, **env: str
+) -> tuple[int, str, str]:
+    """``bash script`` in ``cwd`` (with ``env`` added to a clean environment); whatever of its
+    process group outlives it, or ``within``, is killed."""
     process = await asyncio.create_subprocess_exec(
         "bash",
         str(script),
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env(**env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -101,10 +117,9 @@ async def run_bash(script: Path, cwd: Path, within: float = 240) -> tuple[int, s
     try:
         out, err = await asyncio.wait_for(process.communicate(), within)
     finally:
-        if process.returncode is None:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
+        with suppress(ProcessLookupError):  # the group outlives bash when it left jobs behind
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
     return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -135,9 +150,9 @@ def json_objects(text: str) -> list[Any]:
 
 
 def test_every_tour_command_can_be_typed_as_written() -> None:
-    blocks = tour_blocks()
+    blocks = tour_blocks() + section_blocks(REQUEST_REPLY)
     text = "\n".join(blocks)
-    for step in ("/api/v1/files", "/api/v1/messages", "/download", "connector demo"):
+    for step in ("/api/v1/files", "/api/v1/messages", "/download", "connector demo", "wait=60"):
         assert step in text, f"the tour no longer shows {step}"
     commands = [
         line
@@ -245,3 +260,118 @@ async def test_the_readme_tour_works_as_typed(tmp_path: Path) -> None:
             assert len(received) == len(outgoing) >= 3, items
             assert all(m["sender"] == address for m in received)
         assert "Traceback" not in served.output(), served.output()
+
+
+def walkthrough_as_typed(blocks: list[str], ports: dict[str, int]) -> str:
+    """The request/reply walk-through as one bash script, its ports replaced by free ones.
+
+    Added around what the user types: ``set -euo pipefail``, a line after each block, and a
+    trap that reports (and stops) whatever background job is still running when the script
+    ends, so a walk-through that does not clean up after itself fails the test.
+    """
+    text = "\n".join(blocks)
+    for port in ports:
+        assert re.search(rf"\b{port}\b", text), f"the walk-through no longer uses port {port}"
+    assert CONNECTOR in text, "the walk-through no longer runs .venv/bin/connector"
+    script = [
+        "set -euo pipefail",
+        'trap \'left=$(jobs -pr); if [ -n "$left" ]; then echo "LEFT RUNNING: $left" >&2;'
+        " kill $left; fi' EXIT",
+    ]
+    for number, block in enumerate(blocks, 1):
+        for port, free in ports.items():
+            block = re.sub(rf"\b{port}\b", str(free), block)
+        block = block.replace(CONNECTOR, connector_executable())
+        script += [block, f"printf '\\n%s\\n' '{DONE.format(number)}'"]
+    return "\n".join(script) + "\n"
+
+
+def distinct_free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+async def test_request_and_reply_between_two_companies_works_as_typed(tmp_path: Path) -> None:
+    blocks = section_blocks(REQUEST_REPLY)
+    section = sections(README.read_text(encoding="utf-8"))[REQUEST_REPLY]
+    work = tmp_path / "work"  # the user's terminal, in a fresh folder
+    work.mkdir()
+    temporary = tmp_path / "tmp"  # where `mktemp -d` makes the walk-through's data folder
+    temporary.mkdir()
+    ports = dict(
+        zip(REQUEST_REPLY_PORTS, distinct_free_ports(len(REQUEST_REPLY_PORTS)), strict=True)
+    )
+    script = tmp_path / "request-reply.sh"
+    script.write_text(walkthrough_as_typed(blocks, ports))
+
+    code, out, err = await run_bash(script, work, within=180, TMPDIR=str(temporary))
+    logs = {p.name: p.read_text(errors="replace") for p in temporary.rglob("*.log")}
+    outputs = per_block(out, len(blocks))
+    if code != 0 or len(outputs) != len(blocks):
+        failed = len(outputs)
+        pytest.fail(
+            f"walk-through block {failed + 1} exited {code}:\n{blocks[failed]}\n"
+            f"--- its output:\n{out.rsplit(DONE.format(failed), 1)[-1]}\n--- stderr:\n{err}\n"
+            + "".join(f"--- {name}:\n{text}\n" for name, text in sorted(logs.items()))
+        )
+    assert "LEFT RUNNING" not in err, f"the walk-through left processes running:\n{err}"
+    assert {"platform.log", "acme.log", "globex.log"} <= set(logs), list(logs)
+    for name, text in logs.items():
+        assert "Traceback" not in text, f"{name}:\n{text}"
+
+    # Both connectors came up healthy.
+    healths = [o for o in json_objects(outputs[0]) if "checks" in o]
+    assert [h["status"] for h in healths] == ["healthy", "healthy"], outputs[0]
+
+    # Request and reply: Globex's wait got Acme's request; Acme's wait got Globex's offer.
+    printed = json_objects(outputs[1])
+    asked = next(o for o in printed if o.get("name") == "quote.requested")
+    offered = next(o for o in printed if o.get("name") == "quote.offered" and "items" not in o)
+    assert asked["status"] == "sent" and offered["status"] == "sent", printed
+    globex = asked["recipients"][0]["address"]
+    assert offered["sender"] == globex and offered["recipients"][0]["address"] == asked["sender"]
+    request = json.loads((work / "request.json").read_text())["items"]
+    assert [m["id"] for m in request] == [asked["id"]], request
+    [offer] = json.loads((work / "offer.json").read_text())["items"]
+    assert offer["id"] == offered["id"] and offer["direction"] == "incoming"
+    assert offer["sender"] == globex and offer["correlationKey"] == "rfq-1001"
+    assert offer["content"] == {"item": "anvil", "price": 97.5}
+    assert f'"content": {json.dumps(offer["content"])}' in section, "README shows another offer"
+
+    # Correlate mode: the answer carries Globex's receipt, with what the order desk replied.
+    [ordered] = [o for o in json_objects(outputs[2]) if o.get("name") == "order.placed"]
+    assert ordered["mode"] == "correlate" and ordered["direction"] == "outgoing", ordered
+    correlation = ordered["correlation"]
+    assert correlation["status"] == "correlated", ordered
+    assert correlation["result"] == {"orderNumber": "SO-rfq-1001", "delivery": "2 weeks"}
+    assert correlation["correlatedAt"] and correlation["reason"] is None
+    assert correlation["rejectedAt"] is None
+    shown = f'"result": {json.dumps(correlation["result"])}'
+    assert shown in section, f"README shows another result than {shown}"
+
+
+def github_anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces as ``-``."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_the_readmes_links_lead_somewhere() -> None:
+    """Every relative link of README.md names a file of the repo and, with ``#``, a heading."""
+    text = README.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    relative = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert relative, "README.md links to nothing of its own"
+    for link in relative:
+        path, _, fragment = link.partition("#")
+        target = REPO / path if path else README
+        assert target.exists(), f"README.md links to {link}: no such file"
+        if fragment:
+            prose = re.sub(
+                r"^```.*?^```$", "", target.read_text(encoding="utf-8"), flags=re.M | re.S
+            )
+            headings = re.findall(r"^#+ (.+)$", prose, flags=re.M)
+            anchors = {github_anchor(h) for h in headings}
+            assert fragment in anchors, f"README.md links to {link}: no such heading"
