@@ -135,7 +135,11 @@ class CorrelationOut(_Model):
         "{messageKey, processInstanceKey, tenantId}, SpiffArena's process instance, or a "
         "webhook's JSON reply; null when it gave none or it was larger than 16 KiB",
     )
-    reason: str | None = Field(None, description="why it was rejected, in the receiver's words")
+    reason: str | None = Field(
+        None,
+        description="why it was rejected, as the receiving connector puts it (the kind of "
+        "refusal and the HTTP status, never its push target's own words)",
+    )
     correlated_at: datetime | None = Field(
         None, description="when the receiver's push target took it (status correlated)"
     )

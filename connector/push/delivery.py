@@ -501,7 +501,8 @@ class DeliveryService:
                 dead.append(Dead(item.due.seq, why))
                 if owes:
                     assert event is not None
-                    told.append(Outcome(event, "rejected", None, _refusal(result)))
+                    reason = _refusal(result, expired=item.deadline is not None)
+                    told.append(Outcome(event, "rejected", None, reason))
             else:
                 at = now + timedelta(seconds=delay)
                 next_round = isinstance(result, NotCorrelated)
@@ -724,7 +725,7 @@ def _bounded(answer: Any) -> Any:
     return answer if size <= MAX_RESULT_BYTES else None
 
 
-def _refusal(result: AttemptResult) -> str:
+def _refusal(result: AttemptResult, *, expired: bool) -> str:
     """Why the push target did not take it, for the sender: the kind and the HTTP status,
     never the target's own words or addresses (they describe the receiver's inside)."""
     status = "" if result.status is None else f" (HTTP {result.status})"
@@ -736,7 +737,9 @@ def _refusal(result: AttemptResult) -> str:
         if result.status is None:
             return "the receiver cannot pass the message to its push target"
         return "the receiver's push target refused the message" + status
-    return "the receiver's push target did not take the message before it expired" + status
+    if expired:  # an engine format: asked until the message's expiresAt
+        return "the receiver's push target did not take the message before it expired" + status
+    return "the receiver's push target did not take the message; retries used up" + status
 
 
 def _excerpt(text: str) -> str | None:
