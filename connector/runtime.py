@@ -347,8 +347,9 @@ def _jobs(runtime: Runtime) -> list[Job]:
     async def long_poll() -> Pace:
         counts, more = await runtime.sync.pull_page(wait=settings.sync.long_poll_wait)
         if counts.receipts and not counts.received and not counts.rejected and not more:
-            if runtime.watch.correlating:
-                return Pace.AGAIN  # a send waits for its correlation receipt: no rest
+            if counts.correlations or runtime.watch.correlating:
+                # correlate-mode sends are going on: each waits for its receipt, no rest
+                return Pace.AGAIN
             return Pace.GATHER  # only delivery receipts, and few
         return Pace.AGAIN
 

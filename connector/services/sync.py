@@ -66,12 +66,15 @@ class SyncCounts:
     receipts: int = 0
     rejected: int = 0
     pages: int = 0
+    correlations: int = 0
+    """Correlation receipts that came (whether or not they changed a message)."""
 
     def add(self, other: SyncCounts) -> None:
         self.received += other.received
         self.receipts += other.receipts
         self.rejected += other.rejected
         self.pages += other.pages
+        self.correlations += other.correlations
 
 
 @dataclass
@@ -223,6 +226,7 @@ class SyncService:
                 emit(session, kind, message)
         counts.receipts = await self._receipts.apply(session, batch.receipts, now)
         counts.receipts += await correlation_told.apply(session, correlations)
+        counts.correlations = len(correlations)
         return counts
 
     async def _write_one_by_one(self, batch: _Batch, now: datetime) -> SyncCounts:
