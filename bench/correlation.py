@@ -60,6 +60,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (
+    HOST,
+    SEND_TIMEOUT,
     BenchError,
     Cluster,
     Connector,
@@ -138,7 +140,7 @@ async def timed_post(
     raw = json.dumps(payload, separators=(",", ":")).encode()
     start = time.time_ns()
     try:
-        async with session.post(url, data=raw, headers=headers) as resp:
+        async with session.post(url, data=raw, headers=headers, timeout=SEND_TIMEOUT) as resp:
             text = await resp.read()
             end = time.time_ns()
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -289,7 +291,7 @@ async def start_bare(
     proc = Proc("bare-aiohttp", argv, cluster.root / "bare.log")
     cluster.procs.append(proc)
     proc.start()
-    url = f"http://127.0.0.1:{port}/api/v1/messages"
+    url = f"http://{HOST}:{port}/api/v1/messages"
     deadline = time.monotonic() + time_limit
     while time.monotonic() < deadline:
         proc.check_alive()
