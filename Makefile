@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/queries.py
 	$(BIN)/python bench/push.py
+	$(BIN)/python bench/correlation.py
 	$(BIN)/python bench/brokers.py
 
 clean:
