@@ -1,0 +1,320 @@
+"""Correlation receipts under attack: only the recipient can tell the sender what became of a
+correlate-mode message, only about that very envelope, and saying it again changes nothing.
+
+Alice sits behind a malicious platform (``tests.hostile.proxy``). Bob is an honest connector
+whose ``standard`` webhook has ``receipts`` on; by default that webhook holds Bob's push until
+the test releases it, so that nothing genuine reaches Alice while an attack is under way, and
+then answers with :data:`GENUINE`. The attackers forge, alter, replay and misdirect correlation
+receipts with raw protocol requests: the platform slips envelopes into Alice's inbox, a third
+peer and Bob's own keys put envelopes through the real backbone. What counts is what Alice's
+business system sees through her REST API: the send's answer, ``GET /api/v1/messages/{id}``
+and the event feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from connector.crypto.envelope import seal_envelope
+from connector.crypto.keys import IdentityKeys
+from tests.conftest import Api, ConnectorFactory
+from tests.e2e.helpers import eventually
+from tests.hostile.attacker import Attacker, b64, envelope_digest, iso, new_message_id, sign
+from tests.hostile.checks import events, honest_message_arrives
+from tests.hostile.conftest import FAST_SYNC, ProxyFactory, behind
+from tests.hostile.proxy import MaliciousPlatform
+from tests.push.receiver import Received, Receiver
+
+ORDER = {"orderId": "4711", "amount": 10}
+GENUINE = {"accepted": "4711", "by": "bob's process"}
+"""What Bob's webhook answers: the result in Bob's genuine receipt."""
+FORGED = {"accepted": "4711", "by": "the attacker"}
+"""What the attackers claim Bob's process answered."""
+WAITING = 4.0
+"""requestTimeout of a send that must end in 504: long enough for one attack to be processed
+while the send still waits (each test checks that it did), short enough to wait out."""
+PATIENT = 60.0
+"""requestTimeout of a send that must survive the attacks and end with Bob's genuine word."""
+
+
+@dataclass
+class Scene:
+    alice: Api
+    bob: Api
+    proxy: MaliciousPlatform
+    """Alice's platform."""
+    hook: Receiver
+    """Bob's business system."""
+    gate: asyncio.Event
+    """Set: Bob's webhook answers (200 with GENUINE); until then it holds the push."""
+    backbone: str
+    http: aiohttp.ClientSession
+
+
+def _held(gate: asyncio.Event) -> Callable[[Received], Any]:
+    async def answer(_: Received) -> web.StreamResponse:
+        await gate.wait()
+        return web.json_response(GENUINE)
+
+    return answer
+
+
+@pytest.fixture
+async def scene(
+    proxy_factory: ProxyFactory,
+    connector_factory: ConnectorFactory,
+    backbone: str,
+    http: aiohttp.ClientSession,
+) -> AsyncIterator[Scene]:
+    gate = asyncio.Event()
+    hook = Receiver(behaviour=_held(gate))
+    await hook.start()
+    try:
+        proxy = await proxy_factory()
+        alice = await behind(connector_factory, proxy, "alice")
+        bob = await connector_factory(
+            "bob",
+            sync=FAST_SYNC,
+            webhooks=[{"url": hook.url, "format": "standard", "receipts": True}],
+            # a held push stays in flight for the whole test (the timeout must stay below a
+            # delivery claim's 60 s, or nothing is ever sent); a refused one dies at once
+            delivery={"retry_schedule": [0.2], "timeout": 50},
+        )
+        yield Scene(alice, bob, proxy, hook, gate, backbone, http)
+    finally:
+        gate.set()  # the held push ends before the connectors stop
+        await hook.stop()
+
+
+# -- what the attackers do ---------------------------------------------------------------------
+
+
+def _receipt_body(
+    message_id: str, digest: str, said: str = "correlated", result: Any = None, **extra: Any
+) -> dict[str, Any]:
+    """A correlation receipt's body as Bob's connector seals it (``extra`` overrides)."""
+    receipt: dict[str, Any] = {
+        "messageId": message_id,
+        "digest": digest,
+        "status": said,
+        "result": result,
+        "reason": None if said == "correlated" else "refused",
+        "at": iso(datetime.now(UTC)),
+    }
+    receipt.update(extra)
+    return {"content": {}, "correlationReceipt": receipt}
+
+
+def _sealed(signer: IdentityKeys, to: Api, body: dict[str, Any]) -> dict[str, Any]:
+    """An envelope for ``to`` alone, sealed and signed by ``signer`` with the product's code."""
+    now = datetime.now(UTC)
+    return seal_envelope(
+        sender=signer,
+        message_id=new_message_id(),
+        recipients={to.address: to.runtime.keys.exchange_public},
+        body=body,
+        created_at=iso(now),
+        expires_at=iso(now + timedelta(days=1)),
+    )
+
+
+async def _acknowledged(proxy: MaliciousPlatform, message_id: str, what: str) -> None:
+    """Until Alice stored the page with ``message_id`` and acknowledged it."""
+    cursor = await eventually(lambda: proxy.cursor_of(message_id), f"{what} in Alice's inbox")
+
+    async def acked() -> bool:
+        return proxy.acked >= cursor
+
+    await eventually(acked, f"Alice to acknowledge {what} (cursor {cursor})")
+
+
+async def _slipped_in(scene: Scene, mallory: Attacker, envelope: dict[str, Any]) -> None:
+    """The platform serves ``envelope`` to Alice in place of a harmless carrier envelope;
+    returns once Alice acknowledged it."""
+    alice, proxy = scene.alice, scene.proxy
+    carrier = mallory.seal({alice.address: alice.runtime.keys.exchange_public}, {"content": {}})
+    remove = proxy.replace_message(
+        carrier["id"],
+        lambda item: {"cursor": item["cursor"], "type": "message", "envelope": envelope},
+    )
+    try:
+        await mallory.send(carrier)
+        await _acknowledged(proxy, carrier["id"], f"envelope {envelope.get('id')} (slipped in)")
+    finally:
+        remove()
+
+
+async def _put_as(scene: Scene, keys: IdentityKeys, envelope: dict[str, Any]) -> None:
+    """The owner of ``keys`` (a registered identity) puts ``envelope`` to the real backbone by
+    hand; returns once Alice acknowledged it."""
+    peer = Attacker(scene.backbone, scene.http)
+    peer.keys = keys
+    await peer.send(envelope)
+    await _acknowledged(scene.proxy, envelope["id"], f"envelope {envelope['id']}")
+
+
+# -- what Alice's business system sees ---------------------------------------------------------
+
+
+@dataclass
+class Correlating:
+    """A correlate-mode send from Alice to Bob, its answer still to come."""
+
+    answer: asyncio.Task[tuple[int, Any]]
+    message_id: str
+    envelope: dict[str, Any]
+    """Alice's envelope as she handed it to the platform."""
+    digest: str
+
+
+async def _correlate(scene: Scene, request_timeout: float) -> Correlating:
+    """Start the send; return once Bob's webhook has the push (so Bob owes a receipt)."""
+    answer = asyncio.create_task(
+        scene.alice.send(
+            recipients=[scene.bob.address],
+            name="order.placed",
+            correlationKey="order-4711",
+            content=ORDER,
+            mode="correlate",
+            requestTimeout=request_timeout,
+        )
+    )
+
+    async def pushed() -> str | None:
+        for got in scene.hook.requests:
+            data = got.json["data"]
+            if data.get("mode") == "correlate":
+                return str(data["id"])
+        if answer.done():
+            raise AssertionError(f"the send ended before Bob's push: {answer.result()}")
+        return None
+
+    message_id = await eventually(pushed, "Alice's correlate-mode message at Bob's webhook")
+    [envelope] = [e for e in scene.proxy.put_envelopes() if e["id"] == message_id]
+    return Correlating(answer, message_id, envelope, envelope_digest(envelope))
+
+
+async def _message(api: Api, message_id: str) -> dict[str, Any]:
+    code, body = await api.json("GET", f"/api/v1/messages/{message_id}")
+    assert code == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+async def _event_ids(api: Api, kind: str) -> list[str]:
+    return [e["data"]["id"] for e in await events(api, type=kind)]
+
+
+async def _uncorrelated(alice: Api, message_id: str, after: str) -> None:
+    message = await _message(alice, message_id)
+    assert message["mode"] == "correlate", message
+    assert message["correlation"] is None, f"after {after}, Alice believes: {message}"
+    for kind in ("message.correlated", "message.correlation_failed"):
+        assert message_id not in await _event_ids(alice, kind), f"{kind} after {after}"
+
+
+async def _still_waiting(sending: Correlating, after: str) -> None:
+    assert not sending.answer.done(), (
+        f"the send answered {sending.answer.result()} right after {after}: either the attack "
+        f"ended it, or it was processed too late to tell (raise WAITING)"
+    )
+
+
+async def _times_out(sending: Correlating) -> None:
+    code, body = await sending.answer
+    assert (code, body.get("code")) == (504, "correlation_timeout"), (code, body)
+    assert body["messageId"] == sending.message_id
+
+
+async def _genuine_word_gets_through(scene: Scene, sending: Correlating) -> None:
+    """Bob's process takes the message: Bob's own receipt still correlates it (a late receipt
+    updates the message), with Bob's result, so the attack did not stand as the first word."""
+    scene.gate.set()
+
+    async def correlated() -> dict[str, Any] | None:
+        message = await _message(scene.alice, sending.message_id)
+        return message if message["correlation"] is not None else None
+
+    message = await eventually(correlated, "Bob's genuine receipt at Alice")
+    assert message["correlation"]["status"] == "correlated", message
+    assert message["correlation"]["result"] == GENUINE, message
+    assert await _event_ids(scene.alice, "message.correlated") == [sending.message_id]
+    assert await _event_ids(scene.alice, "message.correlation_failed") == []
+
+
+async def _stored_rejected(alice: Api, sender: str, envelope_id: str) -> dict[str, Any]:
+    """The hostile envelope is an incoming message ``rejected`` with its reason and event."""
+    message = await _message(alice, envelope_id)
+    assert message["direction"] == "incoming" and message["sender"] == sender, message
+    assert message["status"] == "rejected" and message["content"] is None, message
+    assert message["error"], message
+    assert envelope_id in await _event_ids(alice, "message.rejected")
+    return message
+
+
+# 1. a malicious platform forges Bob's receipt
+
+
+@pytest.mark.parametrize("forgery", ["signed_by_another_key", "bobs_receipt_altered"])
+async def test_a_forged_receipt_in_bobs_name_changes_nothing_and_the_send_times_out(
+    forgery: str, scene: Scene, mallory: Attacker
+) -> None:
+    alice, bob, proxy = scene.alice, scene.bob, scene.proxy
+    sending = await _correlate(scene, WAITING)
+    if forgery == "signed_by_another_key":
+        # sealed for Alice exactly as Bob's connector would, then signed by the attacker
+        forged = _sealed(
+            bob.runtime.keys,
+            alice,
+            _receipt_body(sending.message_id, sending.digest, result=FORGED),
+        )
+        sign(mallory.keys, forged)
+        await _slipped_in(scene, mallory, forged)
+    else:
+        # Bob's genuine receipt, one bit of its ciphertext flipped on the way to Alice
+        altered: list[dict[str, Any]] = []
+
+        def alter(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            for item in items:
+                envelope = item.get("envelope")
+                if isinstance(envelope, dict) and envelope.get("sender") == bob.address:
+                    payload = bytearray(base64.b64decode(envelope["payload"]))
+                    payload[-1] ^= 0x01
+                    item["envelope"] = {**envelope, "payload": b64(bytes(payload))}
+                    altered.append(item["envelope"])
+            return items
+
+        remove = proxy.on_inbox_items(alter)
+        scene.gate.set()  # Bob's process takes it; Bob's connector sends its receipt
+        forged = await eventually(lambda: _first(altered), "Bob's receipt on its way to Alice")
+        await _acknowledged(proxy, forged["id"], "Bob's altered receipt")
+        remove()
+
+    await _still_waiting(sending, f"a {forgery} receipt")
+    await _uncorrelated(alice, sending.message_id, f"a {forgery} receipt")
+    await _times_out(sending)
+    await _uncorrelated(alice, sending.message_id, f"a {forgery} receipt and the timeout")
+    rejected = await _stored_rejected(alice, bob.address, forged["id"])
+    assert "signature" in rejected["error"], rejected
+    await honest_message_arrives(alice, bob, f"a {forgery} receipt")
+
+    if forgery == "bobs_receipt_altered":
+        # the platform finally serves Bob's receipt as Bob sealed it: that one counts
+        await _slipped_in(scene, mallory, proxy.upstream_envelopes[forged["id"]])
+        message = await _message(alice, sending.message_id)
+        assert message["correlation"]["result"] == GENUINE, message
+        assert await _event_ids(alice, "message.correlated") == [sending.message_id]
+    else:
+        await _genuine_word_gets_through(scene, sending)
+
+
+async def _first(found: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return found[0] if found else None
