@@ -32,7 +32,7 @@ from tests.hostile.attacker import Attacker, b64, envelope_digest, iso, new_mess
 from tests.hostile.checks import events, honest_message_arrives
 from tests.hostile.conftest import FAST_SYNC, ProxyFactory, behind
 from tests.hostile.proxy import MaliciousPlatform
-from tests.push.receiver import Received, Receiver
+from tests.push.receiver import Received, Receiver, status
 
 ORDER = {"orderId": "4711", "amount": 10}
 GENUINE = {"accepted": "4711", "by": "bob's process"}
@@ -318,3 +318,92 @@ async def test_a_forged_receipt_in_bobs_name_changes_nothing_and_the_send_times_
 
 async def _first(found: list[dict[str, Any]]) -> dict[str, Any] | None:
     return found[0] if found else None
+
+
+# 2. the platform replays Bob's genuine receipts
+
+
+def _envelopes_from(proxy: MaliciousPlatform, sender: Api) -> list[dict[str, Any]]:
+    """The envelopes of ``sender`` the backbone served to Alice, first served first."""
+    return [e for e in proxy.upstream_envelopes.values() if e.get("sender") == sender.address]
+
+
+async def test_bobs_receipt_replayed_changes_nothing(scene: Scene, mallory: Attacker) -> None:
+    alice, bob = scene.alice, scene.bob
+    scene.gate.set()
+    code, sent = await alice.send(
+        recipients=[bob.address], content=ORDER, mode="correlate", requestTimeout=PATIENT
+    )
+    assert code == 200 and sent["correlation"]["result"] == GENUINE, (code, sent)
+    [receipt] = _envelopes_from(scene.proxy, bob)
+    before = await _message(alice, sent["id"])
+
+    for _ in range(2):  # the same bytes again, twice
+        await _slipped_in(scene, mallory, receipt)
+
+    after = await _message(alice, sent["id"])
+    assert after["correlation"] == before["correlation"] == sent["correlation"], after
+    assert await _event_ids(alice, "message.correlated") == [sent["id"]]
+    assert await _event_ids(alice, "message.correlation_failed") == []
+    # a receipt is never a message, first time or replayed
+    code, _ = await alice.json("GET", f"/api/v1/messages/{receipt['id']}")
+    assert code == 404
+
+
+async def test_an_earlier_rejection_replayed_after_the_correlation_changes_nothing(
+    scene: Scene, mallory: Attacker
+) -> None:
+    """Bob's webhook refuses (Bob tells Alice ``rejected``); Bob's operator retries the dead
+    push and it takes (Bob tells ``correlated``, which replaces it). Then the platform replays
+    both receipts, and Bob itself says ``rejected`` once more: the correlation stands."""
+    alice, bob, hook = scene.alice, scene.bob, scene.hook
+    hook.behaviour = status(422)
+    code, refused = await alice.send(
+        recipients=[bob.address], content=ORDER, mode="correlate", requestTimeout=PATIENT
+    )
+    assert (code, refused.get("code")) == (404, "not_correlated"), (code, refused)
+    message_id = refused["messageId"]
+    [rejection] = _envelopes_from(scene.proxy, bob)
+
+    scene.gate.set()
+    hook.behaviour = _held(scene.gate)  # Bob's process takes it now
+    code, hooks = await bob.json("GET", "/api/v1/webhooks")
+    [webhook] = hooks["items"]
+    deliveries = f"/api/v1/webhooks/{webhook['id']}/deliveries"
+    code, dead = await bob.json("GET", deliveries, params={"status": "dead"})
+    [delivery] = dead["items"]
+    code, retried = await bob.json("POST", f"{deliveries}/{delivery['id']}/retry")
+    assert code == 202, retried
+
+    async def correlated() -> dict[str, Any] | None:
+        message = await _message(alice, message_id)
+        said = message["correlation"]
+        return message if said and said["status"] == "correlated" else None
+
+    before = (await eventually(correlated, "Bob's second word at Alice"))["correlation"]
+    assert before["result"] == GENUINE, before
+    [_, correlation] = _envelopes_from(scene.proxy, bob)
+    events_before = {
+        kind: await _event_ids(alice, kind)
+        for kind in ("message.correlated", "message.correlation_failed")
+    }
+    assert events_before == {
+        "message.correlated": [message_id],
+        "message.correlation_failed": [message_id],
+    }
+
+    for envelope in (rejection, correlation, rejection):
+        await _slipped_in(scene, mallory, envelope)
+    # Bob itself, in a new envelope with the right digest: the first word still stands
+    [sent] = [e for e in scene.proxy.put_envelopes() if e["id"] == message_id]
+    again = _sealed(
+        bob.runtime.keys,
+        alice,
+        _receipt_body(message_id, envelope_digest(sent), "rejected"),
+    )
+    await _put_as(scene, bob.runtime.keys, again)
+
+    message = await _message(alice, message_id)
+    assert message["correlation"] == before, message
+    for kind, ids in events_before.items():
+        assert await _event_ids(alice, kind) == ids, kind
