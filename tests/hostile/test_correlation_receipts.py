@@ -407,3 +407,54 @@ async def test_an_earlier_rejection_replayed_after_the_correlation_changes_nothi
     assert message["correlation"] == before, message
     for kind, ids in events_before.items():
         assert await _event_ids(alice, kind) == ids, kind
+
+
+# 3. a third peer speaks for Bob
+
+
+async def test_a_receipt_from_a_third_peer_is_ignored(scene: Scene, carol: Api) -> None:
+    """Carol, a real registered peer, seals and signs a receipt (properly, with her own keys)
+    about Alice's message to Bob, with the right id and digest."""
+    alice = scene.alice
+    sending = await _correlate(scene, WAITING)
+    told = _sealed(
+        carol.runtime.keys,
+        alice,
+        _receipt_body(sending.message_id, sending.digest, result=FORGED),
+    )
+    await _put_as(scene, carol.runtime.keys, told)
+
+    await _still_waiting(sending, "Carol's receipt")
+    await _uncorrelated(alice, sending.message_id, "Carol's receipt")
+    await _times_out(sending)
+    await _uncorrelated(alice, sending.message_id, "Carol's receipt and the timeout")
+    code, _ = await alice.json("GET", f"/api/v1/messages/{told['id']}")
+    assert code == 404, "a valid receipt envelope is no message, even an ignored one"
+    await _genuine_word_gets_through(scene, sending)
+
+
+# 4. Bob's keys, another envelope's digest
+
+
+async def test_bobs_receipt_with_another_envelopes_digest_is_ignored(scene: Scene) -> None:
+    """Signed by Bob's own keys, about Alice's message id, but with the digest of another
+    envelope of Alice's to Bob (ids are unique per sender only, digests are not shared)."""
+    alice, bob = scene.alice, scene.bob
+    code, other = await alice.send(recipients=[bob.address], content={"other": 1})
+    assert code == 201, other
+    [other_envelope] = [e for e in scene.proxy.put_envelopes() if e["id"] == other["id"]]
+    sending = await _correlate(scene, WAITING)
+    told = _sealed(
+        bob.runtime.keys,
+        alice,
+        _receipt_body(sending.message_id, envelope_digest(other_envelope), result=FORGED),
+    )
+    await _put_as(scene, bob.runtime.keys, told)
+
+    await _still_waiting(sending, "Bob's receipt for another envelope")
+    await _uncorrelated(alice, sending.message_id, "Bob's receipt for another envelope")
+    await _times_out(sending)
+    await _uncorrelated(alice, sending.message_id, "a wrong digest and the timeout")
+    other_message = await _message(alice, other["id"])
+    assert other_message["correlation"] is None, other_message
+    await _genuine_word_gets_through(scene, sending)
