@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,8 +29,16 @@ from connector.crypto.envelope import seal_envelope
 from connector.crypto.keys import IdentityKeys
 from tests.conftest import Api, ConnectorFactory
 from tests.e2e.helpers import eventually
-from tests.hostile.attacker import Attacker, b64, envelope_digest, iso, new_message_id, sign
-from tests.hostile.checks import events, honest_message_arrives
+from tests.hostile.attacker import (
+    Attacker,
+    b64,
+    envelope_digest,
+    iso,
+    new_message_id,
+    seal,
+    sign,
+)
+from tests.hostile.checks import events, health, honest_message_arrives, sync_status
 from tests.hostile.conftest import FAST_SYNC, ProxyFactory, behind
 from tests.hostile.proxy import MaliciousPlatform
 from tests.push.receiver import Received, Receiver, status
@@ -458,3 +467,74 @@ async def test_bobs_receipt_with_another_envelopes_digest_is_ignored(scene: Scen
     other_message = await _message(alice, other["id"])
     assert other_message["correlation"] is None, other_message
     await _genuine_word_gets_through(scene, sending)
+
+
+# 5. hostile receipt bodies, signed by Bob
+
+
+_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _spelled_otherwise(digest: str) -> str:
+    """The same 32 bytes in a non-canonical spelling: the unused low bits of the last data
+    character set (decoders that do not check them read the very same digest)."""
+    last = _BASE64.index(digest[42])
+    other = digest[:42] + _BASE64[last ^ 1] + digest[43:]
+    assert base64.b64decode(other) == base64.b64decode(digest) and other != digest
+    return other
+
+
+def _hostile_body(case: str, message_id: str, digest: str) -> dict[str, Any] | bytes:
+    if case == "result_over_16_kib":
+        return _receipt_body(message_id, digest, result={"blob": "x" * (16 * 1024)})
+    if case == "digest_not_base64":
+        return _receipt_body(message_id, "!" * 44)
+    if case == "digest_spelled_otherwise":
+        return _receipt_body(message_id, _spelled_otherwise(digest))
+    if case == "unknown_status":
+        return _receipt_body(message_id, digest, "accepted")
+    if case == "result_nested_100_deep":
+        nested: Any = FORGED
+        for _ in range(100):
+            nested = [nested]
+        return _receipt_body(message_id, digest, result=nested)
+    if case == "result_nested_100000_deep":  # JSON no encoder here would write
+        body = json.dumps(_receipt_body(message_id, digest, result="@")).encode()
+        return body.replace(b'"@"', b"[" * 100_000 + b"]" * 100_000)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("result_over_16_kib", "result is larger than 16384 bytes"),
+        ("digest_not_base64", "is not base64"),
+        ("digest_spelled_otherwise", "is not canonical base64"),
+        ("unknown_status", "correlationReceipt.status"),
+        ("result_nested_100_deep", "nested deeper than 64 levels"),
+        ("result_nested_100000_deep", "is not valid JSON"),
+    ],
+)
+async def test_a_hostile_receipt_body_is_rejected_and_bobs_genuine_word_still_counts(
+    case: str, says: str, scene: Scene
+) -> None:
+    """Signed and sealed by Bob's own keys, about Alice's waiting message, but a body no
+    honest connector writes: stored as a ``rejected`` incoming message with the reason (and a
+    ``message.rejected`` event), nothing else; the send goes on waiting for Bob's real one."""
+    alice, bob = scene.alice, scene.bob
+    sending = await _correlate(scene, PATIENT)
+    body = _hostile_body(case, sending.message_id, sending.digest)
+    hostile = seal(bob.runtime.keys, {alice.address: alice.runtime.keys.exchange_public}, body)
+    await _put_as(scene, bob.runtime.keys, hostile)
+
+    await _still_waiting(sending, f"a {case} receipt")
+    await _uncorrelated(alice, sending.message_id, f"a {case} receipt")
+    rejected = await _stored_rejected(alice, bob.address, hostile["id"])
+    assert says in rejected["error"], rejected["error"]
+    code, healthy = await health(alice)
+    assert code == 200 and healthy["status"] == "healthy", healthy
+    assert (await sync_status(alice))["lastError"] is None
+
+    await _genuine_word_gets_through(scene, sending)
+    code, answer = await sending.answer
+    assert code == 200 and answer["correlation"]["result"] == GENUINE, (code, answer)
