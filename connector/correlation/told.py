@@ -2,8 +2,9 @@
 
 A receipt arrives as the body of an envelope the sync has already verified (the receiver's
 signature under its pinned key) and opened. Believed only when, in addition, the message is
-ours, the envelope's signer is one of its recipients, and the digest is that of the envelope
-we sealed (an id is unique per sender only). Anything else is ignored with a logged reason.
+ours and was sent in correlate mode (nobody owes a receipt for any other), the envelope's
+signer is one of its recipients, and the digest is that of the envelope we sealed (an id is
+unique per sender only). Anything else is ignored with a logged reason.
 
 Applying one is idempotent, so a receipt the platform delivers twice (or replays later) changes
 nothing: the first answer stands, except that ``correlated`` replaces an earlier ``rejected``
@@ -66,6 +67,13 @@ async def apply(session: AsyncSession, told: Sequence[Told]) -> int:
                 "ignored a correlation receipt from %s: %s is not a message we sent",
                 entry.signer,
                 receipt.message_id,
+            )
+            continue
+        if message.mode != "correlate":
+            log.warning(
+                "ignored a correlation receipt for %s from %s: it was not sent in correlate mode",
+                message.id,
+                entry.signer,
             )
             continue
         if entry.signer not in {r.address for r in message.recipients}:
