@@ -538,3 +538,27 @@ async def test_a_hostile_receipt_body_is_rejected_and_bobs_genuine_word_still_co
     await _genuine_word_gets_through(scene, sending)
     code, answer = await sending.answer
     assert code == 200 and answer["correlation"]["result"] == GENUINE, (code, answer)
+
+
+# 6. a receipt nobody asked for
+
+
+async def test_bobs_receipt_for_a_publish_mode_message_is_ignored(scene: Scene) -> None:
+    """Bob's connector owes receipts only for messages sent in correlate mode; one about a
+    publish-mode message (right id, right digest, Bob's own keys) was not asked for and must
+    not give it a correlation or a ``message.correlated`` event."""
+    alice, bob = scene.alice, scene.bob
+    code, sent = await alice.send(recipients=[bob.address], content=ORDER)
+    assert code == 201 and sent["mode"] == "publish", sent
+    [envelope] = [e for e in scene.proxy.put_envelopes() if e["id"] == sent["id"]]
+    told = _sealed(
+        bob.runtime.keys,
+        alice,
+        _receipt_body(sent["id"], envelope_digest(envelope), result=FORGED),
+    )
+    await _put_as(scene, bob.runtime.keys, told)
+
+    message = await _message(alice, sent["id"])
+    assert message["mode"] == "publish" and message["correlation"] is None, message
+    for kind in ("message.correlated", "message.correlation_failed"):
+        assert sent["id"] not in await _event_ids(alice, kind), kind
