@@ -43,6 +43,8 @@ SCOPES = (
 
 
 SQLITE_FILENAME = "connector.sqlite3"
+MAX_DELIVERY_TIMEOUT = 45.0
+"""``delivery.timeout`` at most: well within a delivery's 60 s claim."""
 
 
 class ConfigError(Exception):
@@ -210,8 +212,10 @@ class DeliverySettings(_Section):
     """Seconds between a failed delivery and the next try, one per retry, each ±20 %; after
     the last the delivery is ``dead``."""
     correlation_retry: CorrelationRetrySettings = CorrelationRetrySettings()
-    timeout: Annotated[float, Field(gt=0)] = 15.0
-    """Seconds one delivery request may take."""
+    timeout: Annotated[float, Field(gt=0, le=MAX_DELIVERY_TIMEOUT)] = 15.0
+    """Seconds one delivery request may take; at most 45: a delivery is claimed for 60 s
+    (``storage.repositories.deliveries.CLAIM_HOLD``), and one whose request could outlast its
+    claim is never sent (another replica could take it meanwhile)."""
     concurrency: Annotated[int, Field(ge=1, le=1000)] = 64
     """Push requests in flight, in all."""
     per_endpoint: Annotated[int, Field(ge=1, le=1000)] = 8

@@ -55,3 +55,9 @@ def test_default_toml_documents_the_real_defaults() -> None:
 def test_example_toml_is_valid() -> None:
     example = load_settings(Path(__file__).parent.parent / "config" / "example.toml")
     assert example.database.url.startswith("postgresql+asyncpg://")
+
+
+def test_a_delivery_timeout_that_could_outlast_its_claim_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"delivery\.timeout"):
+        load_settings(None, data_dir=tmp_path, delivery={"timeout": 60})
+    assert load_settings(None, data_dir=tmp_path, delivery={"timeout": 45}).delivery.timeout == 45
