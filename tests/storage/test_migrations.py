@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from storage.engine import create_engine
@@ -39,6 +40,23 @@ async def test_postgres_schema_matches_models(postgres_url: str) -> None:
             assert await connection.run_sync(_differences) == []
     finally:
         await engine.dispose()
+
+
+async def test_replicas_starting_together_migrate_once_and_all_start(postgres_url: str) -> None:
+    """Four replicas upgrade a fresh database at the same moment: one migrates, the others
+    wait for it (the advisory lock) and find the schema at head; none fails."""
+    engines = [create_engine(postgres_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(upgrade(engine) for engine in engines))
+        async with engines[0].connect() as connection:
+            assert await connection.run_sync(_differences) == []
+            versions = (
+                await connection.execute(text("SELECT version_num FROM alembic_version"))
+            ).all()
+            assert len(versions) == 1
+    finally:
+        for engine in engines:
+            await engine.dispose()
 
 
 _PUSH_TABLES = {"webhooks", "deliveries", "delivery_attempts"}
