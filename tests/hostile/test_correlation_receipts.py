@@ -94,9 +94,9 @@ async def scene(
             "bob",
             sync=FAST_SYNC,
             webhooks=[{"url": hook.url, "format": "standard", "receipts": True}],
-            # a held push stays in flight for the whole test (the timeout must stay below a
-            # delivery claim's 60 s, or nothing is ever sent); a refused one dies at once
-            delivery={"retry_schedule": [0.2], "timeout": 50},
+            # a held push stays in flight for the whole test (delivery.timeout is at most
+            # 45 s, within a delivery claim's 60 s); a refused one dies at once
+            delivery={"retry_schedule": [0.2], "timeout": 45},
         )
         yield Scene(alice, bob, proxy, hook, gate, backbone, http)
     finally:
