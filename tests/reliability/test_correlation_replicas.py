@@ -4,7 +4,7 @@ Real processes on loopback: a backbone, a receiver B with a webhook that sends r
 sender identity A run by replicas a1 and a2 on one PostgreSQL database. Only the replica that
 holds A's inbox lease stores what arrives, so a long-poll on the other one must see it through
 the database: correlate-mode sends on both replicas get their receipts, and a ``wait`` on both
-gets the message that arrives.
+gets the message that arrives, as does a long-poll of the event feed on both.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ async def test_waits_end_on_every_replica_whichever_holds_the_inbox(cluster: Clu
 
             path = "/api/v1/messages?direction=incoming&correlationKey=reply-1&wait=30"
             waits = asyncio.gather(*(_call(cluster, node, "GET", path) for node in (a1, a2)))
+            feed = "/api/v1/events?type=message.received&wait=30"
+            follows = asyncio.gather(*(_call(cluster, node, "GET", feed) for node in (a1, a2)))
             await asyncio.sleep(0.3)  # both are waiting now (a reply before that is fine too)
             code, sent = await _call(
                 cluster,
@@ -77,5 +79,8 @@ async def test_waits_end_on_every_replica_whichever_holds_the_inbox(cluster: Clu
             assert code == 201, sent
             for code, page in await waits:
                 assert code == 200 and [m["id"] for m in page["items"]] == [sent["id"]], page
+            for code, page in await follows:  # the event feed's long-poll too
+                assert code == 200, page
+                assert [e["data"]["id"] for e in page["items"]] == [sent["id"]], page
         finally:
             await hook.stop()
