@@ -75,9 +75,11 @@ class MessageWatch:
         recipient (failed, expired); None when neither happened ``within`` seconds."""
 
         async def settled() -> MessageRecord | None:
-            message = await self._messages.get(message_id, "outgoing")
-            if message.correlation is not None or message.status in _GIVEN_UP:
-                return message
+            # after each commit that wrote events, while it waits: two columns, not the whole
+            # message (with eight sends waiting, each commit wakes all eight)
+            status, correlation = await self._messages.outcome(message_id)
+            if correlation is not None or status in _GIVEN_UP:
+                return await self._messages.get(message_id, "outgoing")
             return None
 
         self._correlating += 1

@@ -300,6 +300,15 @@ class MessageService:
             raise NotFound(f"no message {message_id}")
         return message
 
+    async def outcome(self, message_id: str) -> tuple[str, dict[str, Any] | None]:
+        """Status and correlation of an outgoing message, without its parts (cheap to ask
+        often); NotFound when there is none."""
+        async with self._sessions() as session:
+            found = await messages_repo.outgoing_outcome(session, message_id)
+        if found is None:
+            raise NotFound(f"no message {message_id}")
+        return found
+
     async def page(
         self, filters: MessageFilter, *, limit: int, cursor: str | None, descending: bool
     ) -> tuple[list[MessageRecord], str | None]:

@@ -159,6 +159,21 @@ async def get(
     return (await records(session, [seq]))[0]
 
 
+async def outgoing_outcome(
+    session: AsyncSession, message_id: str
+) -> tuple[str, dict[str, Any] | None] | None:
+    """Status and correlation of our outgoing message ``message_id``; one indexed read (what a
+    correlate-mode send looks at after each commit while it waits)."""
+    row = (
+        await session.execute(
+            select(Message.status, Message.correlation).where(
+                Message.id == message_id, Message.direction == "outgoing"
+            )
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 async def set_read_at(session: AsyncSession, seq: int, at: datetime | None) -> None:
     await session.execute(update(_MESSAGES).where(_MESSAGES.c.seq == seq).values(read_at=at))
 
