@@ -20,6 +20,7 @@ from connector.correlation.waiting import MessageWatch
 from connector.crypto.at_rest import load_or_create_master_key
 from connector.crypto.keys import IdentityKeys, sign_challenge
 from connector.data_dir import data_dir_lock, prepare_data_dir
+from connector.metrics import Metrics
 from connector.platform.client import PlatformClient
 from connector.platform.protocol import Platform
 from connector.push.auth import AuthHeaders
@@ -85,6 +86,8 @@ class Runtime:
     receipts: ReceiptSender
     new_webhook_secrets: list[NewSecret]
     """Secrets made at this start-up for [[webhooks]] entries without one: shown once."""
+    metrics: Metrics
+    """This connector's Prometheus registry and instruments (``GET /metrics``)."""
 
     @property
     def address(self) -> str:
@@ -103,6 +106,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
         await upgrade(engine)
+        metrics = Metrics(engine.pool)
         notifier = EventNotifier()  # wakes event-feed long-polls after commits that wrote events
         stack.callback(notifier.close)
         woken: list[Callable[[], None]] = []  # the delivery job, once the scheduler exists
@@ -134,7 +138,10 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             )
         )
         platform = PlatformClient(
-            platform_url, http, request_timeout=settings.platform.request_timeout
+            platform_url,
+            http,
+            request_timeout=settings.platform.request_timeout,
+            on_error=metrics.platform_error,
         )
 
         await messages_repo.start_local_sequence(sessions)
@@ -185,6 +192,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             auth=AuthHeaders(url_policy=url_policy, timeout=settings.delivery.timeout),
             check_url=url_policy.check,
             wake=lambda: scheduler.wake("delivery"),
+            metrics=metrics,
         )
         try:
             await delivery.prepare_publishers()
@@ -203,6 +211,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             keys=keys,
             master_key=master_key,
             wake_outbox=lambda: scheduler.wake("outbox"),
+            metrics=metrics,
         )
         peers, files, messages = services.peers, services.files, services.messages
         sync, outbox = services.sync, services.outbox
@@ -234,6 +243,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
             new_webhook_secrets=new_webhook_secrets,
             watch=MessageWatch(messages, notifier),
             receipts=ReceiptSender(sessions, platform, services.sealer),
+            metrics=metrics,
         )
         if run_scheduler:
             scheduler.add_all(_jobs(runtime))
@@ -262,6 +272,7 @@ def build_services(
     keys: IdentityKeys,
     master_key: bytes,
     wake_outbox: Callable[[], None],
+    metrics: Metrics | None = None,
 ) -> Services:
     """The services for ``settings`` on ``sessions`` and ``platform``: the one wiring, used by
     :func:`open_runtime` and by the tests that run services on a platform double."""
@@ -297,6 +308,7 @@ def build_services(
         keys=keys,
         batch_size=settings.sync.batch_size,
         max_age=_freshness_window(settings),
+        metrics=metrics,
     )
     return Services(peers, files, messages, outbox, sync, sealer)
 

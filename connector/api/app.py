@@ -44,7 +44,12 @@ _TABLES = (
 def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Application:
     """The application for ``settings``; the runtime starts and stops with it."""
     app = web.Application(
-        middlewares=[access_log.access_log_middleware, problem_middleware, auth_middleware],
+        middlewares=[
+            access_log.access_log_middleware,
+            metrics.metrics_middleware,
+            problem_middleware,
+            auth_middleware,
+        ],
         client_max_size=2 << 20,  # JSON bodies; file uploads stream past this limit
     )
     for table in _TABLES:

@@ -4,6 +4,7 @@ One :class:`PlatformClient` per identity. It owns no connection pool: the caller
 ``aiohttp.ClientSession`` (and closes it). Authentication is automatic once :meth:`set_identity`
 was called: a bearer token is fetched on first use, renewed shortly before it expires, and
 fetched again (once) when the platform answers 401; concurrent callers share one renewal.
+A failed call is told to ``on_error`` (the connector's metrics) with its operation's name.
 """
 
 from __future__ import annotations
@@ -11,14 +12,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import io
 import json
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -40,7 +50,11 @@ from connector.platform.models import InboxItem, InboxPage, PeerIdentity
 __all__ = ["PlatformClient", "PlatformDownload"]
 
 Signer = Callable[[bytes], bytes]
+ErrorObserver = Callable[[str, PlatformError], None]
+"""Told of each failed call: the operation (``send_message``, ...) and the error raised."""
 T = TypeVar("T")
+P = ParamSpec("P")
+C = TypeVar("C", bound="PlatformClient")
 
 _JSON = {"Content-Type": "application/json"}
 # Renew a token this long before it expires (at most a tenth of its lifetime).
@@ -70,6 +84,27 @@ class PlatformDownload:
             raise PlatformUnavailableError(f"download ended after {received} of {self.size} bytes")
 
 
+def _observed(
+    operation: str,
+) -> Callable[
+    [Callable[Concatenate[C, P], Coroutine[Any, Any, T]]],
+    Callable[Concatenate[C, P], Coroutine[Any, Any, T]],
+]:
+    """Tell the client's ``on_error`` of a :class:`PlatformError` the method raises."""
+
+    def decorate(
+        method: Callable[Concatenate[C, P], Coroutine[Any, Any, T]],
+    ) -> Callable[Concatenate[C, P], Coroutine[Any, Any, T]]:
+        @functools.wraps(method)
+        async def observed(client: C, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            with client.observing(operation):
+                return await method(client, *args, **kwargs)
+
+        return observed
+
+    return decorate
+
+
 class PlatformClient:
     def __init__(
         self,
@@ -78,7 +113,9 @@ class PlatformClient:
         *,
         request_timeout: float = 10.0,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        on_error: ErrorObserver | None = None,
     ) -> None:
+        self._on_error = on_error
         self._base = URL(base_url.rstrip("/"))
         # The platform is not trusted: an inbox answer longer than this is refused unread.
         self._max_page_bytes = max_page_bytes
@@ -97,6 +134,16 @@ class PlatformClient:
         self._renew_at = 0.0  # time.monotonic() after which the token is renewed
         self._token_lock = asyncio.Lock()
 
+    @contextmanager
+    def observing(self, operation: str) -> Iterator[None]:
+        """Tell ``on_error`` of a :class:`PlatformError` raised inside, a failed ``operation``."""
+        try:
+            yield
+        except PlatformError as exc:
+            if self._on_error is not None:
+                self._on_error(operation, exc)
+            raise
+
     # identity and auth
 
     def set_identity(self, address: str, sign_challenge: Signer) -> None:
@@ -105,6 +152,7 @@ class PlatformClient:
         self._signer = sign_challenge
         self._token = None
 
+    @_observed("register")
     async def register(self, signing_public: bytes, exchange_public: bytes, proof: bytes) -> str:
         """Register public keys with their proof of possession; answer the derived address."""
         body = {
@@ -115,6 +163,7 @@ class PlatformClient:
         answer = await self._json("POST", ("identities",), body=body, auth=False)
         return _field(answer, "address", str)
 
+    @_observed("get_identity")
     async def get_identity(self, address: str) -> PeerIdentity:
         answer = await self._json("GET", ("identities", address), auth=False)
         try:
@@ -217,6 +266,7 @@ class PlatformClient:
 
     # files
 
+    @_observed("upload_file")
     async def upload_file(
         self, file_id: str, body: AsyncIterable[bytes], size: int | None = None
     ) -> int:
@@ -263,8 +313,9 @@ class PlatformClient:
         ``d.iter_chunks()``. The response is released when the block ends."""
         url = self._url(("files", file_id))
         for attempt in (1, 2):
-            token = await self._bearer()
-            with map_exceptions():
+            with self.observing("download_file"):
+                token = await self._bearer()
+            with self.observing("download_file"), map_exceptions():
                 response = await self._session.get(
                     url,
                     headers={"Authorization": f"Bearer {token}"},
@@ -274,20 +325,22 @@ class PlatformClient:
                 if response.status == 401 and attempt == 1:
                     self._drop_token(token)
                     continue
-                if response.status != 200:
-                    with map_exceptions():
-                        await _answer(response)
-                    raise PlatformUnavailableError(f"unexpected status {response.status}")
-                if response.content_length is None:
-                    raise PlatformUnavailableError(
-                        "the platform sent a file without Content-Length"
-                    )
+                with self.observing("download_file"):
+                    if response.status != 200:
+                        with map_exceptions():
+                            await _answer(response)
+                        raise PlatformUnavailableError(f"unexpected status {response.status}")
+                    if response.content_length is None:
+                        raise PlatformUnavailableError(
+                            "the platform sent a file without Content-Length"
+                        )
                 yield PlatformDownload(response, response.content_length)
                 return
             finally:
                 response.release()
         raise AssertionError("unreachable")
 
+    @_observed("delete_file")
     async def delete_file(self, file_id: str) -> None:
         """Delete our file from the platform; a file that is already gone is fine."""
         try:
@@ -297,6 +350,7 @@ class PlatformClient:
 
     # messages and inbox
 
+    @_observed("send_message")
     async def send_message(self, envelope: Mapping[str, Any]) -> None:
         """Hand a sealed envelope to the platform (idempotent under its id)."""
         message_id = envelope.get("id")
@@ -304,6 +358,7 @@ class PlatformClient:
             raise ValueError("the envelope has no id")
         await self._json("PUT", ("messages", message_id), body=envelope)
 
+    @_observed("fetch_inbox")
     async def fetch_inbox(self, after: int, limit: int = 100, wait: float = 0) -> InboxPage:
         """Items after ``after``, oldest first; with none, wait up to ``wait`` s for one."""
         params = {"after": str(after), "limit": str(limit)}
@@ -319,6 +374,7 @@ class PlatformClient:
         items = [_inbox_item(raw) for raw in _field(answer, "items", list)]
         return InboxPage(items=items, cursor=_field(answer, "cursor", int))
 
+    @_observed("ack")
     async def ack(self, cursor: int, receipts: Sequence[Mapping[str, Any]] = ()) -> None:
         """Acknowledge every item up to ``cursor`` (they are then gone from the inbox).
 
@@ -334,7 +390,9 @@ class PlatformClient:
         """True when the platform answers its health check."""
         try:
             answer = await self._json("GET", ("health",), auth=False)
-        except PlatformError:
+        except PlatformError as exc:
+            if self._on_error is not None:
+                self._on_error("health", exc)
             return False
         return isinstance(answer, dict) and answer.get("status") == "ok"
 

@@ -43,7 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -71,6 +71,9 @@ from storage.repositories import events as events_repo
 from storage.repositories import webhooks as webhooks_repo
 from storage.repositories.deliveries import CLAIM_HOLD, Attempt, Dead, DueDelivery
 from storage.repositories.deliveries import Retry as RetryRow
+
+if TYPE_CHECKING:
+    from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +159,10 @@ class DeliveryService:
         clock: Callable[[], datetime] = utcnow,
         rng: Uniform | None = None,
         wake: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sessions = sessions
+        self._metrics = metrics
         self._http = http
         self._subscriptions = subscriptions
         self._schedule = schedule
@@ -474,6 +479,8 @@ class DeliveryService:
                 released.append(item.due.seq)
                 continue
             by_webhook[item.due.webhook_id].append(result)
+            if self._metrics is not None:
+                self._metrics.delivery_attempt(item.due.webhook_id, _ATTEMPTS[type(result)])
             attempts.append(
                 Attempt(
                     delivery_seq=item.due.seq,
@@ -655,6 +662,16 @@ _OUTCOMES: dict[type[AttemptResult], TestOutcome] = {
     Rejected: "rejected",
     Gone: "gone",
 }
+
+
+_ATTEMPTS: dict[type[AttemptResult], str] = {
+    Delivered: "delivered",
+    NotCorrelated: "not_correlated",
+    Retry: "retry",
+    Rejected: "rejected",
+    Gone: "gone",
+}
+"""An attempt's outcome as ``connector_webhook_delivery_attempts_total`` counts it."""
 
 
 def _example_message(now: datetime) -> dict[str, Any]:

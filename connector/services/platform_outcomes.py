@@ -69,6 +69,7 @@ __all__ = [
     "attempt_send",
     "classify_send",
     "domain_error",
+    "error_kind",
     "platform_errors",
 ]
 
@@ -96,6 +97,24 @@ def domain_error(exc: PlatformError, failed: str, expect: Expected | None = None
     if isinstance(exc, PlatformRecipientNotFoundError):
         return RecipientNotFound(detail, recipients=exc.addresses)
     return kind(detail)
+
+
+_KINDS: tuple[tuple[type[PlatformError], str], ...] = (
+    (PlatformQuotaExceededError, "quota_exceeded"),
+    (PlatformUnavailableError, "unavailable"),
+    (PlatformRecipientNotFoundError, "recipient_not_found"),
+    (PlatformIdentityNotFoundError, "identity_not_found"),
+    (PlatformFileNotFoundError, "file_not_found"),
+    (PlatformFileTooLargeError, "file_too_large"),
+    (PlatformRejectedError, "rejected"),
+)
+"""Most specific first: the kinds of platform error a metric tells apart (a fixed few)."""
+
+
+def error_kind(exc: PlatformError) -> str:
+    """The kind of ``exc`` for metrics: ``unavailable``, ``quota_exceeded``, ``rejected`` or
+    the refusal that the table above gives a meaning (``recipient_not_found``, ...)."""
+    return next((kind for cls, kind in _KINDS if isinstance(exc, cls)), "other")
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from connector.platform.protocol import Platform
 from connector.services.sync import SyncService
@@ -44,6 +45,10 @@ class Counts:
     """webhook id -> (enabled, breaker state)."""
     receipts: int = 0
     """Correlation receipts owed to senders, not yet taken by the platform."""
+    outbox_oldest: datetime | None = None
+    """When the message of the oldest outbox entry was accepted."""
+    newest_incoming: datetime | None = None
+    """The createdAt of the newest stored incoming message."""
 
 
 class StatusService:
@@ -84,6 +89,8 @@ class StatusService:
                 deliveries=await stats.delivery_counts(session),
                 webhooks=await stats.webhook_states(session),
                 receipts=await correlation_receipts_repo.pending(session),
+                outbox_oldest=await stats.outbox_oldest(session),
+                newest_incoming=await stats.newest_incoming(session),
             )
 
     async def _database(self) -> str:

@@ -30,7 +30,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +52,9 @@ from storage.models import File
 from storage.repositories import messages as messages_repo
 from storage.repositories import sync_state as sync_state_repo
 from storage.repositories.messages import MessageRecord
+
+if TYPE_CHECKING:
+    from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,10 @@ class SyncService:
         keys: IdentityKeys,
         batch_size: int,
         max_age: float = 30 * 24 * 3600,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sessions = sessions
+        self._metrics = metrics
         self._platform = platform
         self._files = files
         self._receiver = Receiver(sessions, peers, keys=keys, max_age=timedelta(seconds=max_age))
@@ -135,6 +140,8 @@ class SyncService:
             await self._record_failure(str(exc.__cause__ or exc))  # the platform's reason
             raise
         self._page_size = min(self._batch_size, self._page_size * 2)
+        if self._metrics is not None:
+            self._metrics.page_pulled(len(page.items))
         async with self._lock:
             try:
                 counts, receipts = await self._store(page.items)

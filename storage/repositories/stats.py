@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +21,22 @@ async def message_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
 
 async def outbox_size(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(OutboxEntry)) or 0)
+
+
+async def outbox_oldest(session: AsyncSession) -> datetime | None:
+    """When the message of the oldest outbox entry was accepted (None: the outbox is empty)."""
+    oldest = select(func.min(OutboxEntry.message_seq)).scalar_subquery()
+    return await session.scalar(select(Message.created_at).where(Message.seq == oldest))
+
+
+async def newest_incoming(session: AsyncSession) -> datetime | None:
+    """The createdAt of the newest stored incoming message (None: nothing received yet)."""
+    return await session.scalar(
+        select(Message.created_at)
+        .where(Message.direction == "incoming")
+        .order_by(Message.seq.desc())
+        .limit(1)
+    )
 
 
 async def event_count(session: AsyncSession) -> int:
