@@ -128,9 +128,11 @@ class SyncService:
         Returns the counts and whether a full page came (so there may be more; a page the
         platform cut short by bytes is taken up by the next pull).
         """
-        async with self._sessions() as session:
-            cursor = (await sync_state_repo.get(session)).cursor
-            await session.commit()
+        # The database steps are shielded: the long-poll is cancelled at shutdown, and a
+        # session cut off mid-statement makes the pool log a traceback as it resets the
+        # connection. Cancelled, the pull stops at the next await; a page stored and not
+        # acknowledged comes again, and its envelopes are recognised as repeats.
+        cursor = await asyncio.shield(self._cursor())
         try:
             asked = self._page_size
             with platform_errors("cannot reach the platform inbox"):
@@ -144,7 +146,7 @@ class SyncService:
             self._metrics.page_pulled(len(page.items))
         async with self._lock:
             try:
-                counts, receipts = await self._store(page.items)
+                counts, receipts = await asyncio.shield(self._store(page.items))
             except Exception as exc:
                 await self._record_failure(f"cannot store the inbox page: {exc}")
                 raise
@@ -161,6 +163,12 @@ class SyncService:
                 await self._acknowledged(page.cursor)
         counts.pages = 1
         return counts, len(page.items) >= asked
+
+    async def _cursor(self) -> int:
+        async with self._sessions() as session:
+            cursor = (await sync_state_repo.get(session)).cursor
+            await session.commit()
+        return cursor
 
     async def health(self) -> str:
         """``ok``, or ``failing: ...`` once pulls keep failing (one failure is just a blip)."""
