@@ -127,6 +127,10 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     client_options(listing, _messages_list)
 
+    from connector.client_admin import add_admin_commands
+
+    add_admin_commands(commands)
+
 
 def client_options(
     parser: argparse.ArgumentParser,
