@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from connector.api.access_log import MalformedRequestFilter
 from connector.settings import SCOPES, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from connector.services.api_keys import ApiKeyService, KeyInfo
 
 log = logging.getLogger("connector")
 
@@ -134,7 +139,46 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SCOPE",
         help=f"what the key may do; repeat for several: {', '.join(SCOPES)}",
     )
+    expiry = create.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires-in",
+        type=_seconds,
+        metavar="SECONDS",
+        help="the key stops working this many seconds from now (default: never)",
+    )
+    expiry.add_argument(
+        "--expires-at",
+        type=_moment,
+        metavar="TIME",
+        help="the key stops working at this RFC 3339 time with an offset, "
+        "e.g. 2027-01-31T12:00:00Z (default: never)",
+    )
     create.set_defaults(func=_cmd_keys_create)
+
+    listing = key_commands.add_parser(
+        "list",
+        help="list the API keys: name, scopes, source, created, expires, revoked",
+        description="List every API key the connector knows (config, cli and bootstrap keys, "
+        "expired and revoked ones included). Neither a key nor its hash is ever shown.",
+        epilog=_SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_option(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per key and line")
+    listing.set_defaults(func=_cmd_keys_list)
+
+    revoke = key_commands.add_parser(
+        "revoke",
+        help="revoke an API key by name or id",
+        description="Revoke an API key: every running connector on this database refuses it "
+        "(401) within 2 seconds. Keys from the config file (api.keys) are removed from the "
+        "config instead.",
+        epilog=_SERVER_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_option(revoke)
+    revoke.add_argument("key", metavar="NAME-or-ID", help="the key's name, or its id (keys list)")
+    revoke.set_defaults(func=_cmd_keys_revoke)
 
     from connector.client_cli import add_client_commands
 
@@ -303,19 +347,128 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- keys ----------------------------------------------------------------------------------------
 
 
+def _seconds(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds above 0")
+    return seconds
+
+
+def _moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an RFC 3339 time with an offset, such as 2027-01-31T12:00:00Z"
+        )
+    return moment.astimezone(UTC)
+
+
 def _cmd_keys_create(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    key = asyncio.run(_create_key(settings, args.name, args.scopes))
+    expires_at: datetime | None = args.expires_at
+    if args.expires_in is not None:
+        expires_at = datetime.now(UTC) + timedelta(seconds=args.expires_in)
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        print(f"connector: --expires-at {_when(expires_at)} is in the past", file=sys.stderr)
+        return 2
+    key = _run(
+        _with_keys(
+            settings, lambda keys: keys.create(args.name, args.scopes, expires_at=expires_at)
+        )
+    )
     print(key)
+    until = f", valid until {_when(expires_at)}" if expires_at else ""
     print(
-        f"Created API key '{args.name}' with scopes {', '.join(args.scopes)}. "
+        f"Created API key '{args.name}' with scopes {', '.join(args.scopes)}{until}. "
         "It is shown only now; only its hash is stored.",
         file=sys.stderr,
     )
     return 0
 
 
-async def _create_key(settings: Settings, name: str, scopes: list[str]) -> str:
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    infos = _run(_with_keys(settings, lambda keys: keys.keys()))
+    if args.json:
+        for info in infos:
+            print(json.dumps(_key_json(info)))
+        return 0
+    now = datetime.now(UTC)
+    rows = [("ID", "NAME", "SCOPES", "SOURCE", "CREATED", "EXPIRES", "REVOKED")]
+    for info in infos:
+        expires = _when(info.expires_at) if info.expires_at else "never"
+        if info.expires_at and info.expires_at <= now:
+            expires += " (expired)"
+        rows.append(
+            (
+                str(info.id),
+                info.name,
+                ",".join(info.scopes),
+                info.source,
+                _when(info.created_at),
+                expires,
+                _when(info.revoked_at) if info.revoked_at else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if not infos:
+        print(f"no API keys yet; make one with: {_KEYS_CREATE_HINT}", file=sys.stderr)
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from connector.services.api_keys import ApiKeyError
+
+    settings = load_settings(args.config)
+    try:
+        info, revoked = _run(
+            _with_keys(settings, lambda keys: keys.revoke(args.key, settings.api.keys))
+        )
+    except ApiKeyError as exc:
+        print(f"connector: {exc}", file=sys.stderr)
+        return 1
+    if revoked:
+        print(
+            f"Revoked API key '{info.name}' (id {info.id}); running connectors refuse it "
+            "within 2 seconds."
+        )
+    else:
+        assert info.revoked_at is not None
+        print(
+            f"API key '{info.name}' (id {info.id}) was revoked already, "
+            f"at {_when(info.revoked_at)}."
+        )
+    return 0
+
+
+def _key_json(info: KeyInfo) -> dict[str, object]:
+    return {
+        "id": info.id,
+        "name": info.name,
+        "scopes": list(info.scopes),
+        "source": info.source,
+        "createdAt": _when(info.created_at),
+        "expiresAt": _when(info.expires_at) if info.expires_at else None,
+        "revokedAt": _when(info.revoked_at) if info.revoked_at else None,
+    }
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _with_keys(settings: Settings, action: Callable[[ApiKeyService], Awaitable[T]]) -> T:
+    """Run ``action`` on the API keys in the connector's database (migrated first)."""
     from connector.crypto.at_rest import load_or_create_master_key
     from connector.data_dir import prepare_data_dir
     from connector.runtime import MASTER_KEY_ENV
@@ -328,7 +481,7 @@ async def _create_key(settings: Settings, name: str, scopes: list[str]) -> str:
     engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
-        return await ApiKeyService(create_sessions(engine), master_key).create(name, scopes)
+        return await action(ApiKeyService(create_sessions(engine), master_key))
     finally:
         await engine.dispose()
 

@@ -14,7 +14,6 @@ import mimetypes
 import os
 import re
 import sys
-import tempfile
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -54,13 +53,15 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         metavar="TAG",
         help="a tag kept with the file; repeat for several",
     )
-    _client_options(upload, _files_upload)
+    client_options(upload, _files_upload)
     download = file_commands.add_parser(
         "download",
         help="download a file's plaintext",
-        description="Download a file's plaintext. It is written to a temporary file next to the "
+        description="Download a file's plaintext. It is written to TARGET.part next to the "
         "target and moved into place only when complete and its SHA-256 matches the "
-        "connector's X-Content-SHA256; otherwise nothing is kept and the exit status is 1.",
+        "connector's X-Content-SHA256; a wrong hash keeps nothing and exits 1. A download cut "
+        "short (lost connection, Ctrl-C) keeps TARGET.part, and running the same command again "
+        "resumes from its size (HTTP Range).",
     )
     download.add_argument("id", help="the file's id (as listed by GET /api/v1/files)")
     download.add_argument(
@@ -73,7 +74,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     download.add_argument(
         "-f", "--force", action="store_true", help="overwrite a file that already exists"
     )
-    _client_options(download, _files_download)
+    client_options(download, _files_download)
 
     messages = commands.add_parser("messages", help="send and list messages (client)")
     message_commands = messages.add_subparsers(
@@ -111,7 +112,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--correlation-key",
         help="the key that finds the waiting process instance, e.g. order-4711",
     )
-    _client_options(send, _messages_send)
+    client_options(send, _messages_send)
     listing = message_commands.add_parser("list", help="list messages as JSON lines")
     listing.add_argument(
         "--direction",
@@ -124,10 +125,14 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         default=50,
         help="how many of the newest messages to list, 1 to 1000 (default: %(default)s)",
     )
-    _client_options(listing, _messages_list)
+    client_options(listing, _messages_list)
+
+    from connector.client_admin import add_admin_commands
+
+    add_admin_commands(commands)
 
 
-def _client_options(
+def client_options(
     parser: argparse.ArgumentParser,
     action: Callable[[aiohttp.ClientSession, str, argparse.Namespace], Awaitable[int]],
 ) -> None:
@@ -232,47 +237,133 @@ async def _files_upload(session: aiohttp.ClientSession, url: str, args: argparse
 async def _files_download(
     session: aiohttp.ClientSession, url: str, args: argparse.Namespace
 ) -> int:
-    async with session.get(f"{url}/api/v1/files/{quote(args.id, safe='')}/download") as response:
+    address = f"{url}/api/v1/files/{quote(args.id, safe='')}/download"
+    async with session.get(address) as response:
         await _check(response)
         fallback = safe_filename(args.id) or "download"
         name = safe_filename(_filename(response.headers.get("Content-Disposition", ""))) or fallback
         target = _target(args.output, name, force=args.force)
+        download = _Download(target, response, force=args.force)
+        have = download.resumable_from()
+        if not have:
+            await download.receive(response, 0)
+    if have:  # the first answer only told where to put it: ask for the rest
+        print(f"resuming {download.partial} at byte {have}", file=sys.stderr)
+        async with session.get(address, headers={"Range": f"bytes={have}-"}) as response:
+            if response.status == 416 and _range_total(response) == have:
+                await download.finish()  # every byte was in already
+            elif response.status == 206 and _range_start(response) == have:
+                await download.receive(response, have)
+            elif response.status == 200:  # the range was ignored: from the start
+                await download.receive(response, 0)
+            else:
+                await _check(response)
+                raise ClientError(f"HTTP {response.status} to a range request; {download.kept}")
+    print(target)
+    return 0
+
+
+class _Download:
+    """One file being downloaded into ``PATH.part``, moved to ``PATH`` once its SHA-256 checks.
+
+    When the connector answers ranges (``Accept-Ranges: bytes``) an interrupted download keeps
+    its ``.part`` and the next run continues from its size; otherwise nothing partial is kept.
+    """
+
+    def __init__(self, target: Path, response: aiohttp.ClientResponse, *, force: bool) -> None:
+        self.target = target
+        self.partial = target.with_name(target.name + ".part")
+        self.force = force
         expected = response.headers.get("X-Content-SHA256", "").strip().lower()
         if not re.fullmatch(r"[0-9a-f]{64}", expected):
             raise ClientError("the connector sent no X-Content-SHA256; nothing kept")
-        total = int(response.headers.get("Content-Length", 0)) or None
-        fd, temp = tempfile.mkstemp(prefix=".connector-", suffix=".part", dir=target.parent)
-        partial = Path(temp)
+        self.expected = expected
+        self.total = int(response.headers.get("Content-Length", 0)) or None
+        self.resumable = response.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
+
+    @property
+    def kept(self) -> str:
+        if self.resumable and self.partial.is_file():
+            return f"{self.partial} kept: run the same command again to resume"
+        return "nothing kept"
+
+    def resumable_from(self) -> int:
+        """How many bytes a ``.part`` from an earlier run holds, if it can be continued."""
+        if not self.resumable or self.partial.is_symlink() or not self.partial.is_file():
+            return 0
+        return self.partial.stat().st_size
+
+    async def receive(self, response: aiohttp.ClientResponse, have: int) -> None:
+        """Append the body to the ``.part`` (from byte ``have``), then check and move it."""
+        length = response.content_length
+        total = have + length if length is not None else self.total
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.partial, flags | (os.O_APPEND if have else os.O_TRUNC), 0o600)
+        written = have
         try:
-            digest = hashlib.sha256()
-            written = 0
             with (
-                tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar,
-                os.fdopen(fd, "wb") as fh,
+                tqdm(
+                    total=total,
+                    initial=have,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"download {self.target.name}",
+                ) as bar,
+                os.fdopen(fd, "ab" if have else "wb") as fh,
             ):
                 try:
                     async for chunk in response.content.iter_chunked(_PIECE):
                         await asyncio.to_thread(fh.write, chunk)
-                        digest.update(chunk)
                         written += len(chunk)
                         bar.update(len(chunk))
                 except aiohttp.ClientPayloadError:
+                    self._give_up_unless_resumable()
                     raise ClientError(
-                        f"download cut short ({written} of {total or '?'} bytes); nothing kept"
+                        f"download cut short ({written} of {total or '?'} bytes); {self.kept}"
                     ) from None
             if total is not None and written != total:
-                raise ClientError(f"download cut short ({written} of {total} bytes); nothing kept")
-            if digest.hexdigest() != expected:
+                self._give_up_unless_resumable()
+                raise ClientError(f"download cut short ({written} of {total} bytes); {self.kept}")
+        except BaseException:
+            if not self.resumable:
+                self.partial.unlink(missing_ok=True)
+            raise
+        await self.finish()
+
+    async def finish(self) -> None:
+        """Check the whole ``.part`` against the connector's SHA-256; move it into place."""
+        try:
+            if await asyncio.to_thread(_sha256_of, self.partial) != self.expected:
                 raise ClientError(
                     "the download's SHA-256 does not match the connector's X-Content-SHA256; "
                     "nothing kept"
                 )
-            _mode_as_created(partial)
-            _move_into_place(partial, target, force=args.force)
+            _mode_as_created(self.partial)
+            _move_into_place(self.partial, self.target, force=self.force)
         finally:
-            partial.unlink(missing_ok=True)
-    print(target)
-    return 0
+            self.partial.unlink(missing_ok=True)
+
+    def _give_up_unless_resumable(self) -> None:
+        if not self.resumable:
+            self.partial.unlink(missing_ok=True)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while piece := fh.read(_PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _range_total(response: aiohttp.ClientResponse) -> int | None:
+    match = re.fullmatch(r"bytes (?:\d+-\d+|\*)/(\d+)", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _range_start(response: aiohttp.ClientResponse) -> int | None:
+    match = re.fullmatch(r"bytes (\d+)-\d+/\d+", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
 
 
 def _target(output: str | None, name: str, *, force: bool) -> Path:

@@ -18,6 +18,7 @@ The tree::
     ├── WebhookUrlRefused           422 webhook_url_refused
     ├── FileTooLarge                413 file_too_large
     ├── UnsupportedMediaType        415 unsupported_media_type
+    ├── RangeNotSatisfiable         416 range_not_satisfiable
     ├── FileIntegrityFailed         502 file_integrity_failed
     ├── PeerKeyInvalid              502 peer_key_invalid; ``peers`` lists the addresses
     ├── PlatformUnavailable         503 platform_unavailable
@@ -183,6 +184,14 @@ class UnsupportedMediaType(ConnectorError):
     status = 415
     code = "unsupported_media_type"
     title = "Unsupported media type"
+
+
+class RangeNotSatisfiable(ConnectorError):
+    """The Range asked for starts at or past the end of the file."""
+
+    status = 416
+    code = "range_not_satisfiable"
+    title = "Range not satisfiable"
 
 
 class FileIntegrityFailed(ConnectorError):

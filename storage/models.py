@@ -67,7 +67,7 @@ class Peer(Base):
 
 
 class ApiKey(Base):
-    """An API key; only its SHA-256 is stored (plus, for the bootstrap key, a sealed copy)."""
+    """An API key; only its SHA-256 is stored. Refused after ``expires_at`` and once revoked."""
 
     __tablename__ = "api_keys"
 
@@ -78,6 +78,8 @@ class ApiKey(Base):
     source: Mapped[str] = mapped_column(String(16))  # config | cli | bootstrap
     sealed_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
 
 
 class File(Base):

@@ -301,3 +301,126 @@ async def test_the_progress_bar_does_not_break_without_a_terminal(
     )  # fmt: skip
     assert code == 0, err
     assert out.strip() == os.path.join("d", "x")
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+
+class Ranged:
+    """A stand-in connector that answers ranges, and cuts its first answers short if told to."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.cut_after: int | None = None
+        self.asked: list[str | None] = []
+        self.url = ""
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        self.asked.append(request.headers.get("Range"))
+        body, status = self.body, 200
+        headers = {
+            "Content-Disposition": _disposition("big.bin"),
+            "X-Content-SHA256": hashlib.sha256(self.body).hexdigest(),
+            "Accept-Ranges": "bytes",
+        }
+        if request.headers.get("Range"):
+            first = int(request.headers["Range"].removeprefix("bytes=").rstrip("-"))
+            if first >= len(self.body):
+                return web.Response(
+                    status=416, headers={"Content-Range": f"bytes */{len(self.body)}"}
+                )
+            body, status = self.body[first:], 206
+            headers["Content-Range"] = f"bytes {first}-{len(self.body) - 1}/{len(self.body)}"
+        headers["Content-Length"] = str(len(body))
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        if self.cut_after is not None:
+            await response.write(body[: self.cut_after])
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def ranged() -> AsyncIterator[Ranged]:
+    server = Ranged(os.urandom(300_000))
+    app = web.Application()
+    app.router.add_get("/api/v1/files/{id}/download", server.download)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_cut_short_download_is_kept_and_the_next_run_resumes(
+    ranged: Ranged, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ranged.cut_after = 100_000
+    assert await _download(ranged.url, "-o", f"{tmp_path}/") == 1
+    err = capsys.readouterr().err
+    assert "cut short" in err and "run the same command again to resume" in err, err
+    assert _files(tmp_path) == ["big.bin.part"]
+    assert (tmp_path / "big.bin.part").read_bytes() == ranged.body[:100_000]
+
+    ranged.cut_after = None
+    assert await _download(ranged.url, "-o", f"{tmp_path}/") == 0
+    assert "resuming" in capsys.readouterr().err
+    assert ranged.asked[-1] == "bytes=100000-"  # only the rest was asked for
+    assert _files(tmp_path) == ["big.bin"]
+    assert (tmp_path / "big.bin").read_bytes() == ranged.body
+
+
+async def test_a_part_that_is_already_whole_is_checked_and_moved(
+    ranged: Ranged, tmp_path: Path
+) -> None:
+    (tmp_path / "big.bin.part").write_bytes(ranged.body)
+    assert await _download(ranged.url, "-o", str(tmp_path / "big.bin")) == 0
+    assert ranged.asked[-1] == f"bytes={len(ranged.body)}-"  # 416: nothing left to send
+    assert _files(tmp_path) == ["big.bin"]
+    assert (tmp_path / "big.bin").read_bytes() == ranged.body
+
+
+async def test_resuming_from_a_real_connector(alice: Api, tmp_path: Path) -> None:
+    data = os.urandom((3 << 20) + 777)
+    file = await alice.upload("big.bin", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "big.bin.part").write_bytes(data[: (1 << 20) + 5])  # an earlier, interrupted run
+    code, _, err = await _subprocess(
+        "files", "download", file["id"], "-o", f"{out}/", "--url", alice.url,
+        "--api-key", alice.node.api_key, cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"at byte {(1 << 20) + 5}" in err
+    assert _files(out) == ["big.bin"]
+    assert (out / "big.bin").read_bytes() == data
+
+
+async def test_a_part_of_other_bytes_fails_the_hash_and_is_dropped(
+    alice: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = os.urandom(2 << 20)
+    file = await alice.upload("big.bin", data)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "big.bin.part").write_bytes(b"x" * 1000)  # not this file's first bytes
+    code = await _cli(
+        "files", "download", file["id"], "-o", f"{out}/", "--url", alice.url,
+        "--api-key", alice.node.api_key,
+    )  # fmt: skip
+    assert code == 1  # appended, not downloaded again: the whole no longer matches
+    assert "SHA-256" in capsys.readouterr().err
+    assert _files(out) == []
+    assert await _cli(
+        "files", "download", file["id"], "-o", f"{out}/", "--url", alice.url,
+        "--api-key", alice.node.api_key,
+    ) == 0  # fmt: skip
+    assert (out / "big.bin").read_bytes() == data

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import mimetypes
+import re
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -16,10 +18,12 @@ from aiohttp.multipart import parse_content_disposition
 
 from connector.api.appkeys import RUNTIME
 from connector.api.params import form_of, json_response, query
-from connector.api.routing import RouteTable
+from connector.api.problems import from_error
+from connector.api.routing import Header, RouteTable
 from connector.errors import (
     ConnectorError,
     FileTooLarge,
+    RangeNotSatisfiable,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -42,6 +46,50 @@ _MULTIPART_SLACK = 1 << 20  # room for part headers and text fields around the f
 _MAX_MIMETYPE = 255  # the column, and what a peer accepts in an attachment descriptor
 OCTET_STREAM = "application/octet-stream"
 _UNKNOWN_PART = "unknown form part {name}; expected file, " + ", ".join(_TEXT_FIELDS)
+
+
+RANGE_HEADER = Header(
+    "bytes=N- (the file from byte N on: how an interrupted download resumes), bytes=N-M or "
+    "bytes=-N (the last N bytes): answered 206 with Content-Range, and 416 "
+    "range_not_satisfiable when it starts at or past the end. Any other value, several "
+    "ranges, or a request with If-Range is answered with the whole file (200). Only the "
+    "chunks holding the range are read and decrypted; X-Content-SHA256 stays the whole "
+    "file's, to check once every byte is in"
+)
+RANGE_RESPONSES = {
+    206: "the range asked for (Content-Range: bytes N-M/SIZE)",
+    416: "range_not_satisfiable: the range starts at or past the end of the file "
+    "(Content-Range: bytes */SIZE)",
+}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """The single byte range (first, last) asked for, or None for the whole file.
+
+    Raises :class:`RangeNotSatisfiable` for one that starts at or past the end.
+    """
+    header = request.headers.get("Range")
+    if header is None or "If-Range" in request.headers or size == 0:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None  # not a range we read (another unit, several ranges): ignored, as RFC 9110
+    first_text, last_text = match.groups()
+    if first_text == "":
+        suffix = int(last_text)
+        if suffix == 0:
+            raise RangeNotSatisfiable(f"an empty suffix range of a file of {size} bytes")
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    if last_text and int(last_text) < first:
+        return None  # not a valid range: ignored
+    if first >= size:
+        raise RangeNotSatisfiable(
+            f"the range starts at byte {first}, the file has {size} bytes (0 to {size - 1})"
+        )
+    last = int(last_text) if last_text else size - 1
+    return first, min(last, size - 1)
 
 
 @routes.post(
@@ -296,7 +344,12 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     summary="The file's plaintext, streamed and verified",
     path_patterns={"id": FILE_ID.pattern},
     content_type="*/*",  # the file's own type, application/octet-stream when unknown
-    responses={404: "no such file", 502: "the stored ciphertext failed verification"},
+    headers={"Range": RANGE_HEADER},
+    responses={
+        **RANGE_RESPONSES,
+        404: "no such file",
+        502: "the stored ciphertext failed verification",
+    },
 )
 async def download_file(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
@@ -320,33 +373,49 @@ async def delete_file(request: web.Request) -> web.StreamResponse:
 async def stream_plaintext(
     request: web.Request, runtime: Runtime, file: File
 ) -> web.StreamResponse:
-    """Send ``file``'s plaintext; errors before the first byte become problem JSON.
+    """Send ``file``'s plaintext, or the byte range asked for; errors before the first byte
+    become problem JSON.
 
     The first verified piece is produced before the headers go out, so a file whose ciphertext
     was tampered with at the start answers 502 cleanly. A failure later on cuts the connection
     short of ``Content-Length``, so no client can take a partial body for the whole file.
     """
-    pieces = runtime.files.plaintext(file)
-    first = await anext(pieces, b"")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": _mimetype(file.mimetype) or OCTET_STREAM,
-            "Content-Disposition": content_disposition(file.filename),
-            "Content-Length": str(file.size),
-            "X-Content-SHA256": file.sha256,
-        }
-    )
-    await response.prepare(request)
+    headers = {
+        "Content-Type": _mimetype(file.mimetype) or OCTET_STREAM,
+        "Content-Disposition": content_disposition(file.filename),
+        "X-Content-SHA256": file.sha256,
+        "Accept-Ranges": "bytes",
+    }
     try:
-        if first:
-            await response.write(first)
-        async for piece in pieces:
-            await response.write(piece)
-    except ConnectorError as exc:
-        log.error("download of %s aborted: %s", file.id, exc.detail)
-        if request.transport is not None:
-            request.transport.abort()
-        return response
+        wanted = byte_range(request, file.size)
+    except RangeNotSatisfiable as exc:
+        refused = from_error(exc)
+        refused.headers.update({"Content-Range": f"bytes */{file.size}", "Accept-Ranges": "bytes"})
+        return refused
+    first, last = wanted if wanted is not None else (0, file.size - 1)
+    length = last - first + 1 if file.size else 0
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{file.size}"
+    headers["Content-Length"] = str(length)
+    async with aclosing(runtime.files.plaintext(file, first)) as pieces:
+        piece = await anext(pieces, b"")
+        response = web.StreamResponse(status=206 if wanted else 200, headers=headers)
+        await response.prepare(request)
+        left = length
+        try:
+            while piece and left > 0:
+                await response.write(piece[:left])
+                left -= min(left, len(piece))
+                if left:
+                    piece = await anext(pieces, b"")
+        except ConnectorError as exc:
+            log.error("download of %s aborted: %s", file.id, exc.detail)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except ConnectionResetError:  # the client went away (a resuming client does, at once)
+            log.debug("download of %s: the client closed the connection", file.id)
+            return response
     await response.write_eof()
     return response
 

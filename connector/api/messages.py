@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 
 from connector.api.appkeys import PRINCIPAL, RUNTIME
-from connector.api.files import stream_plaintext
+from connector.api.files import RANGE_HEADER, RANGE_RESPONSES, stream_plaintext
 from connector.api.params import json_body, json_response, query
 from connector.api.routing import Header, RouteTable
 from connector.errors import CorrelationTimeout, NotCorrelated, ValidationFailed
@@ -241,7 +241,12 @@ async def mark_unread(request: web.Request) -> web.StreamResponse:
     path_patterns=_IDS,
     query=MessageItemQuery,
     content_type="*/*",  # the file's own type, application/octet-stream when unknown
-    responses={404: "no such message or attachment", 502: "ciphertext failed verification"},
+    headers={"Range": RANGE_HEADER},
+    responses={
+        **RANGE_RESPONSES,
+        404: "no such message or attachment",
+        502: "ciphertext failed verification",
+    },
 )
 async def download_attachment(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]

@@ -131,8 +131,8 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any], components: dict[str, Any]
         entry: dict[str, Any] = {"description": description}
         if status >= 400:
             entry["content"] = {"application/problem+json": {"schema": refs[Problem]}}
-        elif spec.response is not None:
-            entry["content"] = ok.get("content")
+        elif "content" in ok:  # another success of the same kind (202, 206)
+            entry["content"] = ok["content"]
         operation["responses"][str(status)] = entry
     return operation
 

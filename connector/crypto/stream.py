@@ -46,6 +46,7 @@ __all__ = [
     "TAG_SIZE",
     "StreamDecryptor",
     "StreamEncryptor",
+    "chunk_offset",
     "ciphertext_size",
     "decrypt_bytes",
     "encrypt_bytes",
@@ -83,6 +84,11 @@ def ciphertext_size(plaintext_size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -
         raise ValueError(f"plaintext size cannot be negative, got {plaintext_size}")
     chunks = max(1, -(-plaintext_size // chunk_size))
     return HEADER_SIZE + plaintext_size + chunks * TAG_SIZE
+
+
+def chunk_offset(chunk_size: int, index: int) -> int:
+    """Where sealed chunk ``index`` starts in the ciphertext."""
+    return HEADER_SIZE + index * (chunk_size + TAG_SIZE)
 
 
 def plaintext_size(ciphertext_size: int, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
@@ -214,6 +220,25 @@ class StreamDecryptor:
         self._plaintext_size = 0
         self._finalized = False
         self._failed: IntegrityError | None = None
+
+    @classmethod
+    def from_chunk(cls, key: bytes, header: bytes, index: int) -> StreamDecryptor:
+        """A decryptor for the ciphertext from chunk ``index`` on (a ranged download).
+
+        ``header`` is the stream's first 16 bytes; the chunks fed in must start at byte
+        ``chunk_offset(chunk_size, index)``. Each chunk is authenticated under its own position
+        as before, and ``finalize`` still checks the final one, so dropped, reordered or spliced
+        chunks and a cut-short end are all caught; ``sha256`` covers only the plaintext produced
+        here, so the whole file's hash is for the reader of every byte to check.
+        """
+        if len(header) != HEADER_SIZE:
+            raise IntegrityError(f"stream truncated: a {len(header)}-byte header")
+        if index < 0:
+            raise ValueError(f"chunk index cannot be negative, got {index}")
+        decryptor = cls(key)
+        decryptor.update(header)
+        decryptor._counter = index
+        return decryptor
 
     def update(self, data: _Buffer) -> bytes:
         """Take more ciphertext; return verified plaintext of the chunks complete so far."""

@@ -15,6 +15,7 @@ import binascii
 import functools
 import io
 import json
+import re
 import time
 from collections.abc import (
     AsyncIterable,
@@ -67,18 +68,33 @@ DEFAULT_MAX_PAGE_BYTES = 9 * 1024 * 1024
 
 
 class PlatformDownload:
-    """An open download: the size is known up front, the bytes are streamed."""
+    """An open download: the file's size is known up front, the bytes are streamed.
 
-    def __init__(self, response: aiohttp.ClientResponse, size: int) -> None:
+    ``iter_chunks`` yields the bytes from ``start`` on: the platform sent only those (206), or
+    it ignored the range (200) and the bytes before ``start`` are skipped as they arrive.
+    """
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, size: int, *, start: int = 0, skip: int = 0
+    ) -> None:
         self._response = response
         self.size = size
+        self._start = start
+        self._skip = skip
 
     async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        """Yield the file's bytes in pieces of at most ``chunk_size``."""
-        received = 0
+        """Yield the file's bytes from ``start`` in pieces of at most ``chunk_size``."""
+        received = self._start - self._skip
+        skip = self._skip
         with map_exceptions():
             async for chunk in self._response.content.iter_chunked(chunk_size):
                 received += len(chunk)
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    skip -= dropped
+                    chunk = chunk[dropped:]
+                    if not chunk:
+                        continue
                 yield chunk
         if received != self.size:
             raise PlatformUnavailableError(f"download ended after {received} of {self.size} bytes")
@@ -103,6 +119,17 @@ def _observed(
         return observed
 
     return decorate
+
+
+def _range_total(response: aiohttp.ClientResponse, start: int) -> int:
+    """The whole file's size from a 206's ``Content-Range: bytes START-END/TOTAL``."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", response.headers.get("Content-Range", ""))
+    if match is None or int(match.group(1)) != start or response.content_length is None:
+        raise PlatformUnavailableError("the platform answered a range without a matching range")
+    total = int(match.group(3))
+    if int(match.group(2)) + 1 != total or response.content_length != total - start:
+        raise PlatformUnavailableError("the platform answered another range than asked for")
+    return total
 
 
 class PlatformClient:
@@ -308,33 +335,42 @@ class PlatformClient:
         raise AssertionError("unreachable")
 
     @asynccontextmanager
-    async def download_file(self, file_id: str) -> AsyncIterator[PlatformDownload]:
+    async def download_file(self, file_id: str, start: int = 0) -> AsyncIterator[PlatformDownload]:
         """Open a download: ``async with client.download_file(id) as d:`` then ``d.size`` and
-        ``d.iter_chunks()``. The response is released when the block ends."""
+        ``d.iter_chunks()``; with ``start``, the bytes from there on (an HTTP range). The
+        response is released when the block ends."""
         url = self._url(("files", file_id))
         for attempt in (1, 2):
             with self.observing("download_file"):
                 token = await self._bearer()
+            headers = {"Authorization": f"Bearer {token}"}
+            if start:
+                headers["Range"] = f"bytes={start}-"
             with self.observing("download_file"), map_exceptions():
                 response = await self._session.get(
-                    url,
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=self._download_timeout,
+                    url, headers=headers, timeout=self._download_timeout
                 )
             try:
                 if response.status == 401 and attempt == 1:
                     self._drop_token(token)
                     continue
+                ranged = response.status == 206 and start > 0
                 with self.observing("download_file"):
-                    if response.status != 200:
-                        with map_exceptions():
-                            await _answer(response)
-                        raise PlatformUnavailableError(f"unexpected status {response.status}")
-                    if response.content_length is None:
-                        raise PlatformUnavailableError(
-                            "the platform sent a file without Content-Length"
-                        )
-                yield PlatformDownload(response, response.content_length)
+                    if ranged:
+                        size = _range_total(response, start)
+                    else:
+                        if response.status != 200:
+                            with map_exceptions():
+                                await _answer(response)
+                            raise PlatformUnavailableError(f"unexpected status {response.status}")
+                        if response.content_length is None:
+                            raise PlatformUnavailableError(
+                                "the platform sent a file without Content-Length"
+                            )
+                        size = response.content_length
+                # a platform that ignored the range sent it all: the bytes before start are
+                # skipped on the way
+                yield PlatformDownload(response, size, start=start, skip=0 if ranged else start)
                 return
             finally:
                 response.release()

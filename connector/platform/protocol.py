@@ -18,7 +18,8 @@ __all__ = ["Download", "Platform"]
 
 
 class Download(Protocol):
-    """An open download: the size is known up front, the bytes come in pieces."""
+    """An open download: the whole file's size is known up front, the bytes (from the start
+    asked for) come in pieces."""
 
     @property
     def size(self) -> int: ...
@@ -41,7 +42,10 @@ class Platform(Protocol):
         """Store ciphertext under ``file_id`` (idempotent for its owner); answer its size."""
         ...
 
-    def download_file(self, file_id: str) -> AbstractAsyncContextManager[Download]: ...
+    def download_file(self, file_id: str, start: int = 0) -> AbstractAsyncContextManager[Download]:
+        """Open our or a sender's file; ``size`` is the whole file's, the bytes come from
+        ``start`` on."""
+        ...
 
     async def delete_file(self, file_id: str) -> None:
         """Delete our file; one that is already gone is fine."""

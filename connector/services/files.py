@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Collection, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.at_rest import open_secret, seal_secret
 from connector.crypto.errors import IntegrityError
-from connector.crypto.stream import StreamDecryptor, StreamEncryptor, new_file_key
+from connector.crypto.stream import (
+    HEADER_SIZE,
+    StreamDecryptor,
+    StreamEncryptor,
+    chunk_offset,
+    new_file_key,
+)
 from connector.errors import (
     ConnectorError,
     FileIntegrityFailed,
@@ -317,41 +324,88 @@ class FileService:
 
     # -- download ------------------------------------------------------------------------------
 
-    async def plaintext(self, file: File) -> AsyncIterator[bytes]:
-        """Yield the verified plaintext of ``file``.
+    async def plaintext(self, file: File, start: int = 0) -> AsyncGenerator[bytes]:
+        """Yield the verified plaintext of ``file``, from byte ``start`` on.
 
         Nothing unverified is ever yielded: the stored size must be the described one before
         anything is read, each chunk is authenticated before it leaves, and the final piece is
-        held back until the whole file's SHA-256 matches the recorded one, so a reader of a
-        tampered file sees an error or a short body, never a complete wrong one.
+        held back until the stream's end checks out (and, for the whole file, its SHA-256
+        matches the recorded one), so a reader of a tampered file sees an error or a short
+        body, never a complete wrong one. From a ``start`` past the first chunk, only the
+        header and the chunks from the one holding ``start`` are read and decrypted.
         """
-        loop = asyncio.get_running_loop()
-        decryptor = StreamDecryptor(self.file_key(file))
-        gone: dict[type[ConnectorError], str | None] = {
-            FileNotFound: f"file {file.id} is no longer stored on the platform"
-        }
+        if not 0 <= start <= file.size:
+            raise ValueError(f"start {start} is outside the file's {file.size} bytes")
+        index = start // file.chunk_size if file.chunk_size else 0
+        key = self.file_key(file)
         try:
-            with platform_errors("file download failed", gone):
-                async with self._platform.download_file(file.id) as download:
-                    if download.size != file.cipher_size:
-                        # Not the ciphertext the sender described: refuse before a byte is served.
-                        raise FileIntegrityFailed(
-                            f"file {file.id}: the platform holds {download.size} bytes, "
-                            f"the sender described {file.cipher_size}"
-                        )
-                    async for piece in download.iter_chunks(self._chunk_size):
-                        plain = await loop.run_in_executor(None, decryptor.update, piece)
-                        if plain:
-                            yield plain
-                last = decryptor.finalize()
+            if index:
+                header = await self._header(file)
+                decryptor = StreamDecryptor.from_chunk(key, header, index)
+            else:
+                decryptor = StreamDecryptor(key)
+            skip = start - index * file.chunk_size
+            async with aclosing(self._decrypted(file, decryptor, index)) as pieces:
+                async for plain in pieces:
+                    if skip:
+                        dropped = min(skip, len(plain))
+                        skip -= dropped
+                        plain = plain[dropped:]
+                    if plain:
+                        yield plain
         except IntegrityError as exc:
             raise FileIntegrityFailed(f"file {file.id}: {exc}") from exc
-        if decryptor.sha256 != file.sha256 or decryptor.plaintext_size != file.size:
+
+    async def _header(self, file: File) -> bytes:
+        header = bytearray()
+        with platform_errors("file download failed", self._gone(file)):
+            async with self._platform.download_file(file.id) as download:
+                self._check_size(file, download.size)
+                pieces = download.iter_chunks(HEADER_SIZE)
+                try:
+                    async for piece in pieces:
+                        header += piece
+                        if len(header) >= HEADER_SIZE:
+                            break
+                finally:
+                    if isinstance(pieces, AsyncGenerator):
+                        await pieces.aclose()
+        return bytes(header[:HEADER_SIZE])
+
+    async def _decrypted(
+        self, file: File, decryptor: StreamDecryptor, index: int
+    ) -> AsyncGenerator[bytes]:
+        """The plaintext from chunk ``index`` on, verified (the whole file's hash from 0)."""
+        loop = asyncio.get_running_loop()
+        offset = chunk_offset(file.chunk_size, index) if index else 0
+        with platform_errors("file download failed", self._gone(file)):
+            async with self._platform.download_file(file.id, offset) as download:
+                self._check_size(file, download.size)
+                async for piece in download.iter_chunks(self._chunk_size):
+                    plain = await loop.run_in_executor(None, decryptor.update, piece)
+                    if plain:
+                        yield plain
+            last = decryptor.finalize()
+        produced = index * file.chunk_size + decryptor.plaintext_size
+        if produced != file.size or (index == 0 and decryptor.sha256 != file.sha256):
             raise FileIntegrityFailed(
                 f"file {file.id}: SHA-256 or size does not match what the sender recorded"
             )
         if last:
             yield last
+
+    @staticmethod
+    def _gone(file: File) -> dict[type[ConnectorError], str | None]:
+        return {FileNotFound: f"file {file.id} is no longer stored on the platform"}
+
+    @staticmethod
+    def _check_size(file: File, size: int) -> None:
+        if size != file.cipher_size:
+            # Not the ciphertext the sender described: refuse before a byte is served.
+            raise FileIntegrityFailed(
+                f"file {file.id}: the platform holds {size} bytes, "
+                f"the sender described {file.cipher_size}"
+            )
 
     # -- delete --------------------------------------------------------------------------------
 

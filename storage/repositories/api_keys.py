@@ -32,3 +32,16 @@ async def add(session: AsyncSession, key: ApiKey) -> None:
 
 async def delete(session: AsyncSession, key: ApiKey) -> None:
     await session.delete(key)
+
+
+async def all_keys(session: AsyncSession) -> list[ApiKey]:
+    return list(await session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+async def by_id(session: AsyncSession, key_id: int) -> ApiKey | None:
+    return await session.get(ApiKey, key_id)
+
+
+async def by_name(session: AsyncSession, name: str) -> list[ApiKey]:
+    query = select(ApiKey).where(ApiKey.name == name).order_by(ApiKey.id)
+    return list(await session.scalars(query))

@@ -41,8 +41,8 @@ async def untouchable() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover
 
 
-async def download(client: Platform, file_id: str) -> tuple[int, bytes]:
-    async with client.download_file(file_id) as opened:
+async def download(client: Platform, file_id: str, start: int = 0) -> tuple[int, bytes]:
+    async with client.download_file(file_id, start) as opened:
         data = b"".join([chunk async for chunk in opened.iter_chunks(100)])
         return opened.size, data
 
@@ -121,6 +121,9 @@ async def test_upload_download_delete_round_trip(world: World, declare_size: boo
     size = len(data) if declare_size else None
     assert await alice.client.upload_file(file_id, pieces(data), size) == len(data)
     assert await download(bob.client, file_id) == (len(data), data)  # anyone may read
+    # from an offset: the whole file's size, the bytes from there on
+    assert await download(bob.client, file_id, 1234) == (len(data), data[1234:])
+    assert await download(bob.client, file_id, len(data) - 1) == (len(data), data[-1:])
     # complete already: the same answer, and the body is not even read
     assert await alice.client.upload_file(file_id, untouchable(), size) == len(data)
     await alice.client.delete_file(file_id)

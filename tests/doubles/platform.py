@@ -290,15 +290,16 @@ class _Receipt:
 
 
 class _Download:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, start: int = 0) -> None:
         self._data = data
+        self._start = start
 
     @property
     def size(self) -> int:
         return len(self._data)
 
     async def iter_chunks(self, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        for start in range(0, len(self._data), chunk_size):
+        for start in range(self._start, len(self._data), chunk_size):
             yield self._data[start : start + chunk_size]
             await asyncio.sleep(0)
 
@@ -407,13 +408,13 @@ class DoubleClient:
         return len(data)
 
     @asynccontextmanager
-    async def download_file(self, file_id: str) -> AsyncIterator[_Download]:
+    async def download_file(self, file_id: str, start: int = 0) -> AsyncIterator[_Download]:
         self._caller("download_file")
         self._file_id(file_id)
         record = self._platform.files.get(file_id)
         if record is None or record.data is None:  # unknown, incomplete or deleted
             raise PlatformFileNotFoundError()
-        yield _Download(record.data)
+        yield _Download(record.data, start)
 
     async def delete_file(self, file_id: str) -> None:
         platform, caller = self._platform, self._caller("delete_file")

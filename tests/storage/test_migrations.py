@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from storage.engine import create_engine
 from storage.migrate import alembic_config, upgrade
-from storage.models import Base, Event
+from storage.models import ApiKey, Base, Event
 
 
 def _differences(connection: Connection) -> list[object]:
@@ -92,6 +92,36 @@ async def test_push_tables_migrate_up_and_down_keeping_the_events(database_url: 
             assert not await connection.run_sync(_tables) & _PUSH_TABLES
             assert (await connection.execute(select(Event.id))).scalars().all() == [event["id"]]
         await upgrade(engine)  # and up again: the downgrade left nothing behind
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_api_key_expiry_migrates_up_and_down_keeping_the_keys(database_url: str) -> None:
+    """0008 adds expiry and revocation to the keys there are, and takes them away again."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine, "0007")
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(ApiKey.__table__).values(
+                    name="erp",
+                    key_hash="a" * 64,
+                    scopes=["*"],
+                    source="cli",
+                    created_at=datetime.now(UTC),
+                )
+            )
+        await upgrade(engine)
+        async with engine.begin() as connection:
+            row = (await connection.execute(select(ApiKey.name, ApiKey.revoked_at))).one()
+            assert tuple(row) == ("erp", None)
+            await connection.run_sync(_downgrade, "0007")
+        async with engine.begin() as connection:
+            columns = await connection.run_sync(lambda c: inspect(c).get_columns("api_keys"))
+            assert {"expires_at", "revoked_at"}.isdisjoint(c["name"] for c in columns)
+        await upgrade(engine)
         async with engine.connect() as connection:
             assert await connection.run_sync(_differences) == []
     finally:
