@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 
 import pytest
 
+from connector.api.app import route_specs
+from connector.api.openapi import build_document
 from connector.logs import ContextFilter, JsonFormatter, TextFormatter, log_context
 from connector.settings import ConfigError, LogSettings, load_settings
 from tests.conftest import Api
@@ -110,3 +113,20 @@ async def test_a_sane_incoming_request_id_is_kept_and_echoed(
         assert echoed != given and len(echoed) == 16
     (record,) = [r for r in caplog.records if r.name == "connector.access"]
     assert getattr(record, "request_id", None) == echoed
+
+
+def test_every_documented_response_declares_the_request_id_header() -> None:
+    document = build_document(route_specs(), "0")
+    responses = [
+        response
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        for response in operation["responses"].values()
+    ]
+    assert len(responses) > 50
+    for response in responses:
+        header = response["headers"]["X-Request-Id"]
+        assert header["required"] is False  # not on aiohttp's own 400 for unparsable HTTP
+        pattern = re.compile(header["schema"]["pattern"])
+        assert pattern.search("trace-0123.abc:x_Y-9") and pattern.search("9f2c41d07a1b3e55")
+        assert not pattern.search("has space") and not pattern.search("x" * 65)

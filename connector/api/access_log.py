@@ -29,7 +29,8 @@ log = logging.getLogger("connector.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
-_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+_SANE_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 def request_id_of(request: web.BaseRequest) -> str:
