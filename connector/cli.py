@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from connector.api.access_log import MalformedRequestFilter
+from connector import logs
 from connector.settings import SCOPES, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ environment variables:
   CONNECTOR_<SECTION>__<KEY>  any config key, e.g. CONNECTOR_SERVER__PORT=9000
   CONNECTOR_MASTER_KEY  base64 of the 32-byte master key, instead of <data_dir>/master.key
   CONNECTOR_LOG_LEVEL   DEBUG, INFO (default; one access-log line per request), WARNING, ERROR
+  CONNECTOR_LOG__FORMAT text (default) or json: one JSON object per log line (serve, backbone)
 """
 _ENVIRONMENT = (
     _SERVER_ENVIRONMENT
@@ -49,15 +50,8 @@ _KEYS_CREATE_HINT = "connector keys create --name NAME --scope '*' (add --config
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("CONNECTOR_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        logs.configure()  # text; serve and backbone then apply their [log]
         result: int = args.func(args)
         return result
     except ConfigError as exc:
@@ -209,6 +203,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from connector.data_dir import DataDirLocked, data_dir_lock, prepare_data_dir
 
     settings = load_settings(args.config)
+    logs.configure(settings.log)
     prepare_data_dir(settings)
     try:
         # Before anything starts (scheduler, embedded backbone): one clear line, exit 1.
@@ -328,6 +323,7 @@ def _cmd_backbone(args: argparse.Namespace) -> int:
     from backbone.options import limits_from
     from backbone.server import run
 
+    logs.configure(logs.from_environment())
     run(args.host, args.port, args.data_dir, **limits_from(args))
     return 0
 

@@ -99,6 +99,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class LogSettings(_Section):
+    """``[log]``: how ``connector serve`` and ``connector backbone`` write their log (stderr)."""
+
+    format: Literal["text", "json"] = "text"
+    """``text``: a line for people at a terminal; ``json``: one JSON object a line, with the
+    request, message and delivery ids as fields (``connector.logs``)."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class DatabaseSettings(_Section):
     url: str = ""
     """Empty: SQLite in ``data_dir``; or ``postgresql+asyncpg://...``."""
@@ -297,6 +311,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     server: ServerSettings = ServerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
     database: DatabaseSettings = DatabaseSettings()
     platform: PlatformSettings = PlatformSettings()
     api: ApiSettings = ApiSettings()

@@ -1,13 +1,21 @@
-"""The access log: one line per request on logger ``connector.access``.
+"""The access log: one line per request on logger ``connector.access``, and the request id.
 
 Each line holds the method, the path (never the query string, which may carry cursors or other
 secrets, and never a header, so never the API key), the status, the duration in milliseconds
 and a request id, which the response carries as ``X-Request-Id`` so that a caller can quote it.
+The JSON log has them as fields: ``method``, ``path``, ``status``, ``duration_ms``,
+``request_id``.
+
+The request id is the caller's own ``X-Request-Id`` when that is a sane token (1 to 64 letters,
+digits and ``._:-``, as a proxy or a tracing client sends), so one id follows a request through
+both; otherwise one made here. Every line logged while the request is handled carries it
+(``connector.logs.log_context``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -15,39 +23,58 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from connector.logs import log_context
+
 log = logging.getLogger("connector.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+_SANE_ID = re.compile(REQUEST_ID_PATTERN)
+
+
+def request_id_of(request: web.BaseRequest) -> str:
+    """The caller's ``X-Request-Id`` if it is a sane token, else a new one."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _SANE_ID.fullmatch(given) else secrets.token_hex(8)
 
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    request_id = secrets.token_hex(8)
+    request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
-    try:
-        response: web.StreamResponse = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        raise
-    except BaseException:
-        status = 499 if request.transport is None or request.transport.is_closing() else 500
-        raise
-    finally:
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s %s %d %.1fms id=%s",
-                request.method,
-                request.rel_url.raw_path,  # as sent, percent-encoded; no query string
-                status,
-                (time.perf_counter() - started) * 1000,
-                request_id,
-            )
+    with log_context(request_id=request_id):
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        except BaseException:
+            status = 499 if request.transport is None or request.transport.is_closing() else 500
+            raise
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                path = request.rel_url.raw_path  # as sent, percent-encoded; no query string
+                duration = (time.perf_counter() - started) * 1000
+                log.info(
+                    "%s %s %d %.1fms",
+                    request.method,
+                    path,
+                    status,
+                    duration,
+                    extra={
+                        "method": request.method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": round(duration, 1),
+                        "request_id": request_id,
+                    },
+                )
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from connector.api.access_log import REQUEST_ID_HEADER, REQUEST_ID_PATTERN
 from connector.api.problems import problem_codes
 from connector.api.routing import ANY_KEY, PUBLIC, RouteSpec, RouteTable
 from connector.schemas import Problem
@@ -16,6 +17,14 @@ from connector.schemas import Problem
 routes = RouteTable("docs")
 
 _REF = "#/components/schemas/{model}"
+_REQUEST_ID = {
+    "description": "The request's id, as its access-log line and every log line of its "
+    "handling carry it: the request's own X-Request-Id when that is 1 to 64 letters, digits "
+    "and ._:-, else one made by the connector. On every answer of the API (not on the bare 400 "
+    "the HTTP server itself gives a request it cannot parse, before the API sees it).",
+    "required": False,
+    "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
+}
 
 
 def build_document(specs: list[RouteSpec], version: str) -> dict[str, Any]:
@@ -134,6 +143,8 @@ def _operation(spec: RouteSpec, refs: dict[Any, Any], components: dict[str, Any]
         elif "content" in ok:  # another success of the same kind (202, 206)
             entry["content"] = ok["content"]
         operation["responses"][str(status)] = entry
+    for response in operation["responses"].values():
+        response["headers"] = {REQUEST_ID_HEADER: dict(_REQUEST_ID)}
     return operation
 
 

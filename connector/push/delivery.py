@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import isoformat, utcnow
 from connector.correlation.owed import Outcome, asked_for, owe
 from connector.ids import new_event_id, new_message_id
+from connector.logs import log_context
 from connector.push import sender
 from connector.push.auth import AuthHeaders, AuthUnavailable, OAuth2ClientCredentials, WebhookAuth
 from connector.push.brokers import BrokerMessage, Publisher, create_publisher
@@ -322,9 +323,10 @@ class DeliveryService:
                     # take it then, so it goes back unsent rather than twice
                     return _Sent(delivery, started, None)
                 event = events[delivery.event_seq]
-                result = await self._push(
-                    webhook, secret, auth, event, delivery.attempts + 1, delivery.round
-                )
+                with log_context(delivery_id=delivery.id, message_id=event.message_id):
+                    result = await self._push(
+                        webhook, secret, auth, event, delivery.attempts + 1, delivery.round
+                    )
             if isinstance(result, Retry):
                 failures += 1
             else:
@@ -494,6 +496,7 @@ class DeliveryService:
             webhook, event = hooks.get(item.due.webhook_id), events.get(item.due.event_seq)
             owes = webhook is not None and event is not None and _owes_receipt(webhook, event)
             if isinstance(result, Delivered):
+                _log_outcome(item, event, "delivered")
                 succeeded.append(item.due.seq)
                 if owes:
                     assert webhook is not None and event is not None
@@ -505,12 +508,14 @@ class DeliveryService:
                 continue
             delay, why = self._next_try(item, result, now)
             if delay is None:
+                _log_outcome(item, event, "dead")
                 dead.append(Dead(item.due.seq, why))
                 if owes:
                     assert event is not None
                     reason = _refusal(result, expired=item.deadline is not None)
                     told.append(Outcome(event, "rejected", None, reason))
             else:
+                _log_outcome(item, event, f"tried again in {delay:.0f} s")
                 at = now + timedelta(seconds=delay)
                 next_round = isinstance(result, NotCorrelated)
                 retries.append(RetryRow(item.due.seq, result.error, at, next_round))
@@ -672,6 +677,27 @@ _ATTEMPTS: dict[type[AttemptResult], str] = {
     Gone: "gone",
 }
 """An attempt's outcome as ``connector_webhook_delivery_attempts_total`` counts it."""
+
+
+def _log_outcome(item: _Sent, event: Event | None, outcome: str) -> None:
+    """One line per attempt, with ids and the HTTP status only: the error and the answer may
+    quote the endpoint's URL or body, and are kept with the attempt (the API shows them)."""
+    assert item.result is not None
+    status = item.result.status
+    log.log(
+        logging.WARNING if outcome == "dead" else logging.INFO,
+        "delivery to %s, attempt %d: %s%s",
+        item.due.webhook_id,
+        item.due.attempts + 1,
+        outcome,
+        f" (HTTP {status})" if status is not None else "",
+        extra={
+            "delivery_id": item.due.id,
+            "webhook_id": item.due.webhook_id,
+            **({"message_id": event.message_id} if event and event.message_id else {}),
+            **({"http_status": status} if status is not None else {}),
+        },
+    )
 
 
 def _example_message(now: datetime) -> dict[str, Any]:

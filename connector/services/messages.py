@@ -221,6 +221,7 @@ class MessageService:
         async with self._idempotency.inserting(idempotency):
             await self._accepts.submit(acceptance)
         if not try_now:
+            log.info("%s queued for the outbox", message.id, extra={"message_id": message.id})
             self._wake_outbox()
             return SendResult(message, accepted_now=False)
         assert envelope is not None
@@ -274,14 +275,21 @@ class MessageService:
         """One attempt during the request; False leaves it queued for the outbox job."""
         outcome = await attempt_send(self._platform, envelope, within=self._request_timeout)
         if isinstance(outcome, TryAgain):
-            log.info("send of %s deferred to the outbox: %s", message.id, outcome.error)
+            log.info(
+                "send of %s deferred to the outbox: %s",
+                message.id,
+                outcome.error,
+                extra={"message_id": message.id},
+            )
             return False
         if isinstance(outcome, Refused):
             await self.record_failed(message, outcome.error)
+            log.info("%s is failed", message.id, extra={"message_id": message.id})
             if outcome.unknown_recipients is not None:
                 raise outcome.unknown_recipients
             return True
         await self.record_sent(message)
+        log.info("%s is sent", message.id, extra={"message_id": message.id})
         return True
 
     async def record_sent(self, message: MessageRecord) -> None:

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from connector.clock import utcnow
 from connector.crypto.receipts import envelope_digest
 from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
+from connector.logs import log_context
 from connector.platform.protocol import Platform
 from connector.retry import FullJitterBackoff
 from connector.services.lifecycle import MessageStatus
@@ -109,7 +110,8 @@ class OutboxService:
             if entry.message_seq in outcomes:
                 return entry, outcomes[entry.message_seq]
             async with slots:
-                return entry, await self._send(envelopes[entry.message_seq])
+                with log_context(message_id=messages[entry.message_seq].id):
+                    return entry, await self._send(envelopes[entry.message_seq])
 
         tried = await asyncio.gather(*(attempt(entry) for entry in queued))
         await self._record(tried, messages, gone)
@@ -133,18 +135,19 @@ class OutboxService:
             if entry.envelope is not None:
                 continue
             message = messages[entry.message_seq]
-            try:
-                sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message))
-            except RecipientNotFound as exc:
-                outcomes[entry.message_seq] = Refused(f"recipient not found: {exc.detail}")
-            except PlatformUnavailable as exc:
-                outcomes[entry.message_seq] = TryAgain(exc.detail)
-            except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
-                log.warning("outbox: cannot seal %s: %s", message.id, exc.detail)
-                outcomes[entry.message_seq] = TryAgain(f"{exc.code}: {exc.detail}")
-            except Exception as exc:  # one message must not hold up the batch and all after it
-                log.exception("outbox: cannot seal %s", message.id)
-                outcomes[entry.message_seq] = TryAgain(f"cannot seal: {exc!r}")
+            with log_context(message_id=message.id):
+                try:
+                    sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message))
+                except RecipientNotFound as exc:
+                    outcomes[entry.message_seq] = Refused(f"recipient not found: {exc.detail}")
+                except PlatformUnavailable as exc:
+                    outcomes[entry.message_seq] = TryAgain(exc.detail)
+                except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
+                    log.warning("outbox: cannot seal %s: %s", message.id, exc.detail)
+                    outcomes[entry.message_seq] = TryAgain(f"{exc.code}: {exc.detail}")
+                except Exception as exc:  # one message must not hold up the batch and the rest
+                    log.exception("outbox: cannot seal %s", message.id)
+                    outcomes[entry.message_seq] = TryAgain(f"cannot seal: {exc!r}")
             await asyncio.sleep(0)  # one seal at a time, so that requests are served between
         if sealed:
             stored = await self._writes.run(lambda session: _keep(session, sealed))
@@ -199,7 +202,7 @@ class OutboxService:
             *(self._statuses.finish(message, status, error) for message, status, error in finished)
         )
         for message, status, _ in finished:
-            log.info("outbox: %s is %s", message.id, status)
+            log.info("outbox: %s is %s", message.id, status, extra={"message_id": message.id})
 
 
 def next_attempt_at(

@@ -190,7 +190,7 @@ class Receiver:
             arrival.reject(f"message body is malformed: {exc}")
             return
         except Exception as exc:  # RecursionError and the like: hostile input, not our state
-            log.exception("cannot open envelope %s", header.id)
+            log.exception("cannot open envelope %s", header.id, extra={"message_id": header.id})
             arrival.reject(f"envelope rejected: it cannot be processed ({type(exc).__name__})")
             return
         arrival.body = body
@@ -221,7 +221,13 @@ class Receiver:
     @staticmethod
     def rejected(arrival: Arrival, now: datetime) -> MessageRecord:
         header = arrival.header
-        log.warning("rejected message %s from %s: %s", header.id, header.sender, arrival.error)
+        log.warning(
+            "rejected message %s from %s: %s",
+            header.id,
+            header.sender,
+            arrival.error,
+            extra={"message_id": header.id},
+        )
         return MessageRecord(
             id=header.id,
             direction="incoming",

@@ -261,7 +261,11 @@ class SyncService:
                     break
                 except Exception as exc:
                     if arrival.body is None:
-                        log.exception("skipped message %s: it cannot be stored", arrival.header.id)
+                        log.exception(
+                            "skipped message %s: it cannot be stored",
+                            arrival.header.id,
+                            extra={"message_id": arrival.header.id},
+                        )
                         arrival.skipped = True
                     else:  # try once more, as rejected without its content
                         arrival.reject(f"the message could not be stored: {type(exc).__name__}")
