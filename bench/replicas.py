@@ -84,6 +84,7 @@ from _harness import (
 from messages import _BARE_SERVER  # the same bare handler as bench/messages.py's ratio
 
 from connector.crypto.at_rest import MASTER_KEY_FILENAME
+from scheduler.leases import instance_id
 
 ADMIN_DSN = os.environ.get("CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_RATIO = 0.9  # two replicas / one, accepted/s and ingest/s
@@ -362,21 +363,19 @@ async def bare_servers(count: int) -> AsyncIterator[list[Target]]:
             await process.wait()
 
 
-async def bare_rates(
-    session: aiohttp.ClientSession, args: argparse.Namespace, recipient: str
-) -> dict[str, float]:
-    """Answers/s of the bare handler: one process, and two spread round-robin."""
-    rates: dict[str, float] = {}
-    for layout, processes in (("one", 1), ("two", 2)):
-        async with bare_servers(processes) as targets:
-            await send_spread(session, targets, recipient, "bare", "warm", 200, args.concurrency)
-            results, seconds = await send_spread(
-                session, targets, recipient, "bare", "bare", args.count, args.concurrency
-            )
-        ok = sum(1 for r in results if r.status == 202)
-        rates[layout] = ok / seconds if seconds > 0 else math.nan
-        log(f"bare aiohttp, {processes} process(es): {rates[layout]:,.0f} /s")
-    return rates
+async def bare_rate(
+    session: aiohttp.ClientSession, args: argparse.Namespace, recipient: str, processes: int
+) -> float:
+    """Answers/s of the bare handler in ``processes`` processes (spread round-robin)."""
+    async with bare_servers(processes) as targets:
+        await send_spread(session, targets, recipient, "bare", "warm", 200, args.concurrency)
+        results, seconds = await send_spread(
+            session, targets, recipient, "bare", "bare", args.count, args.concurrency
+        )
+    ok = sum(1 for r in results if r.status == 202)
+    rate = ok / seconds if seconds > 0 else math.nan
+    log(f"bare aiohttp, {processes} process(es): {rate:,.0f} /s")
+    return rate
 
 
 # --------------------------------------------------------------------------- one phase
@@ -387,6 +386,7 @@ class Phase:
     layout: str
     round: int
     load: tuple[float, float, float]
+    bare: float = math.nan  # the bare handler, one process, just before this phase
     count: int = 0
     accepted: int = 0
     errors: list[Sent] = field(default_factory=list)
@@ -496,6 +496,7 @@ async def run_phase(
     await set_layout(session, (a, b), layout)
     procs = [backbone, *(c.proc for c in (*a.running(), *b.running()))]
     phase = Phase(layout, round_no, load_average(), count=args.count)
+    phase.bare = await bare_rate(session, args, b.address, 1)
     kind = f"{layout}-{round_no}"
     db_a, db_b = database_name(a.database_url), database_name(b.database_url)
     seq_before = int(
@@ -589,7 +590,8 @@ async def run_phase(
         phase.ingest_span = last_ns / 1e9 - first.timestamp()
     phase.ingest_wait = (last_ns - resumed_ns) / 1e9
     instance = await dbs["b"].fetchval("SELECT instance FROM leases WHERE name = 'inbox'")
-    phase.lease_holder = Path(str(instance)).name if instance else "-"
+    names = {instance_id(Path(c.proc.log_path.parent / n)): n for n, c in b.replicas.items()}
+    phase.lease_holder = names.get(str(instance), str(instance))
     log(
         f"round {round_no}, {layout}: accepted {phase.accept_rate:,.0f}/s, outbox "
         f"{phase.outbox_rate:,.0f}/s, B ingest {phase.ingest_rate:,.0f}/s "
@@ -627,6 +629,15 @@ def report(
     ingest = {k: mean([p.ingest_rate for p in v]) for k, v in by.items()}
     outbox = {k: mean([p.outbox_rate for p in v]) for k, v in by.items()}
     accept_ratio = accept["two"] / accept["one"]
+    # Of the bare handler measured just before each phase: corrects for the box's load.
+    of_bare = {k: mean([p.accept_rate / p.bare for p in v]) for k, v in by.items()}
+    paired = [
+        (two.accept_rate / one.accept_rate, two.ingest_rate / one.ingest_rate)
+        for r in range(1, args.rounds + 1)
+        for one in by["one"]
+        for two in by["two"]
+        if one.round == two.round == r
+    ]
     ingest_ratio = ingest["two"] / ingest["one"]
     bare_one = bare.get("one", math.nan)
     rows = [
@@ -655,7 +666,7 @@ def report(
                 f"{tag}: accepted/s (202) [p50 / p99]",
                 f"{p.accept_rate:,.0f} /s "
                 f"[{p.accept_p50_ms:.1f} / {p.accept_p99_ms:.1f} ms], "
-                f"{p.accept_rate / bare_one:.1%} of bare",
+                f"{p.accept_rate / p.bare:.1%} of bare ({p.bare:,.0f} /s just before)",
             ),
             Row(
                 f"{tag}: accepted per replica",
@@ -691,7 +702,16 @@ def report(
             check(accept_ratio >= TARGET_RATIO),
         ),
         Row(
-            "  -> of bare (one / two)",
+            "  -> two / one per round (accepted; ingest)",
+            ", ".join(f"{x:.2f}x; {y:.2f}x" for x, y in paired),
+        ),
+        Row(
+            "  -> each of its phase's bare handler (one / two)",
+            f"{of_bare['one']:.1%} / {of_bare['two']:.1%} "
+            f"(two / one: {of_bare['two'] / of_bare['one']:.2f}x)",
+        ),
+        Row(
+            "  -> of the first bare handler (one / two)",
             f"{accept['one'] / bare_one:.1%} / {accept['two'] / bare_one:.1%}",
         ),
         Row(
@@ -735,6 +755,8 @@ def report(
             "outboxPerS": {k: json_number(v, 1) for k, v in outbox.items()},
             "ingestPerS": {k: json_number(v, 1) for k, v in ingest.items()},
             "acceptRatio": json_number(accept_ratio, 3),
+            "acceptOfBare": {k: json_number(v, 3) for k, v in of_bare.items()},
+            "pairedRatios": [[round(x, 3), round(y, 3)] for x, y in paired],
             "ingestRatio": json_number(ingest_ratio, 3),
             "phases": [
                 {
@@ -742,6 +764,7 @@ def report(
                     "layout": p.layout,
                     "load": [round(x, 2) for x in p.load],
                     "acceptedPerS": json_number(p.accept_rate, 1),
+                    "bareAiohttpPerS": json_number(p.bare, 1),
                     "outboxPerS": json_number(p.outbox_rate, 1),
                     "ingestPerS": json_number(p.ingest_rate, 1),
                     "locksA": p.locks_a.summary(),
@@ -800,7 +823,10 @@ async def main(args: argparse.Namespace) -> int:
                 await start_identity(session, cluster, a, backbone.url)
                 await start_identity(session, cluster, b, backbone.url)
                 log(f"A = {a.address}, B = {b.address}, run {run_id}")
-                bare = await bare_rates(session, args, b.address)
+                bare = {
+                    "one": await bare_rate(session, args, b.address, 1),
+                    "two": await bare_rate(session, args, b.address, 2),
+                }
                 admin = await asyncpg.connect(ADMIN_DSN)
                 sampling = await asyncpg.connect(ADMIN_DSN)
                 dbs = {
