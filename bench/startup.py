@@ -53,6 +53,7 @@ from _harness import (
     client_session,
     connector_command,
     connector_toml,
+    cpu_times,
     free_port,
     header_line,
     json_number,
@@ -108,6 +109,7 @@ class Start:
     trial: int
     first: bool
     healthy_s: float
+    cpu_s: float  # CPU (user + system) the process used until healthy
     rss_mib: float
     hwm_mib: float
 
@@ -131,18 +133,19 @@ async def wait_healthy(session: aiohttp.ClientSession, proc: Proc, url: str, wit
 
 async def timed_start(
     session: aiohttp.ClientSession, proc: Proc, url: str, args: argparse.Namespace, banner: str
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """Spawn (appending to the log), wait for /health 200, idle, read RSS, stop.
 
-    Returns (start -> healthy s, idle VmRSS MiB, VmHWM MiB)."""
+    Returns (start -> healthy s, CPU s used until healthy, idle VmRSS MiB, VmHWM MiB)."""
     started = proc.restart(banner)
     await wait_healthy(session, proc, url, args.health_timeout)
     healthy = time.monotonic() - started
+    user, system = cpu_times(proc.pid)
     await asyncio.sleep(args.idle)
     rss = (proc_status_kib(proc.pid, "VmRSS") or 0) / 1024
     hwm = (proc_status_kib(proc.pid, "VmHWM") or 0) / 1024
     proc.stop()
-    return healthy, rss, hwm
+    return healthy, user + system, rss, hwm
 
 
 @contextlib.asynccontextmanager
@@ -204,14 +207,14 @@ async def run_trials(
                 cluster.procs.append(proc)
                 url = f"http://{HOST}:{config_port(config)}/health"
                 for run in range(args.later + 1):
-                    healthy, rss, hwm = await timed_start(
+                    healthy, cpu, rss, hwm = await timed_start(
                         session, proc, url, args, f"{kind} trial {trial} run {run}"
                     )
-                    starts.append(Start(kind, trial, run == 0, healthy, rss, hwm))
+                    starts.append(Start(kind, trial, run == 0, healthy, cpu, rss, hwm))
                     log(
                         f"{kind} trial {trial} {'first' if run == 0 else 'later'} run: healthy "
-                        f"after {healthy:.2f} s, idle RSS {rss:.1f} MiB (peak {hwm:.1f}); "
-                        f"load {load_average()}"
+                        f"after {healthy:.2f} s ({cpu:.2f} s CPU), idle RSS {rss:.1f} MiB "
+                        f"(peak {hwm:.1f}); load {load_average()}"
                     )
     return starts
 
@@ -420,6 +423,11 @@ async def main(args: argparse.Namespace) -> int:
                 check(met[f"{kind}Healthy"]),
             ),
             Row(
+                f"{kind}: CPU used until healthy, first / later runs p50",
+                f"{percentile(sorted(s.cpu_s for s in first), 50):.2f} / "
+                f"{percentile(sorted(s.cpu_s for s in later), 50):.2f} s",
+            ),
+            Row(
                 f"{kind}: idle RSS p50 / max (all runs)",
                 spread(rss, "MiB", 1),
                 f"<= {TARGET_RSS_MIB:g} MiB",
@@ -433,6 +441,8 @@ async def main(args: argparse.Namespace) -> int:
         summary[kind] = {
             "healthyFirstS": [round(s.healthy_s, 3) for s in first],
             "healthyLaterS": [round(s.healthy_s, 3) for s in later],
+            "cpuFirstS": [round(s.cpu_s, 3) for s in first],
+            "cpuLaterS": [round(s.cpu_s, 3) for s in later],
             "idleRssMiB": [round(v, 1) for v in rss],
             "hwmMiB": [round(s.hwm_mib, 1) for s in starts if s.kind == kind],
         }
