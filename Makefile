@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/correlation.py
 	$(BIN)/python bench/brokers.py
+	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/startup.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
