@@ -295,7 +295,10 @@ async def test_retry_after_is_honoured_and_redirects_are_not_followed(
     await send_many(alice, bob, 1)
     await eventually(lambda: _count(receiver, 1), "the delivery after 429 and 302")
     assert all(r.path == "/hook" for r in receiver.requests)  # never followed to /elsewhere
-    [delivery] = await deliveries(bob, hook["id"], "succeeded")
+    # the outcome is recorded just after the receiver answered: look until it is
+    [delivery] = await eventually(
+        lambda: deliveries(bob, hook["id"], "succeeded"), "the success recorded"
+    )
     codes = [a["statusCode"] for a in delivery["attempts"]]
     assert codes == [429, 302, 200]
     times = [_seconds(a["startedAt"]) for a in delivery["attempts"]]
