@@ -13,7 +13,7 @@ from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from storage.engine import create_engine
-from storage.migrate import alembic_config, upgrade
+from storage.migrate import HEAD, alembic_config, upgrade
 from storage.models import ApiKey, Base, Event
 
 
@@ -121,6 +121,29 @@ async def test_api_key_expiry_migrates_up_and_down_keeping_the_keys(database_url
         async with engine.begin() as connection:
             columns = await connection.run_sync(lambda c: inspect(c).get_columns("api_keys"))
             assert {"expires_at", "revoked_at"}.isdisjoint(c["name"] for c in columns)
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            assert await connection.run_sync(_differences) == []
+    finally:
+        await engine.dispose()
+
+
+def test_head_names_the_newest_migration() -> None:
+    """``storage.migrate.HEAD`` lets a start-up skip importing Alembic when the schema is
+    current: it must be Alembic's own head, or a new migration would never run."""
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+
+async def test_a_current_schema_is_recognised_without_alembic(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}")
+    try:
+        await upgrade(engine)
+        async with engine.begin() as connection:  # an older revision: upgrade must run again
+            await connection.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+            await connection.execute(text("ALTER TABLE api_keys DROP COLUMN revoked_at"))
+            await connection.execute(text("ALTER TABLE api_keys DROP COLUMN expires_at"))
         await upgrade(engine)
         async with engine.connect() as connection:
             assert await connection.run_sync(_differences) == []
