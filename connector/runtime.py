@@ -215,6 +215,7 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         )
         peers, files, messages = services.peers, services.files, services.messages
         sync, outbox = services.sync, services.outbox
+        stack.push_async_callback(sync.drain)  # after the scheduler stopped, before disposal
         runtime = Runtime(
             settings=settings,
             sessions=sessions,

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from connector.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _OPEN_SLICE = 64  # envelopes per worker-thread call
 FAILING_AFTER = 3
@@ -108,6 +110,7 @@ class SyncService:
         self._page_size = batch_size
         self._receipts = Receipts(sessions, peers, keys)
         self._lock = asyncio.Lock()
+        self._steps: set[asyncio.Future[Any]] = set()
 
     async def pull_all(self) -> SyncCounts:
         """Pull pages until the inbox is empty (``POST /account/sync`` and the interval job)."""
@@ -132,7 +135,7 @@ class SyncService:
         # session cut off mid-statement makes the pool log a traceback as it resets the
         # connection. Cancelled, the pull stops at the next await; a page stored and not
         # acknowledged comes again, and its envelopes are recognised as repeats.
-        cursor = await asyncio.shield(self._cursor())
+        cursor = await self._to_the_end(self._cursor())
         try:
             asked = self._page_size
             with platform_errors("cannot reach the platform inbox"):
@@ -146,7 +149,7 @@ class SyncService:
             self._metrics.page_pulled(len(page.items))
         async with self._lock:
             try:
-                counts, receipts = await asyncio.shield(self._store(page.items))
+                counts, receipts = await self._to_the_end(self._store(page.items))
             except Exception as exc:
                 await self._record_failure(f"cannot store the inbox page: {exc}")
                 raise
@@ -163,6 +166,20 @@ class SyncService:
                 await self._acknowledged(page.cursor)
         counts.pages = 1
         return counts, len(page.items) >= asked
+
+    async def _to_the_end(self, step: Coroutine[Any, Any, T]) -> T:
+        """Run a database step to its end even when the caller is cancelled meanwhile (see
+        :meth:`pull_page`); :meth:`drain` waits for such leftovers at shutdown."""
+        task = asyncio.ensure_future(step)
+        self._steps.add(task)
+        task.add_done_callback(self._steps.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for the database steps a cancelled pull left running: at shutdown, after the
+        scheduler stopped and before the engine is disposed."""
+        if self._steps:
+            await asyncio.gather(*self._steps, return_exceptions=True)
 
     async def _cursor(self) -> int:
         async with self._sessions() as session:
