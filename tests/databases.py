@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
-import pytest
 
 import connector.local
 from connector.settings import Settings
@@ -41,13 +40,6 @@ ADMIN_DSN = (
 """Where test databases are made (``CREATE DATABASE``) and dropped (a libpq-style DSN)."""
 
 PREFIX = "connector_test_"
-
-SQLITE_ONLY = "looks at SQLite itself (its file, WAL or locking): nothing to test on PostgreSQL"
-
-
-def sqlite_only(reason: str = SQLITE_ONLY) -> pytest.MarkDecorator:
-    """Skip on the PostgreSQL pass, saying why (for the few tests about SQLite itself)."""
-    return pytest.mark.skipif(ON_POSTGRES, reason=f"TEST_DATABASE_URL is set: this test {reason}")
 
 
 def sqlalchemy_url(name: str) -> str:
