@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,14 @@ import aiohttp
 import pytest
 
 from backbone.server import start_embedded
-from connector.local import RunningConnector, local_settings, running_connector
+from connector.local import RunningConnector, running_connector
 from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
+from tests import databases
+
+# Test modules are imported after this file: on the PostgreSQL pass, their
+# `from connector.local import local_settings` gives each data dir a database of its own.
+databases.install()
 
 
 class Api:
@@ -59,9 +63,49 @@ class Api:
         return await self.json("POST", "/api/v1/messages", json=body)
 
 
-POSTGRES_ADMIN_DSN = os.environ.get(
-    "CONNECTOR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_ADMIN_DSN = databases.ADMIN_DSN
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass with no PostgreSQL to reach, skip every test, saying so."""
+    if databases.ON_POSTGRES and (why := _postgres_unreachable()):
+        skip = pytest.mark.skip(reason=f"TEST_DATABASE_URL is set but {why}")
+        for item in items:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if databases.ON_POSTGRES and (why := _postgres_unreachable()):
+        terminalreporter.write_line(
+            f"TEST_DATABASE_URL is set but {why}: the PostgreSQL pass skipped every test",
+            yellow=True,
+            bold=True,
+        )
+
+
+_UNREACHABLE: list[str] = []
+
+
+def _postgres_unreachable() -> str:
+    """Why the admin DSN cannot be reached, or empty (asked once per process)."""
+    if not _UNREACHABLE:
+        why = databases.unreachable_reason()
+        _UNREACHABLE.append(
+            f"PostgreSQL is not reachable at {databases.ADMIN_DSN} ({why})" if why else ""
+        )
+    return _UNREACHABLE[0]
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    """Drop the databases made for this test's connectors (PostgreSQL pass) once it ends.
+
+    Autouse, so set up before and torn down after the fixtures that run those connectors.
+    """
+    try:
+        yield
+    finally:
+        databases.CURRENT.drop_all()
 
 
 @pytest.fixture
@@ -70,26 +114,22 @@ async def postgres_url() -> AsyncIterator[str]:
 
     Skips the test, saying why, when PostgreSQL is not reachable.
     """
-    asyncpg = pytest.importorskip("asyncpg")
+    if why := await databases.reachable():
+        pytest.skip(f"PostgreSQL is not reachable at {databases.ADMIN_DSN}: {why}")
+    name = await databases.create_database()
     try:
-        admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {exc}")
-    name = f"connector_test_{secrets.token_hex(6)}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace(
-            "postgresql://", "postgresql+asyncpg://"
-        )
-        yield f"{base}/{name}"
+        yield databases.sqlalchemy_url(name)
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await databases.drop_databases([name])
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["postgresql"] if databases.ON_POSTGRES else ["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite, and PostgreSQL when it is reachable (the test is skipped, saying so, if not)."""
+    """SQLite, and PostgreSQL when it is reachable (the test is skipped, saying so, if not).
+
+    The PostgreSQL pass (TEST_DATABASE_URL) runs the PostgreSQL one only: the first pass ran
+    both already.
+    """
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
     url: str = request.getfixturevalue("postgres_url")
@@ -133,7 +173,7 @@ async def connector_factory(
 
         async def make(name: str, **overrides: Any) -> Api:
             key = f"test-{name}-{secrets.token_urlsafe(12)}"
-            settings = local_settings(tmp_path / name, backbone, key, **overrides)
+            settings = databases.local_settings(tmp_path / name, backbone, key, **overrides)
             node = await stack.enter_async_context(running_connector(settings, key))
             return Api(node, http)
 

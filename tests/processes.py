@@ -11,10 +11,13 @@ import os
 import signal
 import socket
 import sys
+import tomllib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests import databases
 
 CLI = [sys.executable, "-m", "connector.cli"]
 """``connector`` from this interpreter's environment."""
@@ -38,6 +41,32 @@ def clean_env(**variables: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
     return {**env, **variables}
+
+
+def serve_env(args: tuple[str, ...], env: Mapping[str, str], cwd: Path | None) -> dict[str, str]:
+    """``env`` for ``connector serve *args``; on the PostgreSQL pass, with its data dir's database.
+
+    The data dir is where the command would put it (``CONNECTOR_DATA_DIR``, else the config
+    file's ``data_dir``, else ``./data``), so a second serve on it finds the same database. A
+    database the environment or the config file names is left alone.
+    """
+    env = dict(env)
+    if not databases.ON_POSTGRES or env.get("CONNECTOR_DATABASE__URL"):
+        return env
+    config: dict[str, object] = {}
+    path = args[args.index("--config") + 1] if "--config" in args else env.get("CONNECTOR_CONFIG")
+    if path:
+        try:
+            with (cwd or Path.cwd()).joinpath(path).open("rb") as fh:
+                config = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError):
+            return env  # serve says what is wrong with it
+    named = config.get("database")
+    if isinstance(named, dict) and named.get("url"):
+        return env
+    data_dir = env.get("CONNECTOR_DATA_DIR") or str(config.get("data_dir", "./data"))
+    env["CONNECTOR_DATABASE__URL"] = databases.database_for((cwd or Path.cwd()) / data_dir)
+    return env
 
 
 async def stop(process: asyncio.subprocess.Process, within: float = 30) -> int:
@@ -75,7 +104,9 @@ async def run_to_end(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
+        env=serve_env(args, {**os.environ, **(env or {})}, cwd)
+        if args[:1] == ("serve",)
+        else {**os.environ, **(env or {})},
         cwd=cwd,
     )
     try:
@@ -116,7 +147,7 @@ async def serving(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else None,
+        env=serve_env(args, os.environ if env is None else env, cwd),
         cwd=cwd,
     )
     assert process.stdout is not None and process.stderr is not None

@@ -257,13 +257,26 @@ def test_metrics_require_key_from_the_environment_and_the_image(
         load_settings(config)
 
 
-_REFUSE_ON_SQLITE = (
-    "CREATE TRIGGER refuse_messages BEFORE INSERT ON messages "
-    "BEGIN SELECT RAISE(ABORT, 'messages are refused here'); END"
-)
-# PostgreSQL's error for this names the constraint and adds "DETAIL: Failing row contains
-# (...)": the whole row, content included.
-_REFUSE_ON_POSTGRES = "ALTER TABLE messages ADD CONSTRAINT refused_here CHECK (false) NOT VALID"
+_REFUSE = {  # (make every INSERT into messages fail, undo it, what the error says)
+    "sqlite": (
+        "CREATE TRIGGER refuse_messages BEFORE INSERT ON messages "
+        "BEGIN SELECT RAISE(ABORT, 'messages are refused here'); END",
+        "DROP TRIGGER refuse_messages",
+        "messages are refused here",
+    ),
+    # PostgreSQL's error for this names the constraint and adds "DETAIL: Failing row contains
+    # (...)": the whole row, content included.
+    "postgresql": (
+        "ALTER TABLE messages ADD CONSTRAINT refused_here CHECK (false) NOT VALID",
+        "ALTER TABLE messages DROP CONSTRAINT refused_here",
+        "refused_here",
+    ),
+}
+
+
+def _refusal(api: Api) -> tuple[str, str, str]:
+    """:data:`_REFUSE` for the database ``api``'s connector runs on."""
+    return _REFUSE[api.runtime.sessions.kw["bind"].dialect.name]
 
 
 @pytest.fixture
@@ -284,12 +297,10 @@ async def test_database_errors_never_put_content_in_the_logs(
     marker = f"content-marker-{secrets.token_hex(8)}"
     alice = await connector_factory("alice")
     bob = await connector_factory("bob", database=bobs_database)
-    if bobs_database:
-        refuse_bob, refused = _REFUSE_ON_POSTGRES, "refused_here"
-    else:
-        refuse_bob, refused = _REFUSE_ON_SQLITE, "messages are refused here"
+    refuse_alice, allow_alice, alice_refused = _refusal(alice)
+    refuse_bob, _, refused = _refusal(bob)
     async with alice.runtime.sessions.begin() as session:
-        await session.execute(text(_REFUSE_ON_SQLITE))
+        await session.execute(text(refuse_alice))
     async with bob.runtime.sessions.begin() as session:
         await session.execute(text(refuse_bob))
     with caplog.at_level(logging.DEBUG):
@@ -298,7 +309,7 @@ async def test_database_errors_never_put_content_in_the_logs(
         assert (status, body["code"]) == (500, "internal_error"), body
         assert "refused" not in json.dumps(body)
         async with alice.runtime.sessions.begin() as session:
-            await session.execute(text("DROP TRIGGER refuse_messages"))
+            await session.execute(text(allow_alice))
         status, body = await alice.send(recipients=[bob.address], content={"text": marker})
         assert status == 201, body
         _, page = await alice.json("GET", "/api/v1/messages")  # read back: rows in no log either
@@ -309,7 +320,7 @@ async def test_database_errors_never_put_content_in_the_logs(
             return "it cannot be stored" in caplog.text
 
         await eventually(skipped, "bob's sync job to give up on the message")
-    assert "messages are refused here" in caplog.text  # the errors were logged ...
+    assert alice_refused in caplog.text  # the errors were logged ...
     assert refused in caplog.text
     assert "unhandled error in POST /api/v1/messages" in caplog.text
     assert "storing a page of 1 items failed" in caplog.text

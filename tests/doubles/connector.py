@@ -83,7 +83,7 @@ async def double_node(
         data_dir, "http://platform.invalid", "no-api-in-these-tests", **overrides
     )
     master_key = os.urandom(32)
-    engine = create_engine(f"sqlite+aiosqlite:///{data_dir / 'connector.sqlite3'}")
+    engine = create_engine(settings.database_url)
     try:
         await upgrade(engine)
         sessions = create_sessions(engine)

@@ -9,6 +9,7 @@ whether it passed or not.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sqlite3
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from connector.crypto.at_rest import MASTER_KEY_FILENAME
+from tests import databases
 from tests.processes import CLI, REPO, clean_env, free_port
 
 HEALTH_TIMEOUT = 45.0
@@ -141,9 +144,11 @@ class Connector(Proc):
         **sync: Any,
     ) -> None:
         """``database_url`` and ``key`` shared make replicas of one identity (with one
-        master key: see :meth:`share_master_key`)."""
+        master key: see :meth:`share_master_key`). Without ``database_url``: SQLite in the
+        data dir, or on the PostgreSQL pass (TEST_DATABASE_URL) a database of its own."""
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.database_url = database_url or databases.database_for(self.data_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key or f"test-key-{name}-0123456789"
@@ -152,7 +157,7 @@ class Connector(Proc):
         self.config.write_text(
             f'data_dir = "{self.data_dir}"\n'
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n'
-            f'[database]\nurl = "{database_url}"\n'
+            f'[database]\nurl = "{self.database_url}"\n'
             f'[platform]\nurl = "{platform_url}"\nrequest_timeout = 5\n'
             f'[api]\nkeys = [{{ name = "t", key = "{self.key}", scopes = ["*"] }}]\n'
             f"[sync]\n{sync_lines}" + extra_config
@@ -186,7 +191,12 @@ class Connector(Proc):
         return self.address
 
     async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the connector's SQLite database (a query-only connection; WAL allows it live)."""
+        """Read the connector's database: ``sql`` with ``?`` placeholders, on either kind.
+
+        SQLite: a query-only connection (WAL allows it live); PostgreSQL: a connection of its own.
+        """
+        if self.database_url.startswith("postgresql"):
+            return await _query_postgres(self.database_url, sql, params)
         return await asyncio.to_thread(_query, self.db_path, sql, params)
 
     async def scalar(self, sql: str, *params: Any) -> Any:
@@ -234,6 +244,18 @@ def _query(db: Path, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
         return connection.execute(sql, tuple(params)).fetchall()
     finally:
         connection.close()
+
+
+async def _query_postgres(url: str, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
+    numbered = iter(range(1, sql.count("?") + 1))
+    connection = await asyncpg.connect(
+        url.replace("postgresql+asyncpg://", "postgresql://", 1), timeout=10
+    )
+    try:
+        rows = await connection.fetch(re.sub(r"\?", lambda _: f"${next(numbered)}", sql), *params)
+    finally:
+        await connection.close()
+    return [tuple(row) for row in rows]
 
 
 class Cluster:
