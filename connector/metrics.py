@@ -6,7 +6,7 @@ connectors run in one test process; the library's global default registry is nev
 Two kinds of numbers:
 
 - counted as they happen, in :class:`Metrics`: requests and their latency per route
-  (``connector.api.metrics.metrics_middleware``), pulled page sizes (the sync), push attempts
+  (``connector.api.access_log.access_log_middleware``), pulled page sizes (the sync), push attempts
   by outcome (the delivery job), platform errors by operation and kind (the platform client);
 - read at scrape time from the database, the scheduler and the engine's pool
   (:class:`Snapshot`, built from :class:`~connector.services.status.Counts` for each scrape):

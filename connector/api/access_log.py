@@ -23,6 +23,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from connector.api.appkeys import RUNTIME
+from connector.api.metrics import route_of
+from connector.api.params import client_gone
 from connector.logs import log_context
 
 log = logging.getLogger("connector.access")
@@ -41,6 +44,8 @@ def request_id_of(request: web.BaseRequest) -> str:
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Time each request once, and from that one status and duration log a line and count it
+    in the metrics (requests and latency by method, route template and status)."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
     started = time.perf_counter()
@@ -55,12 +60,16 @@ async def access_log_middleware(request: web.Request, handler: Any) -> web.Strea
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
         except BaseException:
-            status = 499 if request.transport is None or request.transport.is_closing() else 500
+            status = 499 if client_gone(request) else 500
             raise
         finally:
+            seconds = time.perf_counter() - started
+            runtime = request.app.get(RUNTIME)
+            if runtime is not None:
+                runtime.metrics.request(request.method, route_of(request), status, seconds)
             if log.isEnabledFor(logging.INFO):
                 path = request.rel_url.raw_path  # as sent, percent-encoded; no query string
-                duration = (time.perf_counter() - started) * 1000
+                duration = seconds * 1000
                 log.info(
                     "%s %s %d %.1fms",
                     request.method,

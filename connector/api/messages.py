@@ -8,7 +8,7 @@ from aiohttp import web
 
 from connector.api.appkeys import PRINCIPAL, RUNTIME
 from connector.api.files import RANGE_HEADER, RANGE_RESPONSES, stream_plaintext
-from connector.api.params import json_body, json_response, query
+from connector.api.params import client_gone, json_body, json_response, query
 from connector.api.routing import Header, RouteTable
 from connector.errors import CorrelationTimeout, NotCorrelated, ValidationFailed
 from connector.ids import FILE_ID, MESSAGE_ID
@@ -121,7 +121,9 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
 async def _correlated(request: web.Request, sent: MessageRecord, within: float) -> MessageRecord:
     """``sent`` once the recipient's correlation receipt said it was taken; else the problem."""
-    message = await request.app[RUNTIME].watch.correlation(sent.id, within, lambda: _gone(request))
+    message = await request.app[RUNTIME].watch.correlation(
+        sent.id, within, lambda: client_gone(request)
+    )
     if message is None:
         raise CorrelationTimeout(
             f"no correlation receipt from the recipient within {within:g} s; "
@@ -141,11 +143,6 @@ async def _correlated(request: web.Request, sent: MessageRecord, within: float) 
             correlation=said,
         )
     return message
-
-
-def _gone(request: web.Request) -> bool:
-    """The client hung up during a long-poll."""
-    return request.transport is None or request.transport.is_closing()
 
 
 @routes.get(
@@ -179,7 +176,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
         cursor=params.cursor,
         descending=params.order == "desc",
         wait=params.wait,
-        gone=lambda: _gone(request),
+        gone=lambda: client_gone(request),
     )
     items = [message_out(record) for record in rows]
     return json_response(MessagePage(items=items, next_cursor=next_cursor))

@@ -7,10 +7,7 @@ default yes unless the connector listens on loopback only. What each metric mean
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from connector.api.appkeys import RUNTIME
 from connector.api.routing import METRICS, RouteTable
@@ -37,30 +34,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     )
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count each request and time it, by method, route template and status."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except BaseException:
-        status = 499 if request.transport is None or request.transport.is_closing() else 500
-        raise
-    finally:
-        runtime = request.app.get(RUNTIME)
-        if runtime is not None:
-            runtime.metrics.request(
-                request.method, _route(request), status, time.perf_counter() - started
-            )
-
-
-def _route(request: web.Request) -> str:
+def route_of(request: web.Request) -> str:
     """The template of the route that matched (``/api/v1/messages/{id}``), or UNMATCHED."""
     resource = request.match_info.route.resource
     return UNMATCHED if resource is None else resource.canonical

@@ -13,6 +13,12 @@ from connector.errors import UnsupportedMediaType, ValidationFailed
 M = TypeVar("M", bound=BaseModel)
 
 
+def client_gone(request: web.BaseRequest) -> bool:
+    """The client hung up (its connection is closed or closing): a long-poll may stop, and a
+    request cut short is logged and counted as 499."""
+    return request.transport is None or request.transport.is_closing()
+
+
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return [
         {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "message": e["msg"]}
