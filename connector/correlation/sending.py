@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from datetime import datetime
 from typing import Any
 
 from connector.clock import utcnow
@@ -119,15 +118,12 @@ class ReceiptSender:
                     outcome.error,
                 )
             else:
-                at = _next(now, self._retry.delay(item.attempts + 1), outcome, owed.expires_at)
+                backoff = self._retry.delay(item.attempts + 1)
+                at = next_attempt_at(now, backoff, outcome.retry_after, owed.expires_at)
                 retries.append(receipts_repo.Retry(item.seq, outcome.error, at))
         async with self._sessions.begin() as session:
             await receipts_repo.remove_many(session, removed)
             await receipts_repo.reschedule_many(session, retries)
-
-
-def _next(now: datetime, backoff: float, outcome: TryAgain, expires_at: datetime) -> datetime:
-    return next_attempt_at(now, backoff, outcome.retry_after, expires_at)
 
 
 def _body(owed: receipts_repo.Owed) -> CorrelationReceiptBody:

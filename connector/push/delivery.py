@@ -36,7 +36,6 @@ while capacity is left, so one slow endpoint does not hold up the others. On sto
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections import defaultdict
@@ -62,7 +61,7 @@ from connector.push.sender import AttemptResult, Delivered, Gone, NotCorrelated,
 from connector.push.signing import SignedRequest, WebhookSecret
 from connector.push.subscriptions import Subscriptions, is_publisher
 from connector.retry import FixedSchedule, GrowingInterval, Uniform
-from connector.services.body import MAX_RESULT_BYTES
+from connector.services.body import MAX_RESULT_BYTES, compact_size
 from connector.services.events import emit_other
 from connector.services.lifecycle import EventType
 from storage.engine import Sessions
@@ -764,8 +763,7 @@ def _bounded(answer: Any) -> Any:
     much to send (over MAX_RESULT_BYTES as compact JSON: the receiver would refuse it)."""
     if answer is None:
         return None
-    size = len(json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode())
-    return answer if size <= MAX_RESULT_BYTES else None
+    return answer if compact_size(answer) <= MAX_RESULT_BYTES else None
 
 
 def _refusal(result: AttemptResult, *, expired: bool) -> str:

@@ -117,6 +117,12 @@ MAX_RESULT_BYTES = 16 * 1024
 MAX_REASON = 500
 
 
+def compact_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON: what a receipt's ``result`` is bounded by,
+    measured the same way where it is made and where it is received."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
 def _digest(value: str) -> str:
     """Canonical base64 of 32 bytes (an envelope digest): one spelling per value."""
     try:
@@ -149,8 +155,7 @@ class CorrelationReceiptBody(_BodyModel):
     def _result_is_bounded(self) -> CorrelationReceiptBody:
         if self.result is not None:
             check_json(self.result)
-            size = len(json.dumps(self.result, separators=(",", ":"), ensure_ascii=False).encode())
-            if size > MAX_RESULT_BYTES:
+            if compact_size(self.result) > MAX_RESULT_BYTES:
                 raise ValueError(f"result is larger than {MAX_RESULT_BYTES} bytes")
         return self
 
