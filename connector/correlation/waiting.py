@@ -1,26 +1,21 @@
 """Waiting in the API for what another organisation does: a receipt, or a message.
 
-Two long-polls share one loop (:meth:`MessageWatch.until`): a correlate-mode send waits for
-the recipient's correlation receipt, and ``GET /api/v1/messages?wait=`` waits for a matching
-message, so that a request/reply between two companies is two HTTP calls. Both are made true
-by a commit that writes an event (the receipt's ``message.correlated``, the reply's
+Two long-polls on the event feed's own loop (``EventNotifier.until``): a correlate-mode send
+waits for the recipient's correlation receipt, and ``GET /api/v1/messages?wait=`` waits for a
+matching message, so that a request/reply between two companies is two HTTP calls. Both are
+made true by a commit that writes an event (the receipt's ``message.correlated``, the reply's
 ``message.received``): the event notifier wakes the waiters of this process at once, and they
 look at the database again every ``recheck`` seconds for what another replica's sync stored.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
 from connector.services.events import EventNotifier
 from connector.services.lifecycle import MessageStatus
 from connector.services.messages import MessageService
 from storage.repositories.messages import MessageFilter, MessageRecord
-
-T = TypeVar("T")
 
 RECHECK = 0.5
 """Seconds between looks at the database while waiting, for what other replicas commit."""
@@ -42,31 +37,14 @@ class MessageWatch:
         self._recheck = recheck
         self._correlating = 0
 
+    def _rechecked(self) -> float:
+        return self._recheck
+
     @property
     def correlating(self) -> int:
         """Correlate-mode sends waiting for their receipt now, in this process: while there
         are any, the sync does not rest between pages (``connector.runtime``)."""
         return self._correlating
-
-    async def until(
-        self,
-        probe: Callable[[], Awaitable[T | None]],
-        within: float,
-        gone: Callable[[], bool] = _never,
-    ) -> T | None:
-        """``probe()`` once it answers something, or None after ``within`` seconds (or when
-        the caller hung up, or at shutdown). Probes after every commit that wrote events."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            changed = self._notifier.watch()  # before the probe: a commit during it counts
-            value = await probe()
-            remaining = deadline - loop.time()
-            if value or remaining <= 0 or self._notifier.closed or gone():
-                return value or None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self._recheck, remaining)):
-                    await changed.wait()
 
     async def correlation(
         self, message_id: str, within: float, gone: Callable[[], bool] = _never
@@ -84,7 +62,7 @@ class MessageWatch:
 
         self._correlating += 1
         try:
-            return await self.until(settled, within, gone)
+            return await self._notifier.until(settled, within, recheck=self._rechecked, gone=gone)
         finally:
             self._correlating -= 1
 
@@ -110,4 +88,4 @@ class MessageWatch:
             )
             return (rows, next_cursor) if rows else None
 
-        return await self.until(found, wait, gone) or page
+        return await self._notifier.until(found, wait, recheck=self._rechecked, gone=gone) or page

@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,6 +92,13 @@ def emit_other(session: AsyncSession, type: str, data: dict[str, Any]) -> None:
     )
 
 
+T = TypeVar("T")
+
+
+def _never() -> bool:
+    return False
+
+
 class EventNotifier:
     """Wakes waiting readers of the feed after every commit that wrote events.
 
@@ -132,16 +139,36 @@ class EventNotifier:
         self._closed = True
         self._next.set()
 
+    async def until(
+        self,
+        probe: Callable[[], Awaitable[T | None]],
+        within: float,
+        *,
+        recheck: Callable[[], float],
+        gone: Callable[[], bool] = _never,
+    ) -> T | None:
+        """``probe()`` once it answers something, or None after ``within`` seconds, when the
+        caller hung up (``gone``), or at shutdown: the long-poll of the event feed and of the
+        API's other waits. Probes again after every commit that wrote events, and at least
+        every ``recheck()`` seconds for what other processes commit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            changed = self.watch()  # before the probe: a commit during it counts
+            value = await probe()
+            remaining = deadline - loop.time()
+            if value or remaining <= 0 or self._closed or gone():
+                return value or None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(recheck(), remaining)):
+                    await changed.wait()
+
 
 @dataclass(frozen=True)
 class FeedPage:
     events: list[Event]
     cursor: str
     """Where to continue: after the last event, or the cursor given when there were none."""
-
-
-def _never() -> bool:
-    return False
 
 
 class EventFeed:
@@ -182,20 +209,19 @@ class EventFeed:
         says the caller is not listening any more or when the feed is closed.
         """
         after_seq = decode_cursor(after) if after is not None else 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while True:
-            changed = self._notifier.watch()
-            events, held = await self._read(after_seq, limit, types)
-            remaining = deadline - loop.time()
-            if events or remaining <= 0 or self._notifier.closed or gone():
-                break
-            pause = min(self._recheck, remaining)
+        held = False
+
+        async def new_events() -> list[Event] | None:
+            nonlocal held
+            found, held = await self._read(after_seq, limit, types)
+            return found or None
+
+        def recheck() -> float:
             if held:  # look again soon after the held event has settled
-                pause = min(pause, max(self._settle / 4, 0.01))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await changed.wait()
+                return min(self._recheck, max(self._settle / 4, 0.01))
+            return self._recheck
+
+        events = await self._notifier.until(new_events, wait, recheck=recheck, gone=gone)
         if events:
             return FeedPage(events, encode_cursor(events[-1].seq))
         return FeedPage([], after if after is not None else encode_cursor(0))
