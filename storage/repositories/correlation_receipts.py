@@ -1,8 +1,9 @@
 """Correlation receipts owed to senders; retries are data (attempts, next_attempt_at).
 
-Claimed as the outbox's entries are (``storage.repositories.outbox``): the pick and the push of
-``next_attempt_at`` by ``hold`` are one statement, ``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
-so replicas never send one at the same time, and what a crashed claimer held comes due again.
+Claimed as the outbox's entries are, by the same statements (``storage.repositories.
+_sendings``): the pick and the push of ``next_attempt_at`` by ``hold`` are one statement,
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas never send one at the same time, and what
+a crashed claimer held comes due again.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import CorrelationReceipt
+from storage.repositories import _sendings
 
 _RECEIPTS: Table = CorrelationReceipt.__table__  # type: ignore[assignment]
 
@@ -81,34 +83,8 @@ async def claim(
     session: AsyncSession, now: datetime, limit: int, *, hold: timedelta = CLAIM_HOLD
 ) -> list[Due]:
     """Claim up to ``limit`` due receipts, the longest-waiting first, until ``now + hold``."""
-    picked = (
-        select(_RECEIPTS.c.seq)
-        .where(_RECEIPTS.c.next_attempt_at <= now)
-        .order_by(_RECEIPTS.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("picked")  # run once (see storage.repositories.outbox.claim)
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
-    c = _RECEIPTS.c
-    rows = await session.execute(
-        update(_RECEIPTS)
-        .where(c.seq.in_(select(picked.c.seq)), c.next_attempt_at <= now)
-        .values(next_attempt_at=now + hold)
-        .returning(
-            c.seq,
-            c.id,
-            c.peer,
-            c.message_id,
-            c.digest,
-            c.status,
-            c.result,
-            c.reason,
-            c.at,
-            c.expires_at,
-            c.envelope,
-            c.attempts,
-        )
+    rows = await _sendings.claim(
+        session, _RECEIPTS, _RECEIPTS.c.seq, now, limit, hold, tuple(_RECEIPTS.c)
     )
     due = [
         Due(
@@ -136,18 +112,7 @@ async def keep_envelopes(
     session: AsyncSession, envelopes: dict[int, dict[str, Any]]
 ) -> dict[int, dict[str, Any]]:
     """Store each envelope unless its receipt has one already; the stored ones, by seq."""
-    if not envelopes:
-        return {}
-    await session.execute(
-        update(_RECEIPTS)
-        .where(_RECEIPTS.c.seq == bindparam("s"), _RECEIPTS.c.envelope.is_(None))
-        .values(envelope=bindparam("sealed")),
-        [{"s": seq, "sealed": envelope} for seq, envelope in envelopes.items()],
-    )
-    stored = await session.execute(
-        select(_RECEIPTS.c.seq, _RECEIPTS.c.envelope).where(_RECEIPTS.c.seq.in_(list(envelopes)))
-    )
-    return {seq: envelope for seq, envelope in stored if envelope is not None}
+    return await _sendings.keep_envelopes(session, _RECEIPTS, _RECEIPTS.c.seq, envelopes)
 
 
 async def remove_many(session: AsyncSession, seqs: list[int]) -> None:
@@ -156,17 +121,9 @@ async def remove_many(session: AsyncSession, seqs: list[int]) -> None:
 
 
 async def reschedule_many(session: AsyncSession, retries: list[Retry]) -> None:
-    if retries:
-        await session.execute(
-            update(_RECEIPTS)
-            .where(_RECEIPTS.c.seq == bindparam("s"))
-            .values(
-                attempts=_RECEIPTS.c.attempts + 1,
-                last_error=bindparam("error"),
-                next_attempt_at=bindparam("at"),
-            ),
-            [{"s": r.seq, "error": r.error, "at": r.next_attempt_at} for r in retries],
-        )
+    await _sendings.reschedule(
+        session, _RECEIPTS, _RECEIPTS.c.seq, [(r.seq, r.error, r.next_attempt_at) for r in retries]
+    )
 
 
 async def pending(session: AsyncSession) -> int:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import OutboxEntry
+from storage.repositories import _sendings
 
 _OUTBOX: Table = OutboxEntry.__table__  # type: ignore[assignment]
 
@@ -54,28 +55,12 @@ async def claim(
     Run it in a write transaction of its own and commit at once: on PostgreSQL the claimed rows
     stay locked until then.
     """
-    due = (
-        select(_OUTBOX.c.message_seq)
-        .where(_OUTBOX.c.next_attempt_at <= now)
-        .order_by(_OUTBOX.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
-        # A CTE, run once: as an ``IN (subquery)`` PostgreSQL may run the pick again and again
-        # inside the UPDATE, each run skipping the rows the runs before locked, and so claim
-        # more than ``limit`` rows (seen with the same statement for webhook deliveries).
-        .cte("picked")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
+    c = _OUTBOX.c
+    claimed = await _sendings.claim(
+        session, _OUTBOX, c.message_seq, now, limit, hold, (c.message_seq, c.envelope, c.attempts)
     )
-    claimed = await session.execute(
-        update(_OUTBOX)
-        .where(
-            _OUTBOX.c.message_seq.in_(select(due.c.message_seq)),
-            _OUTBOX.c.next_attempt_at <= now,  # as the row is now (another claimer's update)
-        )
-        .values(next_attempt_at=now + hold)
-        .returning(_OUTBOX.c.message_seq, _OUTBOX.c.envelope, _OUTBOX.c.attempts)
-    )
-    return sorted((DueEntry(*row) for row in claimed), key=lambda entry: entry.message_seq)
+    entries = (DueEntry(row.message_seq, row.envelope, row.attempts) for row in claimed)
+    return sorted(entries, key=lambda entry: entry.message_seq)
 
 
 async def remove_many(session: AsyncSession, message_seqs: list[int]) -> None:
@@ -90,35 +75,17 @@ async def keep_envelopes(
 
     An entry that is gone is missing from the answer.
     """
-    if not envelopes:
-        return {}
-    await session.execute(
-        update(_OUTBOX)
-        .where(_OUTBOX.c.message_seq == bindparam("seq"), _OUTBOX.c.envelope.is_(None))
-        .values(envelope=bindparam("sealed")),
-        [{"seq": seq, "sealed": envelope} for seq, envelope in envelopes.items()],
-    )
-    stored = await session.execute(
-        select(_OUTBOX.c.message_seq, _OUTBOX.c.envelope).where(
-            _OUTBOX.c.message_seq.in_(list(envelopes))
-        )
-    )
-    return {seq: envelope for seq, envelope in stored if envelope is not None}
+    return await _sendings.keep_envelopes(session, _OUTBOX, _OUTBOX.c.message_seq, envelopes)
 
 
 async def reschedule_many(session: AsyncSession, retries: list[Retry]) -> None:
     """One more attempt counted for each, with its error and next time; one statement."""
-    if retries:
-        await session.execute(
-            update(_OUTBOX)
-            .where(_OUTBOX.c.message_seq == bindparam("seq"))
-            .values(
-                attempts=_OUTBOX.c.attempts + 1,
-                last_error=bindparam("error"),
-                next_attempt_at=bindparam("at"),
-            ),
-            [{"seq": r.message_seq, "error": r.error, "at": r.next_attempt_at} for r in retries],
-        )
+    await _sendings.reschedule(
+        session,
+        _OUTBOX,
+        _OUTBOX.c.message_seq,
+        [(r.message_seq, r.error, r.next_attempt_at) for r in retries],
+    )
 
 
 async def add_many(
