@@ -87,6 +87,10 @@ async def stop(process: asyncio.subprocess.Process, within: float = 30) -> int:
     return process.returncode
 
 
+_ON_ITS_DATABASE = {("serve",), ("keys",)}
+"""Commands that open the connector's own database (the rest talk to its API)."""
+
+
 async def run_to_end(
     *args: str,
     env: Mapping[str, str] | None = None,
@@ -105,7 +109,7 @@ async def run_to_end(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=serve_env(args, {**os.environ, **(env or {})}, cwd)
-        if args[:1] == ("serve",)
+        if args[:1] in _ON_ITS_DATABASE
         else {**os.environ, **(env or {})},
         cwd=cwd,
     )

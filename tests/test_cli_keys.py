@@ -16,6 +16,7 @@ from connector.services.api_keys import hash_key
 from connector.settings import load_settings
 from storage.engine import create_engine
 from storage.models import ApiKey
+from tests.databases import database_for
 from tests.processes import clean_env, run_to_end, serving
 
 REVOCATION_BOUND = 2.0
@@ -23,8 +24,13 @@ REVOCATION_BOUND = 2.0
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
+    """A config file; on the PostgreSQL pass it names the data dir's own database, so that the
+    CLI, a served connector and this test's own reads all use that one."""
     config = tmp_path / "c.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\n[server]\nport = 0\n{extra}')
+    text = f'data_dir = "{tmp_path / "data"}"\n[server]\nport = 0\n{extra}'
+    if url := database_for(tmp_path / "data"):
+        text += f'\n[database]\nurl = "{url}"\n'
+    config.write_text(text)
     return config
 
 

@@ -211,7 +211,12 @@ async def lock_many(session: AsyncSession, webhook_ids: Sequence[str]) -> dict[s
         select(Webhook)
         .where(Webhook.id.in_(list(webhook_ids)))
         .order_by(Webhook.id)  # one lock order, so two replicas never deadlock
-        .with_for_update()
+        # FOR NO KEY UPDATE: what a health update needs, and it does not wait for the KEY SHARE
+        # locks that foreign-key checks take. A delivery row updated twice in one transaction
+        # (its attempts counted, then its status) has its webhook_id checked again, which
+        # takes KEY SHARE on the subscription's row; two such transactions each asking FOR
+        # UPDATE then wait for each other (a deadlock PostgreSQL ends by aborting one).
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     return {webhook.id: webhook for webhook in rows}

@@ -163,6 +163,47 @@ async def test_postgres_claims_skip_what_an_open_claim_holds(postgres_url: str) 
             await engine.dispose()
 
 
+async def test_two_outcome_records_for_one_subscription_do_not_deadlock(
+    postgres_url: str,
+) -> None:
+    """Two replicas record outcomes for one subscription at once, as the delivery job does:
+    count the attempt, settle the delivery (a second update of that row, whose foreign key
+    PostgreSQL then checks again with a KEY SHARE lock on the subscription), then lock the
+    subscription to move its health. The second waits for the first; neither is aborted as a
+    deadlock (with FOR UPDATE, both did, every time)."""
+    engines = [create_engine(postgres_url) for _ in range(2)]
+    try:
+        await upgrade(engines[0])
+        first, second = (create_sessions(engine) for engine in engines)
+        now = datetime.now(UTC)
+        events = await _events(first, 2, now)
+        webhook = await _webhook(first, now)
+        async with first.begin() as session:
+            for event_seq in events:
+                await deliveries_repo.add_for_event(session, event_seq, [webhook], now)
+        claimed = await _claim(first, now)
+        assert len(claimed) == 2
+        both_settled = asyncio.Barrier(2)
+
+        async def record(sessions: Sessions, seq: int) -> None:
+            async with sessions.begin() as session:
+                attempt = Attempt(seq, now, duration_ms=5, status_code=200)
+                await deliveries_repo.record_attempts(session, [attempt])
+                await deliveries_repo.succeed(session, [seq], now)
+                await both_settled.wait()  # each now holds KEY SHARE on the subscription
+                locked = await webhooks_repo.lock_many(session, [webhook])
+                locked[webhook].failure_streak = 0
+
+        async with asyncio.timeout(20):
+            await asyncio.gather(record(first, claimed[0]), record(second, claimed[1]))
+        async with first.begin() as session:
+            settled = await session.scalars(select(Delivery.status))
+            assert list(settled) == ["succeeded", "succeeded"]
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
 async def test_an_unfinished_claim_comes_back_after_hold(sessions: Sessions) -> None:
     now = datetime.now(UTC)
     events = await _events(sessions, 3, now)
