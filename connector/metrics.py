@@ -18,11 +18,11 @@ kinds), never a raw path or anything a request or a peer chose, so series stay f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -86,6 +86,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.signals_received = Counter(
+            "connector_replica_signals",
+            "Commit signals received from other replicas on the same PostgreSQL database.",
+            registry=self.registry,
+        )
+        self.signals_listening = Gauge(
+            "connector_replica_signals_listening",
+            "Whether this replica listens for the other replicas' commits (PostgreSQL); while "
+            "0, long-polls see their commits at their next look at the database.",
+            registry=self.registry,
+        )
+
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         labels = (method, route, str(status))
         self.requests.labels(*labels).inc()
@@ -100,6 +112,13 @@ class Metrics:
     def platform_error(self, operation: str, exc: PlatformError) -> None:
         """``PlatformClient(on_error=...)``: a call of ``operation`` failed with ``exc``."""
         self.platform_errors.labels(operation, error_kind(exc)).inc()
+
+    def signal_received(self) -> None:
+        self.signals_received.inc()
+
+    def watch_signals(self, listening: Callable[[], bool]) -> None:
+        """Read ``listening()`` at each scrape for ``connector_replica_signals_listening``."""
+        self.signals_listening.set_function(lambda: float(listening()))
 
     def render(self, counts: Counts, now: datetime | None = None) -> bytes:
         """The text exposition of everything: the instruments and ``counts`` read just now."""

@@ -27,7 +27,6 @@ from connector.push.auth import AuthHeaders
 from connector.push.brokers import PublisherUnavailable
 from connector.push.delivery import BreakerPolicy, DeliveryLimits, DeliveryService
 from connector.push.formats import FORMATS
-from connector.push.routing import route_pending_events
 from connector.push.subscriptions import NewSecret, Subscriptions
 from connector.push.url_policy import UrlPolicy
 from connector.retry import FixedSchedule, GrowingInterval
@@ -45,15 +44,17 @@ from connector.services.status import StatusService
 from connector.services.sync import SyncService
 from connector.services.transitions import StatusRecorder
 from connector.settings import ConfigError, Settings, is_loopback
+from connector.wakeups import Wakeups
 from scheduler import JobScheduler
 from scheduler.jobs import Job, Pace, connector_jobs
 from scheduler.leases import instance_id
 from storage.batching import WriteBatcher
-from storage.engine import Sessions, UnitOfWork, create_engine, create_sessions
+from storage.engine import Sessions, create_engine, create_sessions
 from storage.migrate import upgrade
 from storage.models import Identity
 from storage.repositories import messages as messages_repo
 from storage.repositories import sync_state as sync_state_repo
+from storage.signals import DELIVERIES, EVENTS, RECEIPTS
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +108,15 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         stack.push_async_callback(engine.dispose)
         await upgrade(engine)
         metrics = Metrics(engine.pool)
-        notifier = EventNotifier()  # wakes event-feed long-polls after commits that wrote events
+        wakeups = Wakeups(engine, metrics)  # after commits here, and on other replicas
+        notifier = EventNotifier(signalled=lambda: wakeups.listening)  # wakes the long-polls
         stack.callback(notifier.close)
-        woken: list[Callable[[], None]] = []  # the delivery job, once the scheduler exists
-        receipts_woken: list[Callable[[], None]] = []  # and the receipts job
-
-        def after_commit(work: UnitOfWork) -> None:
-            notifier.after_commit(work)
-            if work.wrote_deliveries:
-                for wake in woken:
-                    wake()
-            if work.wrote_receipts:
-                for wake in receipts_woken:
-                    wake()
-
-        # every write transaction routes the events it writes to the push subscriptions
+        wakeups.on(EVENTS, notifier.notify)
         sessions = create_sessions(
-            engine, after_commit=after_commit, before_commit=route_pending_events
+            engine, after_commit=wakeups.after_commit, before_commit=wakeups.before_commit
         )
+        wakeups.start_listening()
+        stack.push_async_callback(wakeups.stop)
 
         platform_url = settings.platform.url
         warn_if_plaintext(platform_url)
@@ -202,8 +194,8 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         stack.push_async_callback(delivery.drain)  # after the scheduler stopped: see below
 
         scheduler = JobScheduler(sessions, instance=instance_id(settings.data_dir))
-        woken.append(lambda: scheduler.wake("delivery"))
-        receipts_woken.append(lambda: scheduler.wake("receipts"))
+        wakeups.on(DELIVERIES, lambda: scheduler.wake("delivery"))
+        wakeups.on(RECEIPTS, lambda: scheduler.wake("receipts"))
         services = build_services(
             settings,
             sessions,

@@ -11,6 +11,7 @@ import aiohttp
 
 from connector.local import running_connector
 from connector.settings import load_settings
+from tests.databases import with_database
 from tests.processes import run_to_end, serving
 
 
@@ -30,7 +31,9 @@ async def test_keys_create_then_use(tmp_path: Path, backbone: str) -> None:
     assert code == 0, err
     key = out.strip()
     assert key.startswith("ck_") and "shown only now" in err
-    settings = load_settings(config, server={"host": "127.0.0.1", "port": 0})
+    # on the PostgreSQL pass, the database `keys create` wrote to (the data dir's own)
+    overrides = with_database(tmp_path / "data", {"server": {"host": "127.0.0.1", "port": 0}})
+    settings = load_settings(config, **overrides)
     async with (
         running_connector(settings, key) as node,
         aiohttp.ClientSession(headers={"X-API-KEY": key}) as http,

@@ -4,8 +4,10 @@ Two long-polls on the event feed's own loop (``EventNotifier.until``): a correla
 waits for the recipient's correlation receipt, and ``GET /api/v1/messages?wait=`` waits for a
 matching message, so that a request/reply between two companies is two HTTP calls. Both are
 made true by a commit that writes an event (the receipt's ``message.correlated``, the reply's
-``message.received``): the event notifier wakes the waiters of this process at once, and they
-look at the database again every ``recheck`` seconds for what another replica's sync stored.
+``message.received``): the event notifier wakes the waiters at once after a commit in this
+process or, on PostgreSQL, in another replica (``connector.wakeups``), and they look at the
+database again every ``recheck`` seconds all the same (less often while the other replicas'
+commits are signalled).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class MessageWatch:
         self._correlating = 0
 
     def _rechecked(self) -> float:
-        return self._recheck
+        return self._notifier.interval(self._recheck)
 
     @property
     def correlating(self) -> int:

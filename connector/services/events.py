@@ -5,8 +5,9 @@ so the feed never misses a change and never reports one that was rolled back.
 
 Readers follow the feed by ``seq`` with an opaque cursor and may long-poll: an
 :class:`EventNotifier` wakes them as soon as a transaction that wrote events has committed in
-this process, and they look at the database again at least every second, so events committed by
-another process on the same database are seen too.
+this process, or in another replica on the same PostgreSQL database (``connector.wakeups``), and
+they look at the database again at least every second (every few seconds while the other
+replicas' commits are signalled), so events committed by another process are seen too.
 
 Order. The feed is handed out in ``seq`` order, and a cursor only moves forward, so an event
 with a seq below a reader's cursor that commits later would be skipped for ever:
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: How many (seq, created_at) pairs one step of the walk back from the head reads.
 _WALK_CHUNK = 100
+#: Seconds between a waiter's own looks at the database while other replicas' commits are
+#: signalled to this process (``EventNotifier.interval``).
+SIGNALLED_RECHECK = 5.0
 #: How long an event above a hole is held back on databases where seqs can commit out of order.
 OUT_OF_ORDER_SETTLE = 1.0
 
@@ -112,9 +116,18 @@ class EventNotifier:
     went through :func:`emit` count.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, signalled: Callable[[], bool] = _never) -> None:
+        """``signalled()``: whether other processes' commits wake this notifier now too (the
+        replicas' commit signals on PostgreSQL, ``connector.wakeups``)."""
         self._next = asyncio.Event()
         self._closed = False
+        self._signalled = signalled
+
+    def interval(self, fallback: float) -> float:
+        """Seconds a waiter may rest before it looks at the database for other processes'
+        commits itself: ``fallback``, or :data:`SIGNALLED_RECHECK` while their commits are
+        signalled (they wake it then, and the look is only a safety net)."""
+        return max(fallback, SIGNALLED_RECHECK) if self._signalled() else fallback
 
     @property
     def closed(self) -> bool:
@@ -219,7 +232,7 @@ class EventFeed:
         def recheck() -> float:
             if held:  # look again soon after the held event has settled
                 return min(self._recheck, max(self._settle / 4, 0.01))
-            return self._recheck
+            return self._notifier.interval(self._recheck)
 
         events = await self._notifier.until(new_events, wait, recheck=recheck, gone=gone)
         if events:

@@ -4,7 +4,8 @@ Real processes on loopback: a backbone, a receiver B with a webhook that sends r
 sender identity A run by replicas a1 and a2 on one PostgreSQL database. Only the replica that
 holds A's inbox lease stores what arrives, so a long-poll on the other one must see it through
 the database: correlate-mode sends on both replicas get their receipts, and a ``wait`` on both
-gets the message that arrives, as does a long-poll of the event feed on both.
+gets the message that arrives, as does a long-poll of the event feed on both. The replicas
+signal their commits to each other (LISTEN/NOTIFY), which /metrics shows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_metrics import parse, value
 from tests.push.receiver import Receiver
 from tests.reliability.harness import Cluster, Connector
 from tests.reliability.test_replicas import fresh_databases, replicas
@@ -82,5 +84,12 @@ async def test_waits_end_on_every_replica_whichever_holds_the_inbox(cluster: Clu
             for code, page in await follows:  # the event feed's long-poll too
                 assert code == 200, page
                 assert [e["data"]["id"] for e in page["items"]] == [sent["id"]], page
+            # Each replica heard the other's commits (the one that stored the reply woke the
+            # other's waiters through a commit signal, not at its next look at the database).
+            for node in (a1, a2):
+                async with cluster.http.get(node.url + "/metrics", headers=node.headers) as r:
+                    samples = parse(await r.text())
+                assert value(samples, "connector_replica_signals_listening") == 1
+                assert (value(samples, "connector_replica_signals_total") or 0) > 0, node.name
         finally:
             await hook.stop()
