@@ -390,7 +390,23 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
 
 def _cmd_keys_list(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    infos = _run(_with_keys(settings, lambda keys: keys.keys()))
+
+    async def listed(keys: ApiKeyService) -> tuple[list[KeyInfo], tuple[list[str], list[str]]]:
+        return await keys.keys(), await keys.config_drift(settings.api.keys)
+
+    infos, (pending, stale) = _run(_with_keys(settings, listed))
+    for name in pending:  # not rows: a key not stored yet has no id, and none is made here
+        print(
+            f"note: config key '{name}' (api.keys) is not stored yet; a connector started with "
+            "this config adds it",
+            file=sys.stderr,
+        )
+    for name in stale:
+        print(
+            f"note: config key '{name}' is no longer in the config file; a connector started "
+            "with this config removes it",
+            file=sys.stderr,
+        )
     if args.json:
         for info in infos:
             print(json.dumps(_key_json(info)))

@@ -27,6 +27,7 @@ from connector.push.auth import AuthHeaders
 from connector.push.brokers import PublisherUnavailable
 from connector.push.delivery import BreakerPolicy, DeliveryLimits, DeliveryService
 from connector.push.formats import FORMATS
+from connector.push.routing import route_pending_events
 from connector.push.subscriptions import NewSecret, Subscriptions
 from connector.push.url_policy import UrlPolicy
 from connector.retry import FixedSchedule, GrowingInterval
@@ -112,8 +113,9 @@ async def open_runtime(settings: Settings, *, run_scheduler: bool = True) -> Asy
         notifier = EventNotifier(signalled=lambda: wakeups.listening)  # wakes the long-polls
         stack.callback(notifier.close)
         wakeups.on(EVENTS, notifier.notify)
+        # every write transaction routes the events it writes to the push subscriptions
         sessions = create_sessions(
-            engine, after_commit=wakeups.after_commit, before_commit=wakeups.before_commit
+            engine, after_commit=wakeups.after_commit, before_commit=route_pending_events
         )
         wakeups.start_listening()
         stack.push_async_callback(wakeups.stop)

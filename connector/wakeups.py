@@ -3,26 +3,32 @@
 A commit that wrote events wakes the long-polls (the event feed, ``wait=``, correlate-mode
 sends); one that wrote push deliveries wakes the delivery job; one that wrote correlation
 receipts wakes the receipts job. In this process the session factory's ``after_commit`` hook
-does it. On PostgreSQL the same commit also signals the other replicas of this connector
-(``storage.signals``), whose listener wakes the same waiters there, so a long-poll answers on
-every replica within milliseconds rather than at its next look at the database.
+does it. On PostgreSQL the same commit is also signalled to the other replicas of this
+connector (``storage.signals``), whose listener wakes the same waiters there, so a long-poll
+answers on every replica within milliseconds rather than at its next look at the database.
+
+The signal is sent right after the commit, by one task: what commits while it is being sent
+goes in the next one, so a busy replica sends one NOTIFY per round trip, not one per commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connector.metrics import Metrics
-from connector.push.routing import route_pending_events
 from storage.engine import UnitOfWork
-from storage.signals import EVERYTHING, CommitListener, announce, kinds_written, new_origin
+from storage.signals import EVERYTHING, CommitListener, kinds_written, new_origin, send
 
 __all__ = ["Wakeups"]
+
+log = logging.getLogger(__name__)
 
 
 class Wakeups:
@@ -36,6 +42,9 @@ class Wakeups:
         self._waiters: dict[str, list[Callable[[], None]]] = defaultdict(list)
         self._listener: CommitListener | None = None
         self._task: asyncio.Task[None] | None = None
+        self._unsent: set[str] = set()
+        self._sender: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def on(self, kind: str, wake: Callable[[], None]) -> None:
         """Call ``wake`` after each commit, here or on another replica, that wrote ``kind``
@@ -43,15 +52,28 @@ class Wakeups:
         self._waiters[kind].append(wake)
 
     def after_commit(self, work: UnitOfWork) -> None:
-        """The session factory's ``after_commit`` hook."""
-        self._wake(kinds_written(work))
+        """The session factory's ``after_commit`` hook: wake the waiters here, and signal the
+        other replicas."""
+        kinds = kinds_written(work)
+        self._wake(kinds)
+        if kinds and self._signals and not self._stopped:
+            self._unsent |= kinds
+            if self._sender is None:
+                self._sender = asyncio.get_running_loop().create_task(
+                    self._send_unsent(), name="commit-signals"
+                )
 
-    async def before_commit(self, session: AsyncSession) -> None:
-        """The session factory's ``before_commit`` hook: every write transaction routes the
-        events it wrote to the push subscriptions, and signals the other replicas."""
-        await route_pending_events(session)
-        if self._signals:
-            await announce(session, self._origin)
+    async def _send_unsent(self) -> None:
+        try:
+            while self._unsent:
+                kinds, self._unsent = frozenset(self._unsent), set()
+                await send(self._engine, self._origin, kinds)
+        except (SQLAlchemyError, OSError) as exc:
+            # the other replicas find these commits at their next look at the database
+            self._unsent.clear()
+            log.warning("could not signal commits to the other replicas: %s", type(exc).__name__)
+        finally:
+            self._sender = None
 
     @property
     def listening(self) -> bool:
@@ -69,6 +91,11 @@ class Wakeups:
         self._task = asyncio.create_task(self._listener.run(), name="commit-listener")
 
     async def stop(self) -> None:
+        """Send what is still unsent, and stop listening."""
+        self._stopped = True
+        if self._sender is not None:
+            with contextlib.suppress(Exception):
+                await self._sender
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

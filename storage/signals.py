@@ -3,15 +3,16 @@
 Replicas of one connector wake their own waiters after their own commits (the session
 factory's ``after_commit`` hook). What another replica commits they would otherwise see only
 when they next look: a long-poll every second or so, the delivery job at its idle interval. So
-each write transaction that wrote events, deliveries or correlation receipts also sends a
-NOTIFY naming which (:func:`announce`, from the factory's ``before_commit`` hook), and each
-replica keeps one connection LISTENing (:class:`CommitListener`) that wakes the same waiters
-as a local commit does.
+after commits that wrote events, deliveries or correlation receipts a process sends a NOTIFY
+naming which (:func:`send`), and each replica keeps one connection LISTENing
+(:class:`CommitListener`) that wakes the same waiters as a local commit does.
 
-Why NOTIFY: it is transactional (sent at commit, never for a rollback, after the data is
-visible), needs no table or polling, and costs one short statement per write transaction
-that wrote something worth waking for. Identical notifications of one transaction are sent
-once. A replica ignores its own (its ``after_commit`` hook woke it already).
+The NOTIFY is sent after the commits it tells of, in a short transaction of its own, not inside
+them: PostgreSQL serialises the commits of all transactions that notify on one lock, which
+would put every API write of every replica in one queue. Sent afterwards, the commits of a busy
+moment share one NOTIFY (``connector.wakeups`` gathers them). A process that dies between a
+commit and its signal leaves the other replicas to find that commit at their next look. A
+replica ignores its own signals (its ``after_commit`` hook woke it already).
 
 The listener is a convenience, never a duty: while its connection is down the waiters still
 look at the database on their own, and when it is back every kind is signalled once, since
@@ -31,9 +32,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.engine import UnitOfWork, unit_of_work
+from storage.engine import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,11 @@ def kinds_written(work: UnitOfWork) -> frozenset[str]:
     return frozenset(kinds)
 
 
-async def announce(session: AsyncSession, origin: str) -> None:
-    """Have the transaction of ``session`` signal what it wrote when it commits (PostgreSQL);
-    nothing when it wrote nothing worth waking for."""
-    kinds = kinds_written(unit_of_work(session))
-    if kinds:
-        payload = f"{origin}:{''.join(sorted(kinds))}"
-        await session.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
+async def send(engine: AsyncEngine, origin: str, kinds: frozenset[str]) -> None:
+    """Signal to the other processes that commits of ``origin`` wrote ``kinds``."""
+    payload = f"{origin}:{''.join(sorted(kinds))}"
+    async with engine.begin() as connection:
+        await connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
 
 
 def _parse(payload: str) -> tuple[str, frozenset[str]]:

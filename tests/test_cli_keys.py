@@ -133,6 +133,27 @@ async def test_revoke_by_name_or_id_and_the_errors(tmp_path: Path) -> None:
     assert re.search(r"\bops\b.*\d{2}Z\s*$", table.splitlines()[1])
 
 
+async def test_list_says_which_config_keys_a_start_would_add_or_remove(tmp_path: Path) -> None:
+    keys_line = 'keys = [{name = "%s", key = "a-long-configured-secret-%s"}]'
+    config = _config(tmp_path, "[api]\n" + keys_line % ("erp-config", "1") + "\n")
+    await _create(config, "ops", "--scope", "*")
+    code, table, err = await _keys(config, "list")
+    assert code == 0 and "erp-config" not in table  # not stored: no row, no id
+    assert "config key 'erp-config' (api.keys) is not stored yet" in err
+
+    async with serving("--config", str(config), env=clean_env()):
+        pass  # a start stores the config file's keys
+    code, table, err = await _keys(config, "list")
+    assert re.search(r"\berp-config\s+\*\s+config\b", table) and "note:" not in err
+
+    config.write_text(config.read_text().replace("erp-config", "erp-2").replace("-1\"", "-2\""))
+    code, table, err = await _keys(config, "list")
+    assert "erp-config" in table  # still stored, until the next start
+    assert "config key 'erp-config' is no longer in the config file" in err
+    assert "config key 'erp-2' (api.keys) is not stored yet" in err
+    assert "a-long-configured-secret" not in table + err
+
+
 async def test_a_revoked_key_is_refused_by_a_running_server_within_2_s(tmp_path: Path) -> None:
     config = _config(tmp_path)
     key = await _create(config, "erp", "--scope", "*")

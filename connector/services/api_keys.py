@@ -147,6 +147,18 @@ class ApiKeyService:
             rows = await api_keys_repo.all_keys(session)
         return [_info(row) for row in rows]
 
+    async def config_drift(self, configured: list[ApiKeyConfig]) -> tuple[list[str], list[str]]:
+        """How the config file's keys differ from those stored, which a start makes equal
+        (:meth:`sync_configured`): the names of configured keys not stored yet, and of stored
+        ``config`` keys the file no longer has."""
+        wanted = {hash_key(item.key): item.name for item in configured}
+        async with self._sessions() as session:
+            stored = await api_keys_repo.by_source(session, "config")
+            known = {row.key_hash for row in await api_keys_repo.all_keys(session)}
+        pending = [name for key_hash, name in wanted.items() if key_hash not in known]
+        stale = [row.name for row in stored if row.key_hash not in wanted]
+        return pending, stale
+
     async def revoke(
         self, name_or_id: str, configured: list[ApiKeyConfig] | None = None
     ) -> tuple[KeyInfo, bool]:

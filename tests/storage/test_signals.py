@@ -1,9 +1,9 @@
 """Commit signals between replicas (storage.signals), on a real PostgreSQL.
 
-Two engines stand for two replicas of one connector: what one commits reaches the other's
-listener, named by kind, and nothing else does (a rollback, a transaction that wrote nothing
-worth waking for, the listener's own process). A listener whose connection is cut by the
-server listens again and says so.
+Two engines stand for two replicas of one connector: what one signals reaches the other's
+listener, named by kind, and the listener's own process's signals do not. A listener whose
+connection is cut by the server listens again and says so. Which commits are signalled is
+``connector.wakeups``'s part (tests/test_wakeups.py).
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.engine import Sessions, create_engine, create_sessions, unit_of_work
+from storage.engine import create_engine
 from storage.signals import (
     DELIVERIES,
     EVENTS,
     LISTENER_NAME,
     RECEIPTS,
     CommitListener,
-    announce,
     new_origin,
+    send,
 )
 
 pytest.importorskip("asyncpg")
@@ -52,13 +52,6 @@ class _Heard:
                 await self.changed.wait()
 
 
-def _sessions(engine: AsyncEngine, origin: str) -> Sessions:
-    async def before_commit(session: AsyncSession) -> None:
-        await announce(session, origin)
-
-    return create_sessions(engine, before_commit=before_commit)
-
-
 @asynccontextmanager
 async def _listening(
     engine: AsyncEngine, origin: str, heard: _Heard
@@ -76,30 +69,19 @@ async def _listening(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_another_replicas_commits_are_heard_by_kind(postgres_url: str) -> None:
+async def test_another_process_signals_are_heard_by_kind_and_its_own_are_not(
+    postgres_url: str,
+) -> None:
     here, there = create_engine(postgres_url), create_engine(postgres_url)
     try:
         heard = _Heard()
         mine, theirs = new_origin(), new_origin()
         async with _listening(here, mine, heard):
             assert heard.connections == 1  # (re)connected: anything may have been missed
-            other = _sessions(there, theirs)
-            own = _sessions(here, mine)
-            async with other.begin() as session:
-                unit_of_work(session).wrote_events = True
-            async with other.begin() as session:
-                unit_of_work(session).wrote_deliveries = True
-                unit_of_work(session).wrote_receipts = True
-            async with other.begin() as session:
-                await session.execute(text("SELECT 1"))  # wrote nothing worth waking for
-            with pytest.raises(RuntimeError):
-                async with other.begin() as session:
-                    unit_of_work(session).wrote_events = True
-                    raise RuntimeError("rolled back: never signalled")
-            async with own.begin() as session:  # this process: its own hooks woke it already
-                unit_of_work(session).wrote_events = True
-            async with other.begin() as session:  # the last one, to know the rest arrived
-                unit_of_work(session).wrote_receipts = True
+            await send(there, theirs, frozenset({EVENTS}))
+            await send(there, theirs, frozenset({DELIVERIES, RECEIPTS}))
+            await send(here, mine, frozenset({EVENTS}))  # its own: woken by its own hook
+            await send(there, theirs, frozenset({RECEIPTS}))  # the last: the rest came first
             await heard.until(signals=3)
             await asyncio.sleep(0.2)  # anything that should not come would come by now
         assert heard.signals == [
@@ -117,7 +99,6 @@ async def test_a_listener_cut_off_by_the_server_listens_again(postgres_url: str)
     try:
         heard = _Heard()
         async with _listening(here, new_origin(), heard) as listener:
-            other = _sessions(there, new_origin())
             async with there.begin() as connection:  # as an operator's restart or a failover
                 cut = await connection.scalar(
                     text(
@@ -129,8 +110,7 @@ async def test_a_listener_cut_off_by_the_server_listens_again(postgres_url: str)
             assert cut == 1
             await heard.until(connections=2)  # listening again, and said so (wake everyone)
             assert listener.listening
-            async with other.begin() as session:
-                unit_of_work(session).wrote_events = True
+            await send(there, new_origin(), frozenset({EVENTS}))
             await heard.until(signals=1)
         assert heard.signals == [frozenset({EVENTS})]
     finally:
