@@ -146,7 +146,7 @@ async def test_list_says_which_config_keys_a_start_would_add_or_remove(tmp_path:
     code, table, err = await _keys(config, "list")
     assert re.search(r"\berp-config\s+\*\s+config\b", table) and "note:" not in err
 
-    config.write_text(config.read_text().replace("erp-config", "erp-2").replace("-1\"", "-2\""))
+    config.write_text(config.read_text().replace("erp-config", "erp-2").replace('-1"', '-2"'))
     code, table, err = await _keys(config, "list")
     assert "erp-config" in table  # still stored, until the next start
     assert "config key 'erp-config' is no longer in the config file" in err
