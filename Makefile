@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/correlation.py
 	$(BIN)/python bench/brokers.py
 	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/wakeups.py
 	$(BIN)/python bench/startup.py
 
 clean:

@@ -7,8 +7,9 @@ does it. On PostgreSQL the same commit is also signalled to the other replicas o
 connector (``storage.signals``), whose listener wakes the same waiters there, so a long-poll
 answers on every replica within milliseconds rather than at its next look at the database.
 
-The signal is sent right after the commit, by one task: what commits while it is being sent
-goes in the next one, so a busy replica sends one NOTIFY per round trip, not one per commit.
+The signal is sent by one task right after the commit, after a linger of a few milliseconds:
+what commits meanwhile, or while it is being sent, goes with it or in the next one, so a busy
+replica sends one NOTIFY per few milliseconds, not one per commit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from storage.signals import EVERYTHING, CommitListener, kinds_written, new_origi
 __all__ = ["Wakeups"]
 
 log = logging.getLogger(__name__)
+
+SIGNAL_LINGER = 0.005
+"""Seconds a signal waits for more commits to share it: under load a replica then sends at
+most ~200 a second (each is a short transaction at the database), and another replica's
+long-poll wakes a few milliseconds later than the commit."""
 
 
 class Wakeups:
@@ -66,6 +72,7 @@ class Wakeups:
     async def _send_unsent(self) -> None:
         try:
             while self._unsent:
+                await asyncio.sleep(SIGNAL_LINGER)  # the commits just behind this one join it
                 kinds, self._unsent = frozenset(self._unsent), set()
                 await send(self._engine, self._origin, kinds)
         except (SQLAlchemyError, OSError) as exc:

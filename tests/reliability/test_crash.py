@@ -393,7 +393,10 @@ async def test_sender_killed_with_requests_in_flight(cluster: Cluster) -> None:
     await cluster.start_backbone()
     a, b = await cluster.start_connectors("a", "b")
     http = cluster.http
-    total = 300
+    # Enough for the kills to come while sending: each cycle sends for at most 2.7 s (a pause
+    # of up to 1.2 s, then up to 1.5 s until the kill), about 90 requests at this pace, and
+    # the gate holds the rest while A is down. 300 could all go in three cycles.
+    total = 450
     gate = asyncio.Event()
     gate.set()
 
