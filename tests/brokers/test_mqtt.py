@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import gc
-import ipaddress
 import json
 import os
 import socket
-import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +27,8 @@ from connector.ids import new_event_id
 from connector.push.brokers import mqtt
 from connector.push.brokers.base import BrokerMessage, Publisher
 from connector.settings import PublisherConfig
+from tests.brokers.support import TcpProxy, TlsFiles, make_tls_files, tls_server_context
+from tests.processes import free_port
 
 MQTT_URL = os.environ.get("CONNECTOR_TEST_MQTT", "mqtt://127.0.0.1:1883")
 _BROKER = urlsplit(MQTT_URL)
@@ -50,177 +49,6 @@ def url_at(
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:``port`` to the broker; :meth:`stop` closes the listener and every
-    connection (an outage), :meth:`cut` only the connections. With ``ssl`` it terminates TLS."""
-
-    def __init__(
-        self, upstream: tuple[str, int], *, port: int = 0, ssl: ssl.SSLContext | None = None
-    ) -> None:
-        self.upstream = upstream
-        self.port = port
-        self.ssl = ssl
-        self.cut_after: int | None = None
-        """Cut every connection once this many bytes went to the broker."""
-        self.mute = False
-        """Swallow what the broker says (its confirms, acks) instead of passing it on."""
-        self.forwarded = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, ssl=self.ssl
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        self.cut()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def cut(self) -> None:
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections += 1
-        upstream_writer: asyncio.StreamWriter | None = None
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
-            self._writers.add(upstream_writer)
-            await asyncio.gather(
-                self._pipe(reader, upstream_writer, count=True),
-                self._pipe(upstream_reader, writer, count=False, mutable=True),
-            )
-        except OSError:
-            pass
-        finally:
-            for each in (writer, upstream_writer):
-                if each is not None:
-                    self._writers.discard(each)
-                    each.transport.abort()
-            self._tasks.discard(task)
-
-    async def _pipe(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        count: bool,
-        mutable: bool = False,
-    ) -> None:
-        try:
-            while data := await reader.read(1 << 16):
-                if mutable and self.mute:
-                    continue
-                writer.write(data)
-                await writer.drain()
-                if count:
-                    self.forwarded += len(data)
-                    if self.cut_after is not None and self.forwarded >= self.cut_after:
-                        self.cut_after = None
-                        self.cut()
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            writer.transport.abort()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 and localhost signed by it:
-    (CA file, certificate file, key file)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def build(
-        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name
-    ) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector test CA")])
-    ca_cert = (
-        build("connector test CA", ca_key, ca_name)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        build("127.0.0.1", key, ca_name)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "key.pem"))
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_file, cert_file, key_file
 
 
 def messages(count: int, *, event_type: str = "message.received") -> list[BrokerMessage]:
@@ -499,7 +327,7 @@ async def test_check_says_ok_or_why_not_without_credentials(
 
 
 @pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+def tls_files(tmp_path: Path) -> TlsFiles:
     return make_tls_files(tmp_path)
 
 
@@ -513,12 +341,10 @@ async def test_mqtts_verifies_the_broker_certificate(
     topic: str,
     subscriber: Subscriber,
     publishers: list[Publisher],
-    tls_files: tuple[Path, Path, Path],
+    tls_files: TlsFiles,
 ) -> None:
-    ca_file, cert_file, key_file = tls_files
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert_file, key_file)
-    proxy = await TcpProxy((BROKER_HOST, BROKER_PORT), ssl=server_tls).start()
+    ca_file = tls_files.ca_file
+    proxy = await TcpProxy((BROKER_HOST, BROKER_PORT), tls=tls_server_context(tls_files)).start()
     tls_url = url_at(proxy.port, scheme="mqtts")
     try:
         verified = publisher_for(publishers, tls_url, topic, tls_ca_file=ca_file)

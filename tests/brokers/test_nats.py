@@ -11,11 +11,8 @@ Every test has its own topic (a uuid) and deletes its stream afterwards.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -28,182 +25,20 @@ import pytest
 from connector.push.brokers import nats as nats_broker
 from connector.push.brokers.base import BrokerMessage, Publisher, PublisherUnavailable
 from connector.settings import PublisherConfig
+from tests.brokers.support import (
+    TcpProxy,
+    accepts_connections,
+    make_tls_files,
+    wait_until_listening,
+)
 from tests.processes import free_port, stop
 
 nats = pytest.importorskip("nats")
 HOST, PORT = "127.0.0.1", 4222
 
 
-class TcpProxy:
-    """127.0.0.1:``port`` forwarding to a real broker port, for outages on demand.
-
-    ``stop()`` closes the listening socket and resets every connection through it (the broker
-    "goes away"); ``start()`` listens on the same port again. ``stall()`` holds the broker's
-    answers (a connection that stops answering without closing); ``resume()`` lets them go.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.forwarded = asyncio.Event()
-        """Set whenever bytes from a client went on to the broker; clear it to wait for more."""
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, HOST, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await asyncio.sleep(0.05)  # let the pumps notice
-
-    def stall(self) -> None:
-        self._flowing.clear()
-
-    def resume(self) -> None:
-        self._flowing.set()
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(HOST, self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, upstream_writer}
-        try:
-            await asyncio.gather(
-                self._pump(reader, upstream_writer, answers=False),
-                self._pump(upstream_reader, writer, answers=True),
-                return_exceptions=True,
-            )
-        finally:
-            for end in (writer, upstream_writer):
-                self._writers.discard(end)
-                end.transport.abort()
-
-    async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, answers: bool
-    ) -> None:
-        try:
-            while data := await source.read(65536):
-                if answers:
-                    await self._flowing.wait()
-                sink.write(data)
-                await sink.drain()
-                if not answers:
-                    self.forwarded.set()
-        finally:
-            sink.transport.abort()
-
-
-def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate it signed for localhost and 127.0.0.1.
-
-    Returns the CA file, the server certificate and its key (PEM).
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "connector test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "server.key"))
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_file, cert_file, key_file
-
-
-async def wait_until_listening(port: int, process: asyncio.subprocess.Process) -> None:
-    for _ in range(100):
-        if process.returncode is not None:
-            pytest.skip(f"the TLS server exited at once (status {process.returncode})")
-        try:
-            _, writer = await asyncio.open_connection(HOST, port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return
-    pytest.fail(f"nothing listens on {HOST}:{port} after 5 s")
-
-
-def _reachable() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 pytestmark = pytest.mark.skipif(
-    not _reachable(),
+    not accepts_connections(HOST, PORT),
     reason=f"NATS is not reachable at {HOST}:{PORT} (start nats-server -js)",
 )
 
@@ -236,7 +71,7 @@ async def topic(raw: Any) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(PORT)
+    proxy = TcpProxy((HOST, PORT))
     await proxy.start()
     yield proxy
     await proxy.stop()
@@ -411,11 +246,11 @@ async def test_a_connection_cut_during_a_batch_fails_that_batch_then_publishing_
         first = events(10)
         assert await broker.publish(first) == [None] * 10
         proxy.stall()  # the batch reaches NATS, the acknowledgements do not come back
-        proxy.forwarded.clear()
+        proxy.reached_broker.clear()
         cut = events(50)
         began = time.monotonic()
         batch = asyncio.ensure_future(broker.publish(cut))
-        await asyncio.wait_for(proxy.forwarded.wait(), 2)
+        await asyncio.wait_for(proxy.reached_broker.wait(), 2)
         await proxy.stop()
         proxy.resume()
         results = await batch
