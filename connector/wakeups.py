@@ -35,6 +35,7 @@ SIGNAL_LINGER = 0.005
 """Seconds a signal waits for more commits to share it: under load a replica then sends at
 most ~200 a second (each is a short transaction at the database), and another replica's
 long-poll wakes a few milliseconds later than the commit."""
+_LAST_SIGNAL_WITHIN = 2.0
 
 
 class Wakeups:
@@ -98,11 +99,12 @@ class Wakeups:
         self._task = asyncio.create_task(self._listener.run(), name="commit-listener")
 
     async def stop(self) -> None:
-        """Send what is still unsent, and stop listening."""
+        """Send what is still unsent (for a moment at most: a pool with no free connection
+        must not hold up the shutdown), and stop listening."""
         self._stopped = True
         if self._sender is not None:
             with contextlib.suppress(Exception):
-                await self._sender
+                await asyncio.wait_for(self._sender, _LAST_SIGNAL_WITHIN)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
