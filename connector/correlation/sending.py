@@ -16,12 +16,18 @@ import logging
 from typing import Any
 
 from connector.clock import utcnow
-from connector.errors import ConnectorError, RecipientNotFound
 from connector.platform.protocol import Platform
 from connector.retry import FullJitterBackoff
 from connector.services.body import CorrelationReceiptBody
 from connector.services.outbox import next_attempt_at
-from connector.services.platform_outcomes import Refused, SendOutcome, Sent, TryAgain, attempt_send
+from connector.services.platform_outcomes import (
+    Refused,
+    SendOutcome,
+    Sent,
+    TryAgain,
+    attempt_send,
+    seal_for_sending,
+)
 from connector.services.sealing import Sealer
 from storage.engine import Sessions
 from storage.repositories import correlation_receipts as receipts_repo
@@ -76,16 +82,17 @@ class ReceiptSender:
             if item.envelope is not None:
                 continue
             owed = item.receipt
-            try:
-                sealed[item.seq] = await self._sealer.seal_receipt(
+            result = await seal_for_sending(
+                self._sealer.seal_receipt(
                     owed.id, owed.peer, _body(owed), owed.at, owed.expires_at
-                )
-            except RecipientNotFound as exc:
-                outcomes[item.seq] = Refused(
-                    f"the sender is not known to the platform: {exc.detail}"
-                )
-            except ConnectorError as exc:  # the platform is unreachable; peer keys refused
-                outcomes[item.seq] = TryAgain(f"{exc.code}: {exc.detail}")
+                ),
+                unknown="the sender is not known to the platform",
+                what=f"the correlation receipt for {owed.message_id}",
+            )
+            if isinstance(result, dict):
+                sealed[item.seq] = result
+            else:
+                outcomes[item.seq] = result
         if sealed:
             async with self._sessions.begin() as session:
                 envelopes.update(await receipts_repo.keep_envelopes(session, sealed))

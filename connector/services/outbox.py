@@ -27,13 +27,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from connector.clock import utcnow
 from connector.crypto.receipts import envelope_digest
-from connector.errors import ConnectorError, PlatformUnavailable, RecipientNotFound
 from connector.logs import log_context
 from connector.platform.protocol import Platform
 from connector.retry import FullJitterBackoff
 from connector.services.lifecycle import MessageStatus
 from connector.services.load import SendLoad
-from connector.services.platform_outcomes import Refused, SendOutcome, Sent, TryAgain, attempt_send
+from connector.services.platform_outcomes import (
+    Refused,
+    SendOutcome,
+    Sent,
+    TryAgain,
+    attempt_send,
+    seal_for_sending,
+)
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
 from storage.batching import WriteBatcher
@@ -136,18 +142,15 @@ class OutboxService:
                 continue
             message = messages[entry.message_seq]
             with log_context(message_id=message.id):
-                try:
-                    sealed[entry.message_seq] = await self._sealer.seal(Draft.of(message))
-                except RecipientNotFound as exc:
-                    outcomes[entry.message_seq] = Refused(f"recipient not found: {exc.detail}")
-                except PlatformUnavailable as exc:
-                    outcomes[entry.message_seq] = TryAgain(exc.detail)
-                except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
-                    log.warning("outbox: cannot seal %s: %s", message.id, exc.detail)
-                    outcomes[entry.message_seq] = TryAgain(f"{exc.code}: {exc.detail}")
-                except Exception as exc:  # one message must not hold up the batch and the rest
-                    log.exception("outbox: cannot seal %s", message.id)
-                    outcomes[entry.message_seq] = TryAgain(f"cannot seal: {exc!r}")
+                result = await seal_for_sending(
+                    self._sealer.seal(Draft.of(message)),
+                    unknown="recipient not found",
+                    what=f"message {message.id}",
+                )
+            if isinstance(result, dict):
+                sealed[entry.message_seq] = result
+            else:
+                outcomes[entry.message_seq] = result
             await asyncio.sleep(0)  # one seal at a time, so that requests are served between
         if sealed:
             stored = await self._writes.run(lambda session: _keep(session, sealed))

@@ -36,7 +36,8 @@ message's fate does not depend on which of them tried.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+import logging
+from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,8 @@ from connector.platform.errors import (
 )
 from connector.platform.protocol import Platform
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Refused",
     "SendOutcome",
@@ -71,6 +74,7 @@ __all__ = [
     "domain_error",
     "error_kind",
     "platform_errors",
+    "seal_for_sending",
 ]
 
 Expected = Mapping[type[ConnectorError], str | None]
@@ -193,3 +197,29 @@ async def attempt_send(
     except (PlatformError, TimeoutError) as exc:
         return classify_send(exc)
     return SENT
+
+
+async def seal_for_sending(
+    sealing: Awaitable[dict[str, Any]], *, unknown: str, what: str
+) -> dict[str, Any] | SendOutcome:
+    """The envelope ``sealing`` makes, or the outcome that stands for the send when it cannot
+    be sealed.
+
+    Sealing looks the recipients' keys up at the platform, so it fails the ways a send does:
+    an unknown recipient is refused for good (``unknown`` says who that is, for the record);
+    an unreachable platform, a peer key that does not check out or any other error is tried
+    again later, and one item that cannot be sealed never holds up the rest of a batch.
+    ``what`` names the item in the log.
+    """
+    try:
+        return await sealing
+    except RecipientNotFound as exc:
+        return Refused(f"{unknown}: {exc.detail}")
+    except PlatformUnavailable as exc:
+        return TryAgain(exc.detail)
+    except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
+        log.warning("cannot seal %s: %s", what, exc.detail)
+        return TryAgain(f"{exc.code}: {exc.detail}")
+    except Exception as exc:
+        log.exception("cannot seal %s", what)
+        return TryAgain(f"cannot seal: {exc!r}")
