@@ -26,7 +26,7 @@ from connector.services.platform_outcomes import (
     Sent,
     TryAgain,
     attempt_send,
-    seal_for_sending,
+    seal_each,
 )
 from connector.services.sealing import Sealer
 from storage.engine import Sessions
@@ -76,27 +76,23 @@ class ReceiptSender:
     ) -> tuple[dict[int, dict[str, Any]], dict[int, SendOutcome]]:
         """Each receipt's envelope, sealing and keeping the ones not sealed yet."""
         envelopes = {d.seq: d.envelope for d in due if d.envelope is not None}
-        outcomes: dict[int, SendOutcome] = {}
-        sealed: dict[int, dict[str, Any]] = {}
-        for item in due:
-            if item.envelope is not None:
-                continue
-            owed = item.receipt
-            result = await seal_for_sending(
-                self._sealer.seal_receipt(
-                    owed.id, owed.peer, _body(owed), owed.at, owed.expires_at
-                ),
-                unknown="the sender is not known to the platform",
-                what=f"the correlation receipt for {owed.message_id}",
-            )
-            if isinstance(result, dict):
-                sealed[item.seq] = result
-            else:
-                outcomes[item.seq] = result
+        sealed, outcomes = await seal_each(
+            (
+                (item.seq, self._seal(item.receipt), f"the receipt for {item.receipt.message_id}")
+                for item in due
+                if item.envelope is None
+            ),
+            unknown="the sender is not known to the platform",
+        )
         if sealed:
             async with self._sessions.begin() as session:
                 envelopes.update(await receipts_repo.keep_envelopes(session, sealed))
         return envelopes, outcomes
+
+    async def _seal(self, owed: receipts_repo.Owed) -> dict[str, Any]:
+        return await self._sealer.seal_receipt(
+            owed.id, owed.peer, _body(owed), owed.at, owed.expires_at
+        )
 
     async def _send(self, envelope: dict[str, Any]) -> SendOutcome:
         try:

@@ -38,7 +38,7 @@ from connector.services.platform_outcomes import (
     Sent,
     TryAgain,
     attempt_send,
-    seal_for_sending,
+    seal_each,
 )
 from connector.services.sealing import Draft, Sealer
 from connector.services.transitions import StatusRecorder
@@ -135,23 +135,15 @@ class OutboxService:
         another body). If another attempt stored one first, that one is sent.
         """
         envelopes = {e.message_seq: e.envelope for e in entries if e.envelope is not None}
-        outcomes: dict[int, _Outcome] = {}
-        sealed: dict[int, dict[str, Any]] = {}
-        for entry in entries:
-            if entry.envelope is not None:
-                continue
-            message = messages[entry.message_seq]
-            with log_context(message_id=message.id):
-                result = await seal_for_sending(
-                    self._sealer.seal(Draft.of(message)),
-                    unknown="recipient not found",
-                    what=f"message {message.id}",
-                )
-            if isinstance(result, dict):
-                sealed[entry.message_seq] = result
-            else:
-                outcomes[entry.message_seq] = result
-            await asyncio.sleep(0)  # one seal at a time, so that requests are served between
+        sealed, failed = await seal_each(
+            (
+                (e.message_seq, self._seal(messages[e.message_seq]), messages[e.message_seq].id)
+                for e in entries
+                if e.envelope is None
+            ),
+            unknown="recipient not found",
+        )
+        outcomes: dict[int, _Outcome] = dict(failed)
         if sealed:
             stored = await self._writes.run(lambda session: _keep(session, sealed))
             for seq in sealed:
@@ -160,6 +152,10 @@ class OutboxService:
                 else:
                     outcomes[seq] = _Gone()
         return envelopes, outcomes
+
+    async def _seal(self, message: MessageRecord) -> dict[str, Any]:
+        with log_context(message_id=message.id):
+            return await self._sealer.seal(Draft.of(message))
 
     async def _send(self, envelope: dict[str, Any]) -> _Outcome:
         try:

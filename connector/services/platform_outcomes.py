@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +74,7 @@ __all__ = [
     "domain_error",
     "error_kind",
     "platform_errors",
-    "seal_for_sending",
+    "seal_each",
 ]
 
 Expected = Mapping[type[ConnectorError], str | None]
@@ -199,27 +199,34 @@ async def attempt_send(
     return SENT
 
 
-async def seal_for_sending(
-    sealing: Awaitable[dict[str, Any]], *, unknown: str, what: str
-) -> dict[str, Any] | SendOutcome:
-    """The envelope ``sealing`` makes, or the outcome that stands for the send when it cannot
-    be sealed.
+async def seal_each(
+    sealings: Iterable[tuple[int, Awaitable[dict[str, Any]], str]], *, unknown: str
+) -> tuple[dict[int, dict[str, Any]], dict[int, SendOutcome]]:
+    """Seal one item after another: ``(key, sealing, what)`` each, where ``what`` names the
+    item in the log. The envelopes made, and for each item that could not be sealed the
+    outcome that stands for its send.
 
     Sealing looks the recipients' keys up at the platform, so it fails the ways a send does:
     an unknown recipient is refused for good (``unknown`` says who that is, for the record);
     an unreachable platform, a peer key that does not check out or any other error is tried
-    again later, and one item that cannot be sealed never holds up the rest of a batch.
-    ``what`` names the item in the log.
+    again later, and one item that cannot be sealed never holds up the rest. Give the
+    sealings as a generator, so that each starts only when its turn comes; requests are
+    served between two seals.
     """
-    try:
-        return await sealing
-    except RecipientNotFound as exc:
-        return Refused(f"{unknown}: {exc.detail}")
-    except PlatformUnavailable as exc:
-        return TryAgain(exc.detail)
-    except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
-        log.warning("cannot seal %s: %s", what, exc.detail)
-        return TryAgain(f"{exc.code}: {exc.detail}")
-    except Exception as exc:
-        log.exception("cannot seal %s", what)
-        return TryAgain(f"cannot seal: {exc!r}")
+    sealed: dict[int, dict[str, Any]] = {}
+    failed: dict[int, SendOutcome] = {}
+    for key, sealing, what in sealings:
+        try:
+            sealed[key] = await sealing
+        except RecipientNotFound as exc:
+            failed[key] = Refused(f"{unknown}: {exc.detail}")
+        except PlatformUnavailable as exc:
+            failed[key] = TryAgain(exc.detail)
+        except ConnectorError as exc:  # peer_key_invalid: nothing is sealed to that key
+            log.warning("cannot seal %s: %s", what, exc.detail)
+            failed[key] = TryAgain(f"{exc.code}: {exc.detail}")
+        except Exception as exc:
+            log.exception("cannot seal %s", what)
+            failed[key] = TryAgain(f"cannot seal: {exc!r}")
+        await asyncio.sleep(0)
+    return sealed, failed
