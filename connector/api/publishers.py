@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from connector.api._deliveries import deliveries_page, replay, retry
 from connector.api.appkeys import RUNTIME
-from connector.api.params import json_body, json_response, query
+from connector.api.params import json_response, query
 from connector.api.routing import RouteTable
 from connector.ids import DELIVERY_ID, WEBHOOK_ID
 from connector.push.schemas import (
-    DELIVERIES,
     PUBLISHERS,
     DeliveryListQuery,
     DeliveryOut,
@@ -72,15 +72,7 @@ async def get_publisher(request: web.Request) -> web.StreamResponse:
     responses={404: "no such publisher"},
 )
 async def list_publisher_deliveries(request: web.Request) -> web.StreamResponse:
-    params = query(request, DeliveryListQuery)
-    after = None
-    if params.cursor is not None:
-        after = cursors.decode(DELIVERIES, params.cursor, field="cursor", hint="deliveries")
-    page = await request.app[RUNTIME].subscriptions.deliveries(
-        request.match_info["id"], params.status, params.limit, after, publisher=True
-    )
-    next_cursor = None if page.last_seq is None else cursors.encode(DELIVERIES, page.last_seq)
-    return json_response(DeliveryPage(items=page.items, next_cursor=next_cursor))
+    return await deliveries_page(request, publisher=True)
 
 
 @routes.post(
@@ -93,12 +85,7 @@ async def list_publisher_deliveries(request: web.Request) -> web.StreamResponse:
     responses={404: "no such publisher or delivery", 409: "delivery_in_flight"},
 )
 async def retry_publisher_delivery(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    delivery = await runtime.subscriptions.retry(
-        request.match_info["id"], request.match_info["deliveryId"], publisher=True
-    )
-    runtime.scheduler.wake("delivery")
-    return json_response(delivery, status=202)
+    return await retry(request, publisher=True)
 
 
 @routes.post(
@@ -116,10 +103,4 @@ async def retry_publisher_delivery(request: web.Request) -> web.StreamResponse:
     },
 )
 async def replay_publisher(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    body = await json_body(request, ReplayRequest)
-    count = await runtime.subscriptions.replay(
-        request.match_info["id"], body.since, body.until, publisher=True
-    )
-    runtime.scheduler.wake("delivery")
-    return json_response(ReplayResult(events=count), status=202)
+    return await replay(request, publisher=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from connector.api._deliveries import deliveries_page, replay, retry
 from connector.api.appkeys import RUNTIME
 from connector.api.params import json_body, json_response, query
 from connector.api.routing import RouteTable
 from connector.ids import DELIVERY_ID, WEBHOOK_ID
 from connector.push.schemas import (
-    DELIVERIES,
     WEBHOOKS,
     DeliveryListQuery,
     DeliveryOut,
@@ -132,15 +132,7 @@ async def delete_webhook(request: web.Request) -> web.StreamResponse:
     responses={404: "no such webhook"},
 )
 async def list_deliveries(request: web.Request) -> web.StreamResponse:
-    params = query(request, DeliveryListQuery)
-    after = None
-    if params.cursor is not None:
-        after = cursors.decode(DELIVERIES, params.cursor, field="cursor", hint="deliveries")
-    page = await request.app[RUNTIME].subscriptions.deliveries(
-        request.match_info["id"], params.status, params.limit, after
-    )
-    next_cursor = None if page.last_seq is None else cursors.encode(DELIVERIES, page.last_seq)
-    return json_response(DeliveryPage(items=page.items, next_cursor=next_cursor))
+    return await deliveries_page(request, publisher=False)
 
 
 @routes.post(
@@ -153,12 +145,7 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
     responses={404: "no such webhook or delivery", 409: "delivery_in_flight"},
 )
 async def retry_delivery(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    delivery = await runtime.subscriptions.retry(
-        request.match_info["id"], request.match_info["deliveryId"]
-    )
-    runtime.scheduler.wake("delivery")
-    return json_response(delivery, status=202)
+    return await retry(request, publisher=False)
 
 
 @routes.post(
@@ -172,11 +159,7 @@ async def retry_delivery(request: web.Request) -> web.StreamResponse:
     responses={**_BODY_ERRORS, 404: "no such webhook"},
 )
 async def replay_webhook(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    body = await json_body(request, ReplayRequest)
-    count = await runtime.subscriptions.replay(request.match_info["id"], body.since, body.until)
-    runtime.scheduler.wake("delivery")
-    return json_response(ReplayResult(events=count), status=202)
+    return await replay(request, publisher=False)
 
 
 @routes.post(
