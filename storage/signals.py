@@ -30,7 +30,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -55,7 +54,6 @@ _PING_TIMEOUT = 10.0
 
 _ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
-_CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters)
 
 
 def new_origin() -> str:
@@ -126,6 +124,8 @@ class CommitListener:
 
     async def run(self) -> None:
         """Listen until cancelled, connecting again whenever the connection is lost."""
+        import asyncpg  # here, not at the top: a connector on SQLite never loads it
+
         failures = 0
         while True:
             try:
@@ -138,7 +138,9 @@ class CommitListener:
             await asyncio.sleep(delay)
 
     async def _listen_once(self) -> None:
-        connection = await asyncpg.connect(**self._connect_arguments())
+        import asyncpg
+
+        connection = await asyncpg.connect(**self._connect_arguments(asyncpg.connect))
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _: lost.set())
@@ -165,10 +167,12 @@ class CommitListener:
             return
         self._on_signal(kinds)
 
-    def _connect_arguments(self) -> dict[str, Any]:
-        """asyncpg's own arguments for the engine's database (host, user, ssl, ...)."""
+    def _connect_arguments(self, connect: Callable[..., Any]) -> dict[str, Any]:
+        """``connect``'s (asyncpg's) own arguments for the engine's database (host, user, ssl,
+        ...)."""
         _, options = self._engine.dialect.create_connect_args(self._engine.url)
-        arguments = {k: v for k, v in options.items() if k in _CONNECT_PARAMETERS}
+        accepted = inspect.signature(connect).parameters
+        arguments = {k: v for k, v in options.items() if k in accepted}
         # named in pg_stat_activity, for an operator (and a test) to find
         settings = dict(arguments.get("server_settings") or {})
         arguments["server_settings"] = {**settings, "application_name": LISTENER_NAME}
