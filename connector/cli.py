@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from connector import logs
+from connector.cli_args import rfc3339
 from connector.settings import SCOPES, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -354,15 +355,7 @@ def _seconds(value: str) -> int:
 
 
 def _moment(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an RFC 3339 time with an offset, such as 2027-01-31T12:00:00Z"
-        )
-    return moment.astimezone(UTC)
+    return rfc3339(value).astimezone(UTC)
 
 
 def _cmd_keys_create(args: argparse.Namespace) -> int:

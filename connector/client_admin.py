@@ -13,12 +13,12 @@ import asyncio
 import json
 import signal
 import sys
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from connector.cli_args import rfc3339
 from connector.client_cli import ClientError, _check, client_options
 
 _RECONNECT_MAX = 30.0  # seconds between tries while the connector cannot be reached
@@ -101,14 +101,8 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _moment(value: str) -> str:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an RFC 3339 time with an offset, such as 2027-01-31T12:00:00Z"
-        )
+    """The time as given (the API reads RFC 3339), once it is known to be one."""
+    rfc3339(value)
     return value
 
 
