@@ -99,6 +99,32 @@ async def metric(cluster: Cluster, node: Connector, name: str, **labels: str) ->
     return float(found.group(1)) if found else None
 
 
+async def wait_received(
+    cluster: Cluster, nodes: tuple[Connector, ...], count: int, what: str, *, within: float
+) -> None:
+    """Until one of ``nodes`` (replicas of one identity) has received ``count`` messages."""
+
+    async def reached() -> bool:
+        for node in nodes:
+            received = await metric(cluster, node, "connector_sync_received_total")
+            if received is not None and received >= count:
+                return True
+        return False
+
+    await eventually(reached, what, within=within, interval=0.1)
+
+
+async def inbox_holder(cluster: Cluster, nodes: tuple[Connector, ...]) -> Connector:
+    """The one of ``nodes`` that holds the identity's inbox lease (the test fails if not one)."""
+    holders = [
+        node
+        for node in nodes
+        if await metric(cluster, node, "connector_lease_held", job="long-poll") == 1
+    ]
+    assert len(holders) == 1, cluster.report(f"inbox holders: {[h.name for h in holders]}")
+    return holders[0]
+
+
 async def test_two_replicas_of_each_identity_share_inbox_and_outbox(cluster: Cluster) -> None:
     async with fresh_databases(2) as (a_database, b_database):
         await cluster.start_backbone()
@@ -170,22 +196,10 @@ async def _run(
         killed_a1 = time.monotonic()
 
         # Mid-way through B's receiving, the replica holding B's inbox dies.
-        async def b_half_way() -> bool:
-            for node in (b1, b2):
-                received = await metric(cluster, node, "connector_sync_received_total")
-                if received is not None and received >= TOTAL // 2:
-                    return True
-            return False
-
-        await eventually(b_half_way, "B to receive half", within=120, interval=0.1)
-        holders = [
-            node
-            for node in (b1, b2)
-            if await metric(cluster, node, "connector_lease_held", job="long-poll") == 1
-        ]
-        assert len(holders) == 1, cluster.report(f"B's inbox holders: {holders}")
-        holders[0].kill9()
-        b_left = b2 if holders[0] is b1 else b1
+        await wait_received(cluster, (b1, b2), TOTAL // 2, "B to receive half", within=120)
+        holder = await inbox_holder(cluster, (b1, b2))
+        holder.kill9()
+        b_left = b2 if holder is b1 else b1
         sent_a1, sent_a2 = await to_a1, await to_a2
     finally:
         await reap(to_a1)
@@ -260,7 +274,7 @@ async def _run(
     print(
         f"unanswered at a1's kill {len(unanswered)} (sent again to a2); first PUTs by replica "
         f"{dict(shared)}; a1 killed with a send in flight: {caught}; repeats after "
-        f"a1's kill {len(repeats)}; B's inbox holder killed: {holders[0].name}"
+        f"a1's kill {len(repeats)}; B's inbox holder killed: {holder.name}"
     )
 
 

@@ -19,7 +19,13 @@ from tests.e2e.helpers import eventually
 from tests.push.receiver import Receiver
 from tests.reliability.harness import Cluster, Connector
 from tests.reliability.test_crash import incoming_numbers, reap, send_all
-from tests.reliability.test_replicas import HOOK_SECRET, fresh_databases, metric, replicas
+from tests.reliability.test_replicas import (
+    HOOK_SECRET,
+    fresh_databases,
+    inbox_holder,
+    replicas,
+    wait_received,
+)
 
 pytest.importorskip("asyncpg")
 
@@ -69,22 +75,9 @@ async def _run(cluster: Cluster, b_database: str, hook: Receiver) -> None:
         send_all(cluster.http, alice, b1.address, range(TOTAL), respond_async=True)
     )
     try:
-
-        async def a_third_in() -> bool:
-            for node in (b1, b2):
-                received = await metric(cluster, node, "connector_sync_received_total")
-                if received is not None and received >= TOTAL // 3:
-                    return True
-            return False
-
-        await eventually(a_third_in, "B to receive a third", within=180, interval=0.1)
-        holders = [
-            node
-            for node in (b1, b2)
-            if await metric(cluster, node, "connector_lease_held", job="long-poll") == 1
-        ]
-        assert len(holders) == 1, cluster.report(f"B's inbox holders: {holders}")
-        back_after = await cluster.restart(holders[0])  # SIGKILL, then started again
+        await wait_received(cluster, (b1, b2), TOTAL // 3, "B to receive a third", within=180)
+        holder = await inbox_holder(cluster, (b1, b2))
+        back_after = await cluster.restart(holder)  # SIGKILL, then started again
         sent = await sending
     finally:
         await reap(sending)
@@ -117,6 +110,6 @@ async def _run(cluster: Cluster, b_database: str, hook: Receiver) -> None:
     assert not differing, cluster.report(f"pushed under several webhook-ids: {differing}")
     repeats = len(hook.accepted) - TOTAL
     print(
-        f"B's inbox holder {holders[0].name} killed and back after {back_after:.1f} s; "
+        f"B's inbox holder {holder.name} killed and back after {back_after:.1f} s; "
         f"{repeats} pushes repeated (same webhook-id)"
     )
