@@ -41,7 +41,7 @@ from connector.clock import utcnow
 from connector.ids import new_event_id
 from connector.services import cursors
 from connector.services.views import message_json
-from storage.engine import Sessions, UnitOfWork, unit_of_work
+from storage.engine import Sessions, unit_of_work
 from storage.models import Event
 from storage.repositories import events as events_repo
 from storage.repositories.messages import MessageRecord
@@ -106,14 +106,14 @@ def _never() -> bool:
 class EventNotifier:
     """Wakes waiting readers of the feed after every commit that wrote events.
 
-    It is driven by the session factory's ``after_commit`` hook (:func:`after_commit` is given
-    to ``storage.engine.create_sessions``) rather than by explicit calls after the commits:
-    events are written inside transactions that others own (the write batcher, the sync, the
-    outbox transitions, and whatever comes next), and a notify placed after each of those
-    commits is one more thing every new writer must remember, while a notify placed before the
-    commit would wake readers who then find nothing. The hook runs once per committed
-    transaction, after the data is visible, never for a rolled-back one, and only those that
-    went through :func:`emit` count.
+    It is driven by the session factory's ``after_commit`` hook (``connector.wakeups``, which
+    calls :meth:`notify` for commits that wrote events, here or on another replica) rather than
+    by explicit calls after the commits: events are written inside transactions that others
+    own (the write batcher, the sync, the outbox transitions, and whatever comes next), and a
+    notify placed after each of those commits is one more thing every new writer must
+    remember, while a notify placed before the commit would wake readers who then find nothing.
+    The hook runs once per committed transaction, after the data is visible, never for a
+    rolled-back one, and only those that went through :func:`emit` count.
     """
 
     def __init__(self, *, signalled: Callable[[], bool] = _never) -> None:
@@ -132,11 +132,6 @@ class EventNotifier:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def after_commit(self, work: UnitOfWork) -> None:
-        """The session hook: notify when the transaction just committed wrote events."""
-        if work.wrote_events:
-            self.notify()
 
     def notify(self) -> None:
         current, self._next = self._next, asyncio.Event()
